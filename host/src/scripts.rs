@@ -1,0 +1,179 @@
+//! Turning an entry script into a WebAssembly component: a `.wasm` is used as it is; a Python
+//! `score.py` is compiled with componentize-py once and cached by the content hash of its source folder,
+//! the Plinth Python SDK and the WIT contract, so a redeploy of the same script takes milliseconds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+
+const WIT: &str = include_str!("../../plugins/wit/scoring.wit");
+const SDK_PLINTH: &str = include_str!("../../plugins/sdk-python/plinth.py");
+const SDK_APP: &str = include_str!("../../plugins/sdk-python/plinth_app.py");
+
+/// `$PLINTH_WORKSPACE/cache`, else `./.plinth/cache`.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("PLINTH_WORKSPACE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".plinth"))
+        .join("cache")
+}
+
+/// Returns the path of a component for `script`, compiling a `.py` first if needed.
+pub fn prepare(script: &Path, cache_dir: &Path) -> anyhow::Result<PathBuf> {
+    if !script.is_file() {
+        bail!("entry script {} does not exist", script.display());
+    }
+    match script.extension().and_then(|e| e.to_str()) {
+        Some("wasm") => Ok(script.to_path_buf()),
+        Some("py") => compile_python(script, cache_dir),
+        _ => bail!(
+            "entry script {}: expected a .py file or a .wasm component",
+            script.display()
+        ),
+    }
+}
+
+fn compile_python(script: &Path, cache_dir: &Path) -> anyhow::Result<PathBuf> {
+    let module = script
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("entry script name is not UTF-8")?
+        .to_string();
+    if !module.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || module.starts_with(|c: char| c.is_ascii_digit())
+    {
+        bail!(
+            "entry script {}: the file name must be a Python module name",
+            script.display()
+        );
+    }
+    let source_dir = script
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let app = SDK_APP.replacen("import score\n", &format!("import {module} as score\n"), 1);
+    let hash = source_hash(&source_dir, &[WIT, SDK_PLINTH, &app])?;
+    let out = cache_dir.join("python").join(format!("{hash}.wasm"));
+    if out.is_file() {
+        tracing::info!(script = %script.display(), "using cached component");
+        return Ok(out);
+    }
+    let tool = componentize_py()?;
+    let work = cache_dir
+        .join("python")
+        .join(format!("build-{hash}-{}", std::process::id()));
+    std::fs::create_dir_all(work.join("wit")).with_context(|| format!("creating {}", work.display()))?;
+    std::fs::create_dir_all(work.join("sdk"))?;
+    std::fs::write(work.join("wit/scoring.wit"), WIT)?;
+    std::fs::write(work.join("sdk/plinth.py"), SDK_PLINTH)?;
+    std::fs::write(work.join("sdk/plinth_app.py"), app)?;
+    eprintln!(
+        "compiling {} to a WebAssembly component (first time only)...",
+        script.display()
+    );
+    let tmp_out = work.join("out.wasm");
+    let output = Command::new(&tool)
+        .arg("-d")
+        .arg(work.join("wit"))
+        .args(["-w", "scoring", "componentize", "plinth_app", "-p"])
+        .arg(work.join("sdk"))
+        .arg("-p")
+        .arg(&source_dir)
+        .arg("-o")
+        .arg(&tmp_out)
+        .output()
+        .with_context(|| format!("running {}", tool.display()))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_dir_all(&work);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let detail = stderr
+            .lines()
+            .chain(stdout.lines())
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
+        bail!(
+            "componentize-py could not compile {}: {}",
+            script.display(),
+            detail.trim()
+        );
+    }
+    std::fs::rename(&tmp_out, &out).with_context(|| format!("storing {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(out)
+}
+
+/// sha256 over the SDK parts and every file under `dir` (relative path and contents, in sorted order).
+/// Caches and virtual environments are left out.
+fn source_hash(dir: &Path, parts: &[&str]) -> anyhow::Result<String> {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    let mut files = Vec::new();
+    collect_files(dir, dir, &mut files)?;
+    files.sort();
+    for rel in files {
+        let bytes = std::fs::read(dir.join(&rel)).with_context(|| format!("reading {}", dir.join(&rel).display()))?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "__pycache__" || name == "target" {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+/// `componentize-py` from `$PLINTH_COMPONENTIZE_PY`, a `.venv` here or above, beside the binary, or PATH.
+fn componentize_py() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PLINTH_COMPONENTIZE_PY") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        roots.extend(exe.ancestors().map(Path::to_path_buf));
+    }
+    for root in roots {
+        let candidate = root.join(".venv/bin/componentize-py");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("componentize-py");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!(
+        "componentize-py not found: install it with `.venv/bin/pip install componentize-py` (scripts/setup does this)"
+    )
+}

@@ -1,0 +1,282 @@
+//! The JSON shapes of a no-code ONNX service: `{"data": [[...]]}` (or `{"<input>": ...}` per input) in,
+//! `{"<output>": [[...]], ...}` out, nested arrays following each tensor's shape.
+
+use serde_json::Value;
+
+use crate::{DataType, Error, Result, Tensor, TensorData, TensorSpec, with_tensor_data};
+
+/// Decodes a request body into one tensor per model input.
+///
+/// A model with one input takes `{"data": ...}` or `{"<input name>": ...}`; a model with several takes
+/// one key per input. A row given without its batch dimension (`{"data": [1, 2, 3]}` for an input of
+/// shape `[-1, 3]`) is taken as a batch of one.
+pub fn decode_request(inputs: &[TensorSpec], body: &[u8]) -> Result<Vec<Tensor>> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::InvalidInput(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(Error::InvalidInput(format!(
+            "request body must be a JSON object like {{\"data\": [[...]]}} with {}",
+            expected(inputs)
+        )));
+    };
+    if let [spec] = inputs
+        && !fields.contains_key(&spec.name)
+        && let Some(data) = fields.remove("data")
+    {
+        if let Some(key) = fields.keys().next() {
+            return Err(Error::InvalidInput(format!("unexpected field '{key}' beside 'data'")));
+        }
+        return Ok(vec![decode_tensor(spec, &data)?]);
+    }
+    if let Some(key) = fields.keys().find(|k| !inputs.iter().any(|s| &s.name == *k)) {
+        return Err(Error::InvalidInput(format!(
+            "unknown field '{key}': the request needs {}",
+            expected(inputs)
+        )));
+    }
+    inputs
+        .iter()
+        .map(|spec| match fields.get(&spec.name) {
+            Some(v) => decode_tensor(spec, v),
+            None => Err(Error::InvalidInput(format!(
+                "missing field '{}': the request needs {}",
+                spec.name,
+                expected(inputs)
+            ))),
+        })
+        .collect()
+}
+
+fn expected(inputs: &[TensorSpec]) -> String {
+    let names: Vec<String> = inputs
+        .iter()
+        .map(|s| format!("'{}' ({} {:?})", s.name, s.datatype, s.shape))
+        .collect();
+    if inputs.len() == 1 {
+        format!("'data' or {}", names[0])
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Turns nested JSON arrays into a tensor of the spec's datatype, checking rectangularity.
+pub fn decode_tensor(spec: &TensorSpec, value: &Value) -> Result<Tensor> {
+    let mut shape = Vec::new();
+    let mut probe = value;
+    while let Value::Array(items) = probe {
+        shape.push(items.len() as i64);
+        match items.first() {
+            Some(first) => probe = first,
+            None => break,
+        }
+    }
+    let count = Tensor::element_count(&shape)?;
+    let name = &spec.name;
+    let data = match spec.datatype {
+        DataType::Bool => TensorData::Bool(collect(name, value, &shape, count, |v| v.as_bool())?),
+        DataType::Uint8 => TensorData::Uint8(collect(name, value, &shape, count, |v| {
+            v.as_u64().and_then(|x| x.try_into().ok())
+        })?),
+        DataType::Uint16 => TensorData::Uint16(collect(name, value, &shape, count, |v| {
+            v.as_u64().and_then(|x| x.try_into().ok())
+        })?),
+        DataType::Uint32 => TensorData::Uint32(collect(name, value, &shape, count, |v| {
+            v.as_u64().and_then(|x| x.try_into().ok())
+        })?),
+        DataType::Uint64 => TensorData::Uint64(collect(name, value, &shape, count, Value::as_u64)?),
+        DataType::Int8 => TensorData::Int8(collect(name, value, &shape, count, |v| {
+            v.as_i64().and_then(|x| x.try_into().ok())
+        })?),
+        DataType::Int16 => TensorData::Int16(collect(name, value, &shape, count, |v| {
+            v.as_i64().and_then(|x| x.try_into().ok())
+        })?),
+        DataType::Int32 => TensorData::Int32(collect(name, value, &shape, count, |v| {
+            v.as_i64().and_then(|x| x.try_into().ok())
+        })?),
+        DataType::Int64 => TensorData::Int64(collect(name, value, &shape, count, Value::as_i64)?),
+        DataType::Fp32 => TensorData::Fp32(collect(name, value, &shape, count, |v| v.as_f64().map(|x| x as f32))?),
+        DataType::Fp64 => TensorData::Fp64(collect(name, value, &shape, count, Value::as_f64)?),
+        DataType::Bytes => TensorData::Bytes(collect(name, value, &shape, count, |v| v.as_str().map(str::to_string))?),
+        DataType::Fp16 => {
+            return Err(Error::InvalidInput(format!(
+                "input '{name}': FP16 inputs are not supported in JSON requests"
+            )));
+        }
+    };
+    // A single row for a batched input: add the batch dimension.
+    if shape.len() + 1 == spec.shape.len() && spec.shape[0] < 0 {
+        shape.insert(0, 1);
+    }
+    let tensor = Tensor {
+        name: spec.name.clone(),
+        shape,
+        data,
+    };
+    spec.check(&tensor)?;
+    Ok(tensor)
+}
+
+/// Flattens `value` (of the given shape) into elements converted by `convert`.
+fn collect<T>(
+    name: &str,
+    value: &Value,
+    shape: &[i64],
+    count: usize,
+    convert: impl Fn(&Value) -> Option<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(count);
+    walk(name, value, shape, &mut Vec::new(), &mut |v, at| {
+        out.push(convert(v).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "input '{name}': element {at:?} is {v}, which is not a valid {}",
+                short_type::<T>()
+            ))
+        })?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn short_type<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    match full {
+        "alloc::string::String" => "string",
+        _ => full,
+    }
+}
+
+fn walk(
+    name: &str,
+    value: &Value,
+    shape: &[i64],
+    at: &mut Vec<usize>,
+    leaf: &mut dyn FnMut(&Value, &[usize]) -> Result<()>,
+) -> Result<()> {
+    match shape.split_first() {
+        None => {
+            if value.is_array() {
+                return Err(Error::InvalidInput(format!(
+                    "input '{name}': ragged array at {at:?}: too deeply nested"
+                )));
+            }
+            leaf(value, at)
+        }
+        Some((&len, rest)) => {
+            let Value::Array(items) = value else {
+                return Err(Error::InvalidInput(format!(
+                    "input '{name}': ragged array at {at:?}: expected a list of {len}"
+                )));
+            };
+            if items.len() as i64 != len {
+                return Err(Error::InvalidInput(format!(
+                    "input '{name}': ragged array at {at:?}: {} items where {len} were expected",
+                    items.len()
+                )));
+            }
+            for (i, item) in items.iter().enumerate() {
+                at.push(i);
+                walk(name, item, rest, at, leaf)?;
+                at.pop();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Encodes outputs as `{"<name>": nested arrays, ...}`.
+pub fn encode_outputs(outputs: &[Tensor]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + outputs.iter().map(|t| t.data.len() * 12).sum::<usize>());
+    out.push(b'{');
+    for (i, t) in outputs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &t.name);
+        out.push(b':');
+        write_nested(&mut out, t);
+    }
+    out.push(b'}');
+    out
+}
+
+/// Writes a tensor's elements as nested JSON arrays following its shape.
+pub fn write_nested(out: &mut Vec<u8>, t: &Tensor) {
+    with_tensor_data!(&t.data, v => nest(out, &t.shape, v))
+}
+
+fn nest<T: serde::Serialize>(out: &mut Vec<u8>, shape: &[i64], data: &[T]) {
+    match shape.split_first() {
+        None => {
+            if let Some(x) = data.first() {
+                let _ = serde_json::to_writer(&mut *out, x);
+            }
+        }
+        Some((&len, rest)) => {
+            let len = len.max(0) as usize;
+            let stride = if len == 0 { 0 } else { data.len() / len };
+            out.push(b'[');
+            for i in 0..len {
+                if i > 0 {
+                    out.push(b',');
+                }
+                nest(out, rest, &data[i * stride..(i + 1) * stride]);
+            }
+            out.push(b']');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    #[test]
+    fn data_field_feeds_the_single_input() {
+        let inputs = [spec("x", DataType::Fp32, &[-1, 2])];
+        let t = decode_request(&inputs, br#"{"data": [[1, 2], [3.5, 4]]}"#).unwrap();
+        assert_eq!(t[0].shape, vec![2, 2]);
+        assert_eq!(t[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.5, 4.0]));
+        let row = decode_request(&inputs, br#"{"x": [1, 2]}"#).unwrap();
+        assert_eq!(row[0].shape, vec![1, 2]);
+    }
+
+    #[test]
+    fn mistakes_name_the_problem() {
+        let inputs = [spec("x", DataType::Int64, &[-1, 2])];
+        let err = |body: &[u8]| decode_request(&inputs, body).unwrap_err().to_string();
+        assert!(err(b"{nope").contains("not valid JSON"));
+        assert!(err(b"[1,2]").contains("must be a JSON object"));
+        assert!(err(br#"{"data": [[1, 2], [3]]}"#).contains("ragged"));
+        assert!(err(br#"{"data": [[1, "a"]]}"#).contains("element [0, 1] is \"a\""));
+        assert!(err(br#"{"data": [[1.5, 2]]}"#).contains("not a valid i64"));
+        assert!(err(br#"{"data": [[1, 2, 3]]}"#).contains("expected shape"));
+        assert!(err(br#"{"y": [[1, 2]]}"#).contains("unknown field 'y'"));
+    }
+
+    #[test]
+    fn outputs_nest_by_shape() {
+        let t = Tensor {
+            name: "y".into(),
+            shape: vec![2, 1],
+            data: TensorData::Fp32(vec![1.5, -2.0]),
+        };
+        let s = Tensor {
+            name: "label".into(),
+            shape: vec![2],
+            data: TensorData::Bytes(vec!["a".into(), "b".into()]),
+        };
+        assert_eq!(
+            String::from_utf8(encode_outputs(&[t, s])).unwrap(),
+            r#"{"y":[[1.5],[-2.0]],"label":["a","b"]}"#
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Native ONNX models on ONNX Runtime, loaded dynamically from the PyPI wheel's library.
+
+mod library;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+
+pub use self::library::{INSTALL_HINT, ORT_DYLIB_PATH};
+use crate::{DataType, Error, Result, Tensor, TensorData, TensorSpec};
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process and returns its environment.
+///
+/// `library` overrides the search described in [`library`]; later calls return the first result.
+pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environment> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = library::find(library).map_err(|searched| {
+                let shown: Vec<String> = searched.iter().take(4).map(|p| p.display().to_string()).collect();
+                format!(
+                    "ONNX Runtime library not found (searched ORT_DYLIB_PATH, {}, ...): {INSTALL_HINT}",
+                    shown.join(", ")
+                )
+            })?;
+            let builder = ort::init_from(&path).map_err(|e| {
+                format!(
+                    "ONNX Runtime library {} could not be loaded: {e}; {INSTALL_HINT}",
+                    path.display()
+                )
+            })?;
+            builder
+                .with_name("plinth")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| format!("ONNX Runtime library {}: {e}", path.display()))
+        })
+        .clone()
+        .map_err(Error::OrtLibrary)
+}
+
+/// How sessions of a model are built.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Threads ONNX Runtime may use inside one operator. Default 1: on a small box more threads per call
+    /// cost more than they give; replicas are the way to use more cores.
+    pub intra_threads: usize,
+    /// Sessions kept for this model; concurrent calls beyond this wait for a free one. Default 1.
+    pub sessions: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            intra_threads: 1,
+            sessions: 1,
+        }
+    }
+}
+
+/// One ONNX model with its metadata and a small pool of sessions.
+///
+/// ONNX Runtime sessions need exclusive access per `run` (`ort` takes `&mut self`), so calls take a
+/// free session from the pool and wait only when every session is busy.
+pub struct OnnxModel {
+    name: String,
+    path: PathBuf,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    sessions: Box<[Mutex<Session>]>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnnxModel {
+    /// Loads `path` as model `name`.
+    pub fn load(name: &str, path: &Path, options: &SessionOptions, library: Option<&Path>) -> Result<Self> {
+        let env = environment(library)?;
+        let load_err = |message: String| Error::ModelLoad {
+            model: name.to_string(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(load_err(format!("{} is not a file", path.display())));
+        }
+        let count = options.sessions.max(1);
+        let mut sessions = Vec::with_capacity(count);
+        for _ in 0..count {
+            let session = Session::builder(&env)
+                .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)).map_err(Into::into))
+                .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+                .and_then(|mut b| b.commit_from_file(path))
+                .map_err(|e| load_err(e.to_string()))?;
+            sessions.push(Mutex::new(session));
+        }
+        let first = sessions[0]
+            .lock()
+            .map_err(|_| load_err("session lock poisoned".into()))?;
+        let inputs = first
+            .inputs()
+            .iter()
+            .map(|o| {
+                spec_of(o.name(), o.dtype()).ok_or_else(|| {
+                    load_err(format!(
+                        "input '{}' is not a supported tensor type ({:?})",
+                        o.name(),
+                        o.dtype()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Outputs that are not tensors (skl2onnx's ZipMap probabilities, sequences) are left out.
+        let outputs = first
+            .outputs()
+            .iter()
+            .filter_map(|o| spec_of(o.name(), o.dtype()))
+            .collect();
+        drop(first);
+        Ok(OnnxModel {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            inputs,
+            outputs,
+            sessions: sessions.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// Runs the model. Inputs are checked against the metadata first, so a caller's mistake is an
+    /// [`Error::InvalidInput`] naming the input, never an ONNX Runtime error.
+    pub fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.check_inputs(inputs)?;
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            values.push((Cow::Borrowed(t.name.as_str()), self.to_value(t)?));
+        }
+        let mut session = self.session();
+        let outputs = session.run(values).map_err(|e| self.inference_err(e))?;
+        let mut result = Vec::with_capacity(self.outputs.len());
+        for spec in &self.outputs {
+            let value = outputs
+                .get(&spec.name)
+                .ok_or_else(|| self.inference_err(format!("output '{}' missing", spec.name)))?;
+            result.push(self.from_value(&spec.name, value)?);
+        }
+        Ok(result)
+    }
+
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
+        for t in inputs {
+            let Some(spec) = self.inputs.iter().find(|s| s.name == t.name) else {
+                return Err(Error::InvalidInput(format!(
+                    "model {}: unknown input '{}' (inputs: {})",
+                    self.name,
+                    t.name,
+                    self.input_names()
+                )));
+            };
+            spec.check(t)
+                .map_err(|e| Error::InvalidInput(format!("model {}: {e}", self.name)))?;
+        }
+        if let Some(missing) = self.inputs.iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {
+            return Err(Error::InvalidInput(format!(
+                "model {}: missing input '{}'",
+                self.name, missing.name
+            )));
+        }
+        if inputs.len() != self.inputs.len() {
+            return Err(Error::InvalidInput(format!(
+                "model {}: an input is given more than once",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn input_names(&self) -> String {
+        self.inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A free session, or the next one in turn when all are busy.
+    fn session(&self) -> MutexGuard<'_, Session> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
+                return guard;
+            }
+        }
+        // A poisoned lock only means another call panicked mid-run; the session itself is still usable.
+        self.sessions[start % n].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn to_value<'t>(&self, t: &'t Tensor) -> Result<SessionInputValue<'t>> {
+        let shape = t.shape.as_slice();
+        let value: SessionInputValue<'t> = match &t.data {
+            TensorData::Bytes(v) => ort::value::Tensor::from_string_array((shape, v.as_slice()))
+                .map_err(|e| self.inference_err(e))?
+                .into(),
+            TensorData::Bool(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Uint8(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Uint16(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Uint32(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Uint64(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Int8(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Int16(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Int32(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Int64(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Fp32(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Fp64(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+        };
+        Ok(value)
+    }
+
+    fn from_value(&self, name: &str, value: &DynValue) -> Result<Tensor> {
+        let err = |e: ort::Error| self.inference_err(e);
+        let ty = match value.dtype() {
+            ValueType::Tensor { ty, .. } => *ty,
+            other => return Err(self.inference_err(format!("output '{name}' is not a tensor ({other:?})"))),
+        };
+        macro_rules! extract {
+            ($t:ty, $variant:ident) => {{
+                let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
+                (shape.to_vec(), TensorData::$variant(data.to_vec()))
+            }};
+        }
+        let (shape, data) = match ty {
+            TensorElementType::Bool => extract!(bool, Bool),
+            TensorElementType::Uint8 => extract!(u8, Uint8),
+            TensorElementType::Uint16 => extract!(u16, Uint16),
+            TensorElementType::Uint32 => extract!(u32, Uint32),
+            TensorElementType::Uint64 => extract!(u64, Uint64),
+            TensorElementType::Int8 => extract!(i8, Int8),
+            TensorElementType::Int16 => extract!(i16, Int16),
+            TensorElementType::Int32 => extract!(i32, Int32),
+            TensorElementType::Int64 => extract!(i64, Int64),
+            TensorElementType::Float32 => extract!(f32, Fp32),
+            TensorElementType::Float64 => extract!(f64, Fp64),
+            TensorElementType::String => {
+                let (shape, data) = value.try_extract_strings().map_err(err)?;
+                (shape.to_vec(), TensorData::Bytes(data))
+            }
+            other => return Err(self.inference_err(format!("output '{name}' has unsupported element type {other:?}"))),
+        };
+        Ok(Tensor {
+            name: name.to_string(),
+            shape,
+            data,
+        })
+    }
+
+    fn inference_err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Inference {
+            model: self.name.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn view<'t, T>(shape: &'t [i64], data: &'t [T]) -> ort::Result<SessionInputValue<'t>>
+where
+    T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static,
+{
+    Ok(TensorRef::from_array_view((shape, data))?.into())
+}
+
+fn spec_of(name: &str, dtype: &ValueType) -> Option<TensorSpec> {
+    let ValueType::Tensor { ty, shape, .. } = dtype else {
+        return None;
+    };
+    let datatype = match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    };
+    Some(TensorSpec {
+        name: name.to_string(),
+        datatype,
+        shape: shape.to_vec(),
+    })
+}

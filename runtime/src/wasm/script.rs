@@ -1,0 +1,302 @@
+//! One entry script: its compiled component, pre-linked, and a pool of initialised instances.
+//!
+//! Instances are kept between calls, as Azure ML keeps a `score.py` process: `init()` runs once per
+//! instance, then `run()` serves many requests. Measured here (bench/RESULTS.md), a kept Rust instance
+//! serves a 1 KB JSON call in about a quarter of the time of a fresh store + instantiate + init + run,
+//! and a Python one in a thirtieth. After a trap the instance is dropped and the next call gets a fresh one.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::host::{HostState, LogPipe, MemoryCap};
+use super::{Scoring, ScoringPre, WasmEngine, cache, ticks, wit};
+use crate::{Error, ModelSet, Result, TrapKind};
+
+/// Where the package's model files appear inside the sandbox (also `AZUREML_MODEL_DIR`).
+pub const MODEL_DIR: &str = "/models";
+
+/// Bounds on every call into one entry script.
+#[derive(Debug, Clone)]
+pub struct ScriptLimits {
+    /// Wall-clock budget of one `run` call (Azure's `scoringTimeoutMs`). Default 60 s.
+    pub deadline: Duration,
+    /// Budget of `init()` on a fresh instance. Default 120 s: loading a model can be slow.
+    pub init_deadline: Duration,
+    /// Linear memory cap per instance (at most the engine's `max_memory_bytes`). Default 256 MiB.
+    pub memory_bytes: usize,
+    /// Largest response a `run` call may return. Default 64 MiB.
+    pub max_response_bytes: usize,
+    /// Log output (stdout, stderr and `log`) kept per call; the rest is dropped. Default 64 KiB.
+    pub max_log_bytes: usize,
+    /// Initialised instances kept idle for reuse. Default 4.
+    pub max_idle: usize,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            deadline: Duration::from_secs(60),
+            init_deadline: Duration::from_secs(120),
+            memory_bytes: 256 << 20,
+            max_response_bytes: 64 << 20,
+            max_log_bytes: 64 << 10,
+            max_idle: 4,
+        }
+    }
+}
+
+/// Per-call context passed through to the script's log lines.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub request_id: Option<Arc<str>>,
+}
+
+struct Live {
+    store: Store<HostState>,
+    bindings: Scoring,
+}
+
+/// A loaded entry script.
+pub struct EntryScript {
+    name: Arc<str>,
+    pre: ScoringPre<HostState>,
+    engine: wasmtime::Engine,
+    models: Arc<ModelSet>,
+    model_dir: Option<PathBuf>,
+    limits: ScriptLimits,
+    idle: Mutex<Vec<Live>>,
+    from_cache: bool,
+}
+
+impl std::fmt::Debug for EntryScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryScript")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EntryScript {
+    /// Compiles (or loads from the cache) the component at `path`, links it, and initialises one
+    /// instance so that a broken `init()` fails the load rather than the first request.
+    pub fn load(
+        engine: &WasmEngine,
+        name: &str,
+        path: &Path,
+        models: Arc<ModelSet>,
+        model_dir: Option<&Path>,
+        mut limits: ScriptLimits,
+    ) -> Result<Self> {
+        let wasm = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let load_err = |message: String| Error::ScriptLoad {
+            script: name.to_string(),
+            message,
+        };
+        if limits.memory_bytes > engine.config().max_memory_bytes {
+            limits.memory_bytes = engine.config().max_memory_bytes;
+        }
+        let started = Instant::now();
+        let (component, from_cache) = cache::load(engine.engine(), engine.config().cache_dir.as_deref(), name, &wasm)?;
+        let pre = engine
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(format!("imports do not match the plinth:scoring world: {e:#}")))?;
+        let pre = ScoringPre::new(pre)
+            .map_err(|e| load_err(format!("exports do not match the plinth:scoring world: {e:#}")))?;
+        let script = EntryScript {
+            name: name.into(),
+            pre,
+            engine: engine.engine().clone(),
+            models,
+            model_dir: model_dir.map(Path::to_path_buf),
+            limits,
+            idle: Mutex::new(Vec::new()),
+            from_cache,
+        };
+        let first = script.instantiate()?;
+        script.put_back(first);
+        tracing::info!(
+            script = name,
+            from_cache,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "entry script loaded"
+        );
+        Ok(script)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the compiled component came from the on-disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    pub fn limits(&self) -> &ScriptLimits {
+        &self.limits
+    }
+
+    /// Calls the script's `run` with the raw request body and returns its response body.
+    pub fn run(&self, request: &str, ctx: &CallContext) -> Result<String> {
+        let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut live = match popped {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        let state = live.store.data_mut();
+        state.request_id = ctx.request_id.clone();
+        state.log_budget = self.limits.max_log_bytes;
+        live.store.set_epoch_deadline(ticks(self.limits.deadline));
+        let result = live.bindings.call_run(&mut live.store, request);
+        let stdio = self.flush_stdio(&mut live.store);
+        match result {
+            Ok(Ok(body)) => {
+                self.put_back(live);
+                if body.len() > self.limits.max_response_bytes {
+                    return Err(Error::OutputTooLarge {
+                        script: self.name.to_string(),
+                        size: body.len(),
+                        limit: self.limits.max_response_bytes,
+                    });
+                }
+                Ok(body)
+            }
+            Ok(Err(e)) => {
+                self.put_back(live);
+                Err(match e {
+                    wit::Error::InvalidInput(m) => Error::InvalidInput(m),
+                    wit::Error::Internal(message) => Error::ScriptFailed {
+                        script: self.name.to_string(),
+                        message,
+                    },
+                })
+            }
+            // The instance is unusable after a trap; dropping it frees its pool slot.
+            Err(e) => Err(self.trap_error(&e, live.store.data().limiter.hit, &stdio)),
+        }
+    }
+
+    /// A fresh store and instance, with `init()` run.
+    fn instantiate(&self) -> Result<Live> {
+        let stdio = LogPipe::new(self.limits.max_log_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdio.clone())
+            .stderr(stdio.clone())
+            .allow_blocking_current_thread(true);
+        if let Some(dir) = &self.model_dir {
+            wasi.preopened_dir(dir, MODEL_DIR, FsPerms::ReadOnly)
+                .map_err(|e| Error::ScriptLoad {
+                    script: self.name.to_string(),
+                    message: format!("model directory {}: {e:#}", dir.display()),
+                })?;
+            wasi.env("AZUREML_MODEL_DIR", MODEL_DIR);
+        }
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                limit: self.limits.memory_bytes,
+                hit: None,
+            },
+            models: self.models.clone(),
+            script: self.name.clone(),
+            stdio,
+            request_id: None,
+            log_budget: self.limits.max_log_bytes,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(ticks(self.limits.init_deadline));
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) => {
+                let hit = store.data().limiter.hit;
+                let message = format!("{e:#}");
+                // The pooling allocator refuses when every slot is taken: back-pressure, not a broken script.
+                if message.contains("maximum concurrent") || message.contains("pooling") {
+                    return Err(Error::Overloaded {
+                        script: self.name.to_string(),
+                        message,
+                    });
+                }
+                let stdio = self.flush_stdio(&mut store);
+                return Err(self.trap_error(&e, hit, &stdio));
+            }
+        };
+        let init = bindings.call_init(&mut store);
+        let stdio = self.flush_stdio(&mut store);
+        match init {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(message)) => Err(Error::ScriptInit {
+                script: self.name.to_string(),
+                message,
+            }),
+            Err(e) => {
+                let trap = self.trap_error(&e, store.data().limiter.hit, &stdio);
+                Err(Error::ScriptInit {
+                    script: self.name.to_string(),
+                    message: trap.to_string(),
+                })
+            }
+        }
+    }
+
+    fn put_back(&self, live: Live) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.limits.max_idle {
+            idle.push(live);
+        }
+    }
+
+    /// Writes what the script printed to the log and returns it.
+    fn flush_stdio(&self, store: &mut Store<HostState>) -> String {
+        let bytes = store.data().stdio.take();
+        if bytes.is_empty() {
+            return String::new();
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let request_id = store.data().request_id.as_deref().unwrap_or("-");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::info!(target: "plinth::script", script = &*self.name, request_id, "{line}");
+        }
+        text
+    }
+
+    fn trap_error(&self, e: &wasmtime::Error, memory_hit: Option<usize>, stdio: &str) -> Error {
+        let kind = if memory_hit.is_some() {
+            TrapKind::Memory
+        } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            TrapKind::Deadline
+        } else {
+            TrapKind::Trap
+        };
+        let mut message = match kind {
+            TrapKind::Deadline => format!("stopped after {} ms", self.limits.deadline.as_millis()),
+            TrapKind::Memory => format!(
+                "the script asked for {} MiB, the cap is {} MiB",
+                memory_hit.unwrap_or(0) >> 20,
+                self.limits.memory_bytes >> 20
+            ),
+            TrapKind::Trap => match e.downcast_ref::<Trap>() {
+                Some(trap) => trap.to_string(),
+                None => format!("{e}"),
+            },
+        };
+        // A Rust panic or a Python traceback ends up on stderr; its last line is the useful part.
+        if let Some(last) = stdio.lines().rev().find(|l| !l.trim().is_empty()) {
+            message.push_str(&format!(" (script output: {})", last.trim()));
+        }
+        Error::ScriptTrap {
+            script: self.name.to_string(),
+            kind,
+            message,
+        }
+    }
+}
