@@ -214,7 +214,7 @@ fn nest<T: serde::Serialize>(out: &mut Vec<u8>, shape: &[i64], data: &[T]) {
         }
         Some((&len, rest)) => {
             let len = len.max(0) as usize;
-            let stride = if len == 0 { 0 } else { data.len() / len };
+            let stride = data.len().checked_div(len).unwrap_or(0);
             out.push(b'[');
             for i in 0..len {
                 if i > 0 {

@@ -172,7 +172,7 @@ impl OnnxModel {
             let value = outputs
                 .get(&spec.name)
                 .ok_or_else(|| self.inference_err(format!("output '{}' missing", spec.name)))?;
-            result.push(self.from_value(&spec.name, value)?);
+            result.push(self.tensor_of(&spec.name, value)?);
         }
         Ok(result)
     }
@@ -247,7 +247,7 @@ impl OnnxModel {
         Ok(value)
     }
 
-    fn from_value(&self, name: &str, value: &DynValue) -> Result<Tensor> {
+    fn tensor_of(&self, name: &str, value: &DynValue) -> Result<Tensor> {
         let err = |e: ort::Error| self.inference_err(e);
         let ty = match value.dtype() {
             ValueType::Tensor { ty, .. } => *ty,

@@ -290,7 +290,8 @@ impl EntryScript {
             },
         };
         // A Rust panic or a Python traceback ends up on stderr; its last line is the useful part.
-        if let Some(last) = stdio.lines().rev().find(|l| !l.trim().is_empty()) {
+        let useful = |l: &&str| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE");
+        if let Some(last) = stdio.lines().rev().find(useful) {
             message.push_str(&format!(" (script output: {})", last.trim()));
         }
         Error::ScriptTrap {

@@ -1,0 +1,5 @@
+//! Runtime integration tests: real ONNX Runtime, real wasmtime, real components built from `plugins/`.
+
+mod helpers;
+mod onnx;
+mod scripts;
