@@ -38,7 +38,11 @@ fn measure(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::R
     }
     let mean = started.elapsed() / iters as u32;
     samples.sort();
-    Ok(Stats { mean, p50: samples[iters / 2], p99: samples[iters * 99 / 100] })
+    Ok(Stats {
+        mean,
+        p50: samples[iters / 2],
+        p99: samples[iters * 99 / 100],
+    })
 }
 
 fn us(d: Duration) -> String {
@@ -50,7 +54,9 @@ fn repo() -> PathBuf {
 }
 
 fn component(name: &str) -> anyhow::Result<PathBuf> {
-    let p = repo().join("plugins/target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    let p = repo()
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
     if !p.is_file() {
         bail!("{} missing: build the guests first (bench/run does)", p.display());
     }
@@ -68,7 +74,10 @@ fn runtime() -> anyhow::Result<()> {
     let script = |max_idle: usize| -> anyhow::Result<Package> {
         let spec = PackageSpec {
             entry_script: Some(component("json_sum")?),
-            limits: ScriptLimits { max_idle, ..ScriptLimits::default() },
+            limits: ScriptLimits {
+                max_idle,
+                ..ScriptLimits::default()
+            },
             ..PackageSpec::default()
         };
         Ok(Package::load(&spec, Some(&engine))?)
@@ -76,11 +85,19 @@ fn runtime() -> anyhow::Result<()> {
     let kept = script(4)?;
     let fresh = script(0)?;
     let model_path = repo().join("examples/diabetes/model/model.onnx");
-    let ridge = Arc::new(OnnxModel::load("diabetes", &model_path, &SessionOptions::default(), None)?);
+    let ridge = Arc::new(OnnxModel::load(
+        "diabetes",
+        &model_path,
+        &SessionOptions::default(),
+        None,
+    )?);
     let x = [Tensor::new("X", vec![1, 10], TensorData::Fp32(vec![0.03; 10]))?];
     let no_code = Package::load(
         &PackageSpec {
-            models: vec![ModelSource { name: "diabetes".into(), path: model_path.clone() }],
+            models: vec![ModelSource {
+                name: "diabetes".into(),
+                path: model_path.clone(),
+            }],
             ..PackageSpec::default()
         },
         None,
@@ -88,7 +105,10 @@ fn runtime() -> anyhow::Result<()> {
     let ridge_body = br#"{"data": [[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.01]]}"#;
     let rust_script = Package::load(
         &PackageSpec {
-            models: vec![ModelSource { name: "diabetes".into(), path: model_path }],
+            models: vec![ModelSource {
+                name: "diabetes".into(),
+                path: model_path,
+            }],
             entry_script: Some(component("diabetes_script")?),
             ..PackageSpec::default()
         },
@@ -96,21 +116,28 @@ fn runtime() -> anyhow::Result<()> {
     )?;
 
     let rows: Vec<(&str, Stats)> = vec![
-        ("ONNX Runtime `run`, Ridge, batch 1 (tensor in, tensor out)", measure(20_000, || {
-            ridge.infer(&x).map(drop).context("ridge")
-        })?),
-        ("no-code Ridge: JSON body → tensors → ORT → JSON", measure(20_000, || {
-            no_code.score(ridge_body, &ctx).map(drop).context("no-code")
-        })?),
-        ("Rust entry script, kept instance: 1 KB JSON parse + sum", measure(20_000, || {
-            kept.score(body.as_bytes(), &ctx).map(drop).context("kept")
-        })?),
-        ("Rust entry script, fresh store + instantiate + init + run per call", measure(5_000, || {
-            fresh.score(body.as_bytes(), &ctx).map(drop).context("fresh")
-        })?),
-        ("Rust entry script around the Ridge (diabetes example)", measure(20_000, || {
-            rust_script.score(ridge_body, &ctx).map(drop).context("rust script")
-        })?),
+        (
+            "ONNX Runtime `run`, Ridge, batch 1 (tensor in, tensor out)",
+            measure(20_000, || ridge.infer(&x).map(drop).context("ridge"))?,
+        ),
+        (
+            "no-code Ridge: JSON body → tensors → ORT → JSON",
+            measure(20_000, || no_code.score(ridge_body, &ctx).map(drop).context("no-code"))?,
+        ),
+        (
+            "Rust entry script, kept instance: 1 KB JSON parse + sum",
+            measure(20_000, || kept.score(body.as_bytes(), &ctx).map(drop).context("kept"))?,
+        ),
+        (
+            "Rust entry script, fresh store + instantiate + init + run per call",
+            measure(5_000, || fresh.score(body.as_bytes(), &ctx).map(drop).context("fresh"))?,
+        ),
+        (
+            "Rust entry script around the Ridge (diabetes example)",
+            measure(20_000, || {
+                rust_script.score(ridge_body, &ctx).map(drop).context("rust script")
+            })?,
+        ),
     ];
     println!("| per call | mean µs | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|");

@@ -1,11 +1,15 @@
 //! The `plinth` command: one file per subcommand under `commands/`.
 
 mod commands;
-mod scripts;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use plinth::logs::{LogHub, ScriptLogLayer};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Serve machine-learning models as fast, authenticated web services.
 #[derive(Parser)]
@@ -27,15 +31,46 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Score one request against a model and/or entry script, in process (no server): "debug locally first".
+    /// Run the node host: serve every deployed service, the admin API and health routes.
+    Serve(commands::serve::Args),
+    /// Register, list, show and delete models.
+    Model {
+        #[command(subcommand)]
+        command: commands::model::Command,
+        #[command(flatten)]
+        host: commands::HostArgs,
+    },
+    /// Deploy registered models as a service (Azure's `az ml model deploy`).
+    Deploy {
+        #[command(flatten)]
+        args: commands::deploy::Args,
+        #[command(flatten)]
+        host: commands::HostArgs,
+    },
+    /// Manage deployed services: list, show, delete, logs, keys, regen-key, token.
+    Service {
+        #[command(subcommand)]
+        command: commands::service::Command,
+        #[command(flatten)]
+        host: commands::HostArgs,
+    },
+    /// Score one request in process, without a server ("debug locally first").
     Score(commands::score::Args),
+    /// Replicas needed for a load, by Azure ML's sizing rule.
+    Capacity(commands::capacity::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let logs = Arc::new(LogHub::new());
+    init_logging(cli.log_format, logs.clone());
     let result = match cli.command {
+        Command::Serve(args) => commands::serve::run(args, logs),
+        Command::Model { command, host } => commands::model::run(command, &host),
+        Command::Deploy { args, host } => commands::deploy::run(args, &host),
+        Command::Service { command, host } => commands::service::run(command, &host),
         Command::Score(args) => commands::score::run(args),
+        Command::Capacity(args) => commands::capacity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,14 +81,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, logs: Arc<LogHub>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLINTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plinth=info,plinth_runtime=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(ScriptLogLayer(logs));
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).init(),
+        LogFormat::Json => registry.with(fmt.json().with_filter(filter)).init(),
     }
 }

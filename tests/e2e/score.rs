@@ -9,7 +9,10 @@ fn plinth() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
     cmd.current_dir(repo())
         // Compiled Python components are kept across test runs.
-        .env("PLINTH_CACHE_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plinth-cache"))
+        .env(
+            "PLINTH_CACHE_DIR",
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plinth-cache"),
+        )
         .env_remove("ORT_DYLIB_PATH")
         .env("PLINTH_LOG", "warn");
     cmd
@@ -31,7 +34,11 @@ fn ok(out: Output) -> serde_json::Value {
 
 /// The command failed with exactly one line on stderr, which is returned.
 fn one_line_error(out: Output) -> String {
-    assert!(!out.status.success(), "expected a failure, got {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected a failure, got {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "one error line expected in: {stderr}");
@@ -40,33 +47,65 @@ fn one_line_error(out: Output) -> String {
 }
 
 fn predictions(v: &serde_json::Value) -> Vec<f64> {
-    v["predictions"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[test]
 fn no_code_onnx_matches_scikit_learn() {
-    let v = ok(plinth().args(["score", "-m", "diabetes=examples/diabetes/model", "-d"]).arg(sample()).output().unwrap());
-    let got: Vec<f64> = v["variable"].as_array().unwrap().iter().map(|r| r[0].as_f64().unwrap()).collect();
+    let v = ok(plinth()
+        .args(["score", "-m", "diabetes=examples/diabetes/model", "-d"])
+        .arg(sample())
+        .output()
+        .unwrap());
+    let got: Vec<f64> = v["variable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_f64().unwrap())
+        .collect();
     assert_close(&got, &reference(&sample()).0, 1e-4);
 }
 
 #[test]
 fn rust_entry_script_matches_scikit_learn() {
     let script = component("diabetes_script");
-    let out = plinth().args(["score", "-m", "diabetes=examples/diabetes/model", "--script"]).arg(script).arg("-d").arg(sample()).output();
+    let out = plinth()
+        .args(["score", "-m", "diabetes=examples/diabetes/model", "--script"])
+        .arg(script)
+        .arg("-d")
+        .arg(sample())
+        .output();
     assert_close(&predictions(&ok(out.unwrap())), &reference(&sample()).0, 1e-4);
 }
 
 #[test]
 fn python_score_py_matches_scikit_learn() {
     let out = plinth()
-        .args(["score", "-m", "diabetes=examples/diabetes/model", "--script", "examples/diabetes/script-python/score.py", "-d"])
+        .args([
+            "score",
+            "-m",
+            "diabetes=examples/diabetes/model",
+            "--script",
+            "examples/diabetes/script-python/score.py",
+            "-d",
+        ])
         .arg(sample())
         .output();
     assert_close(&predictions(&ok(out.unwrap())), &reference(&sample()).0, 1e-4);
     // A malformed request is the caller's fault, named as such.
     let out = plinth()
-        .args(["score", "-m", "diabetes=examples/diabetes/model", "--script", "examples/diabetes/script-python/score.py"])
+        .args([
+            "score",
+            "-m",
+            "diabetes=examples/diabetes/model",
+            "--script",
+            "examples/diabetes/script-python/score.py",
+        ])
         .args(["--body", r#"{"data": [[1, 2]]}"#])
         .output()
         .unwrap();
@@ -75,7 +114,13 @@ fn python_score_py_matches_scikit_learn() {
 
 fn python_adversary(body: &str, extra: &[&str]) -> String {
     let out = plinth()
-        .args(["score", "--script", "plugins/test-scripts-python/adversary/score.py", "--body", body])
+        .args([
+            "score",
+            "--script",
+            "plugins/test-scripts-python/adversary/score.py",
+            "--body",
+            body,
+        ])
         .args(extra)
         .output()
         .unwrap();
@@ -90,7 +135,10 @@ fn a_python_script_is_bounded_like_any_other() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 
     let err = python_adversary("alloc", &["--memory-mb", "96"]);
-    assert!(err.contains("memory limit exceeded") || err.contains("MemoryError"), "{err}");
+    assert!(
+        err.contains("memory limit exceeded") || err.contains("MemoryError"),
+        "{err}"
+    );
 
     let err = python_adversary("read-passwd", &[]);
     assert!(err.contains("/etc/passwd") && !err.contains("root:"), "{err}");
@@ -98,9 +146,20 @@ fn a_python_script_is_bounded_like_any_other() {
     let err = python_adversary("raise", &[]);
     assert!(err.contains("RuntimeError: the adversary failed on purpose"), "{err}");
 
-    let out = plinth().args(["score", "--script", "plugins/test-scripts-python/adversary/score.py", "--body", "env"]).output();
+    let out = plinth()
+        .args([
+            "score",
+            "--script",
+            "plugins/test-scripts-python/adversary/score.py",
+            "--body",
+            "env",
+        ])
+        .output();
     let env = ok(out.unwrap());
-    assert!(env.get("HOME").is_none() && env.get("PATH").is_none(), "no host environment inside: {env}");
+    assert!(
+        env.get("HOME").is_none() && env.get("PATH").is_none(),
+        "no host environment inside: {env}"
+    );
 }
 
 #[test]
@@ -112,14 +171,27 @@ fn a_missing_onnx_runtime_library_is_one_clear_line() {
         .output()
         .unwrap();
     let err = one_line_error(out);
-    assert!(err.contains("ONNX Runtime library /nonexistent/libonnxruntime.so.1.32.0 could not be loaded"), "{err}");
+    assert!(
+        err.contains("ONNX Runtime library /nonexistent/libonnxruntime.so.1.32.0 could not be loaded"),
+        "{err}"
+    );
     assert!(err.contains("pip install onnxruntime"), "{err}");
 }
 
 #[test]
 fn usage_mistakes_are_one_clear_line() {
-    let err = one_line_error(plinth().args(["score", "-m", "nope=/no/such/model.onnx", "--body", "{}"]).output().unwrap());
+    let err = one_line_error(
+        plinth()
+            .args(["score", "-m", "nope=/no/such/model.onnx", "--body", "{}"])
+            .output()
+            .unwrap(),
+    );
     assert!(err.contains("/no/such/model.onnx does not exist"), "{err}");
-    let err = one_line_error(plinth().args(["score", "--script", "Cargo.toml", "--body", "{}"]).output().unwrap());
+    let err = one_line_error(
+        plinth()
+            .args(["score", "--script", "Cargo.toml", "--body", "{}"])
+            .output()
+            .unwrap(),
+    );
     assert!(err.contains("expected a .py file or a .wasm component"), "{err}");
 }

@@ -23,7 +23,11 @@ pub fn reference(data_file: &Path) -> (Vec<f64>, Vec<f64>) {
         .arg(data_file)
         .output()
         .expect("running make_model.py");
-    assert!(out.status.success(), "make_model.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "make_model.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let floats = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     (floats("sklearn"), floats("onnxruntime"))
@@ -32,7 +36,10 @@ pub fn reference(data_file: &Path) -> (Vec<f64>, Vec<f64>) {
 pub fn assert_close(got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
     for (g, w) in got.iter().zip(want) {
-        assert!((g - w).abs() <= tol * w.abs().max(1.0), "got {got:?}, want {want:?} (tolerance {tol})");
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1.0),
+            "got {got:?}, want {want:?} (tolerance {tol})"
+        );
     }
 }
 
@@ -47,7 +54,9 @@ pub fn component(name: &str) -> PathBuf {
             .expect("running cargo for the guest components");
         assert!(status.success(), "building the guest components failed");
     });
-    let path = repo().join("plugins/target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    let path = repo()
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
     assert!(path.is_file(), "{} missing after the build", path.display());
     path
 }

@@ -1,3 +1,157 @@
-//! One module per `plinth` subcommand.
+//! One module per `plinth` subcommand, and what they share: how to find the host and its credential.
 
+pub mod capacity;
+pub mod deploy;
+pub mod model;
 pub mod score;
+pub mod serve;
+pub mod service;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use plinth::client::Client;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Options every command that talks to a host takes.
+#[derive(clap::Args, Clone)]
+pub struct HostArgs {
+    /// The host's address.
+    #[arg(
+        long = "host",
+        env = "PLINTH_HOST",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub host: String,
+    /// The workspace whose admin-token file authenticates the CLI.
+    #[arg(long, env = "PLINTH_WORKSPACE", default_value = ".plinth", global = true)]
+    pub workspace: PathBuf,
+    /// The admin credential (default: read from the workspace).
+    #[arg(long, env = "PLINTH_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+    /// PEM certificate that signed an https host.
+    #[arg(long, env = "PLINTH_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// `text` or `json`.
+    #[arg(long, short = 'o', default_value = "text", global = true)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+impl HostArgs {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let token = match &self.admin_token {
+            Some(t) => t.clone(),
+            None => {
+                let path = self.workspace.join("admin-token");
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "no admin credential: {} is unreadable (set --workspace/PLINTH_WORKSPACE or PLINTH_ADMIN_TOKEN)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        Client::new(self.host.trim_end_matches('/'), Some(token), self.cacert.as_deref())
+    }
+
+    /// Prints `value` as JSON, or as the text `text` renders.
+    pub fn print(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
+        match self.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+            Output::Text => {
+                let t = text(value);
+                if !t.is_empty() {
+                    println!("{t}");
+                }
+            }
+        }
+    }
+}
+
+/// A single-threaded runtime for a command.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// Uploads `files` (relative path → local path) as blobs the host does not have yet; returns the refs.
+pub async fn upload(client: &Client, files: &[(String, PathBuf)]) -> anyhow::Result<Vec<Value>> {
+    let mut refs = Vec::with_capacity(files.len());
+    for (rel, path) in files {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let (status, _) = client
+            .request(http::Method::GET, &format!("/api/v1/admin/blobs/{sha}"), None)
+            .await?;
+        if status == http::StatusCode::NOT_FOUND {
+            let (status, body) = client
+                .request(
+                    http::Method::PUT,
+                    &format!("/api/v1/admin/blobs/{sha}"),
+                    Some(bytes.clone()),
+                )
+                .await?;
+            if !status.is_success() {
+                anyhow::bail!(
+                    "uploading {}: HTTP {}: {}",
+                    path.display(),
+                    status.as_u16(),
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        } else if !status.is_success() {
+            anyhow::bail!("checking {} on the host: HTTP {}", path.display(), status.as_u16());
+        }
+        refs.push(serde_json::json!({"path": rel, "sha256": sha, "size": bytes.len()}));
+    }
+    Ok(refs)
+}
+
+/// Every file under `dir` (or `dir` itself, if a file), with `/`-separated relative paths, leaving out
+/// what `.gitignore`, `.amlignore` or `.plinthignore` there name (as Azure ML packs a project folder).
+pub fn pack(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    if dir.is_file() {
+        let name = dir
+            .file_name()
+            .context("file has no name")?
+            .to_string_lossy()
+            .into_owned();
+        return Ok(vec![(name, dir.to_path_buf())]);
+    }
+    if !dir.is_dir() {
+        anyhow::bail!("{} does not exist", dir.display());
+    }
+    let mut out = Vec::new();
+    let walker = ignore::WalkBuilder::new(dir)
+        .require_git(false)
+        .add_custom_ignore_filename(".amlignore")
+        .add_custom_ignore_filename(".plinthignore")
+        .build();
+    for entry in walker {
+        let entry = entry?;
+        if entry.file_type().is_some_and(|t| t.is_file()) {
+            let rel = entry.path().strip_prefix(dir)?;
+            let rel: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push((rel.join("/"), entry.path().to_path_buf()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}

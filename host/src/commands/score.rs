@@ -51,14 +51,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.models.is_empty() && args.script.is_none() {
         bail!("give a model (-m NAME=PATH) and/or an entry script (--script FILE)");
     }
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(crate::scripts::default_cache_dir);
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(plinth::scripts::default_cache_dir);
     let models = args
         .models
         .iter()
         .map(|m| parse_model(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let entry_script = match &args.script {
-        Some(path) => Some(crate::scripts::prepare(path, &cache_dir)?),
+        Some(path) => Some(plinth::scripts::prepare(path, &cache_dir)?),
         None => None,
     };
     let body = read_body(&args)?;

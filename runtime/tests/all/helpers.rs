@@ -23,14 +23,21 @@ pub fn engine() -> &'static WasmEngine {
     static ENGINE: OnceLock<WasmEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let cache = std::env::temp_dir().join(format!("plinth-test-cache-{}", std::process::id()));
-        WasmEngine::new(EngineConfig { cache_dir: Some(cache), max_instances: 32, ..EngineConfig::default() })
-            .expect("engine")
+        WasmEngine::new(EngineConfig {
+            cache_dir: Some(cache),
+            max_instances: 32,
+            ..EngineConfig::default()
+        })
+        .expect("engine")
     })
 }
 
 pub fn diabetes_spec() -> PackageSpec {
     PackageSpec {
-        models: vec![ModelSource { name: "diabetes".into(), path: diabetes_model_dir() }],
+        models: vec![ModelSource {
+            name: "diabetes".into(),
+            path: diabetes_model_dir(),
+        }],
         ..PackageSpec::default()
     }
 }

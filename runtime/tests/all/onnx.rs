@@ -9,7 +9,13 @@ use plinth_runtime::{DataType, Error, Package, PackageSpec, Tensor, TensorData};
 use crate::helpers::*;
 
 fn ridge() -> OnnxModel {
-    OnnxModel::load("diabetes", &diabetes_model_dir().join("model.onnx"), &SessionOptions::default(), None).unwrap()
+    OnnxModel::load(
+        "diabetes",
+        &diabetes_model_dir().join("model.onnx"),
+        &SessionOptions::default(),
+        None,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -28,7 +34,12 @@ fn no_code_scoring_matches_scikit_learn_and_python_onnxruntime() {
     let package = Package::load(&diabetes_spec(), None).unwrap();
     let body = package.score(&sample(), &CallContext::default()).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let got: Vec<f64> = v["variable"].as_array().unwrap().iter().map(|row| row[0].as_f64().unwrap()).collect();
+    let got: Vec<f64> = v["variable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_f64().unwrap())
+        .collect();
     let (sklearn, onnxruntime) = reference();
     assert_close(&got, &sklearn, 1e-4);
     assert_close(&got, &onnxruntime, 1e-6);
@@ -41,7 +52,9 @@ fn tensors_in_and_out() {
     let out = m.infer(&[x]).unwrap();
     assert_eq!(out[0].name, "variable");
     assert_eq!(out[0].shape, vec![3, 1]);
-    let TensorData::Fp32(v) = &out[0].data else { panic!("not fp32: {:?}", out[0]) };
+    let TensorData::Fp32(v) = &out[0].data else {
+        panic!("not fp32: {:?}", out[0])
+    };
     assert_eq!(v[0], v[2], "same rows give the same prediction");
 }
 
@@ -49,10 +62,38 @@ fn tensors_in_and_out() {
 fn caller_mistakes_are_invalid_input_naming_the_problem() {
     let m = ridge();
     let cases: Vec<(Vec<Tensor>, &str)> = vec![
-        (vec![Tensor { name: "X".into(), shape: vec![1, 9], data: TensorData::Fp32(vec![0.0; 9]) }], "expected shape"),
-        (vec![Tensor { name: "X".into(), shape: vec![1, 10], data: TensorData::Fp64(vec![0.0; 10]) }], "expected datatype FP32"),
-        (vec![Tensor { name: "X".into(), shape: vec![1, 10], data: TensorData::Fp32(vec![0.0; 7]) }], "needs 10 elements"),
-        (vec![Tensor { name: "Y".into(), shape: vec![1, 10], data: TensorData::Fp32(vec![0.0; 10]) }], "unknown input 'Y'"),
+        (
+            vec![Tensor {
+                name: "X".into(),
+                shape: vec![1, 9],
+                data: TensorData::Fp32(vec![0.0; 9]),
+            }],
+            "expected shape",
+        ),
+        (
+            vec![Tensor {
+                name: "X".into(),
+                shape: vec![1, 10],
+                data: TensorData::Fp64(vec![0.0; 10]),
+            }],
+            "expected datatype FP32",
+        ),
+        (
+            vec![Tensor {
+                name: "X".into(),
+                shape: vec![1, 10],
+                data: TensorData::Fp32(vec![0.0; 7]),
+            }],
+            "needs 10 elements",
+        ),
+        (
+            vec![Tensor {
+                name: "Y".into(),
+                shape: vec![1, 10],
+                data: TensorData::Fp32(vec![0.0; 10]),
+            }],
+            "unknown input 'Y'",
+        ),
         (vec![], "missing input 'X'"),
     ];
     for (inputs, want) in cases {
@@ -74,14 +115,21 @@ fn caller_mistakes_are_invalid_input_naming_the_problem() {
 
 #[test]
 fn a_session_is_shared_safely_by_concurrent_callers() {
-    let m = Arc::new(OnnxModel::load(
-        "diabetes",
-        &diabetes_model_dir().join("model.onnx"),
-        &SessionOptions { intra_threads: 1, sessions: 2 },
-        None,
-    )
-    .unwrap());
-    let want = m.infer(&[Tensor::new("X", vec![1, 10], TensorData::Fp32(vec![0.02; 10])).unwrap()]).unwrap();
+    let m = Arc::new(
+        OnnxModel::load(
+            "diabetes",
+            &diabetes_model_dir().join("model.onnx"),
+            &SessionOptions {
+                intra_threads: 1,
+                sessions: 2,
+            },
+            None,
+        )
+        .unwrap(),
+    );
+    let want = m
+        .infer(&[Tensor::new("X", vec![1, 10], TensorData::Fp32(vec![0.02; 10])).unwrap()])
+        .unwrap();
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let m = m.clone();
@@ -102,7 +150,10 @@ fn a_session_is_shared_safely_by_concurrent_callers() {
 #[test]
 fn a_missing_model_file_is_a_load_error() {
     let spec = PackageSpec {
-        models: vec![plinth_runtime::ModelSource { name: "gone".into(), path: "/nonexistent/model.onnx".into() }],
+        models: vec![plinth_runtime::ModelSource {
+            name: "gone".into(),
+            path: "/nonexistent/model.onnx".into(),
+        }],
         ..PackageSpec::default()
     };
     let err = Package::load(&spec, None).unwrap_err();

@@ -10,7 +10,9 @@ use plinth_runtime::{Error, ModelSource, Package, PackageSpec, TrapKind};
 use crate::helpers::*;
 
 fn ctx() -> CallContext {
-    CallContext { request_id: Some("test".into()) }
+    CallContext {
+        request_id: Some("test".into()),
+    }
 }
 
 fn run(p: &Package, body: &str) -> Result<String, Error> {
@@ -28,7 +30,10 @@ fn model_copy(tag: &str) -> PathBuf {
 fn adversary(tag: &str, limits: ScriptLimits) -> (Arc<Package>, PathBuf) {
     let dir = model_copy(tag);
     let spec = PackageSpec {
-        models: vec![ModelSource { name: "diabetes".into(), path: dir.clone() }],
+        models: vec![ModelSource {
+            name: "diabetes".into(),
+            path: dir.clone(),
+        }],
         entry_script: Some(component("adversary")),
         limits,
         ..PackageSpec::default()
@@ -47,10 +52,19 @@ fn short_limits() -> ScriptLimits {
 
 #[test]
 fn rust_entry_script_matches_scikit_learn() {
-    let spec = PackageSpec { entry_script: Some(component("diabetes_script")), ..diabetes_spec() };
+    let spec = PackageSpec {
+        entry_script: Some(component("diabetes_script")),
+        ..diabetes_spec()
+    };
     let p = load(&spec);
-    let v: serde_json::Value = serde_json::from_str(&run(&p, std::str::from_utf8(&sample()).unwrap()).unwrap()).unwrap();
-    let got: Vec<f64> = v["predictions"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&p, std::str::from_utf8(&sample()).unwrap()).unwrap()).unwrap();
+    let got: Vec<f64> = v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     let (sklearn, _) = reference();
     assert_close(&got, &sklearn, 1e-4);
 
@@ -63,7 +77,10 @@ fn rust_entry_script_matches_scikit_learn() {
 
 #[test]
 fn concurrent_calls_each_get_their_own_instance() {
-    let spec = PackageSpec { entry_script: Some(component("diabetes_script")), ..diabetes_spec() };
+    let spec = PackageSpec {
+        entry_script: Some(component("diabetes_script")),
+        ..diabetes_spec()
+    };
     let p = load(&spec);
     let want = run(&p, std::str::from_utf8(&sample()).unwrap()).unwrap();
     let threads: Vec<_> = (0..6)
@@ -98,10 +115,22 @@ fn an_infinite_loop_hits_the_deadline_and_the_next_call_succeeds() {
     let started = Instant::now();
     let err = run(&p, "loop").unwrap_err();
     let took = started.elapsed();
-    assert!(matches!(err, Error::ScriptTrap { kind: TrapKind::Deadline, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::ScriptTrap {
+                kind: TrapKind::Deadline,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(err.kind(), "deadline");
     assert!(err.to_string().contains("deadline exceeded"), "{err}");
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "stopped after {took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "stopped after {took:?}"
+    );
     assert!(run(&p, "after").unwrap().ends_with(":after"));
 }
 
@@ -109,7 +138,16 @@ fn an_infinite_loop_hits_the_deadline_and_the_next_call_succeeds() {
 fn a_memory_bomb_hits_the_cap_and_the_next_call_succeeds() {
     let (p, _) = adversary("alloc", short_limits());
     let err = run(&p, "alloc").unwrap_err();
-    assert!(matches!(err, Error::ScriptTrap { kind: TrapKind::Memory, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::ScriptTrap {
+                kind: TrapKind::Memory,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("the cap is 64 MiB"), "{err}");
     assert!(run(&p, "after").unwrap().ends_with(":after"));
 }
@@ -118,7 +156,16 @@ fn a_memory_bomb_hits_the_cap_and_the_next_call_succeeds() {
 fn a_panic_is_a_trap_that_reports_the_panic_message() {
     let (p, _) = adversary("panic", short_limits());
     let err = run(&p, "panic").unwrap_err();
-    assert!(matches!(err, Error::ScriptTrap { kind: TrapKind::Trap, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::ScriptTrap {
+                kind: TrapKind::Trap,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("adversary panicked on purpose"), "{err}");
     assert!(run(&p, "after").unwrap().ends_with(":after"));
 }
@@ -128,7 +175,10 @@ fn the_host_filesystem_is_out_of_reach() {
     let (p, dir) = adversary("fs", short_limits());
     let err = run(&p, "read-passwd").unwrap_err();
     assert!(matches!(err, Error::ScriptFailed { .. }), "{err:?}");
-    assert!(err.to_string().contains("/etc/passwd") && !err.to_string().contains("root:"), "{err}");
+    assert!(
+        err.to_string().contains("/etc/passwd") && !err.to_string().contains("root:"),
+        "{err}"
+    );
 
     let err = run(&p, "write-models").unwrap_err();
     assert!(err.to_string().contains("/models/evil.txt"), "{err}");
@@ -147,7 +197,11 @@ fn the_host_filesystem_is_out_of_reach() {
 
 #[test]
 fn an_enormous_response_is_refused() {
-    let limits = ScriptLimits { memory_bytes: 512 << 20, max_response_bytes: 1 << 20, ..short_limits() };
+    let limits = ScriptLimits {
+        memory_bytes: 512 << 20,
+        max_response_bytes: 1 << 20,
+        ..short_limits()
+    };
     let (p, _) = adversary("huge", limits);
     let err = run(&p, "huge-output").unwrap_err();
     assert!(matches!(err, Error::OutputTooLarge { .. }), "{err:?}");
@@ -170,17 +224,26 @@ fn script_errors_keep_their_meaning() {
 
 #[test]
 fn compiled_components_are_cached_by_content_hash() {
-    let spec = PackageSpec { entry_script: Some(component("diabetes_script")), ..diabetes_spec() };
+    let spec = PackageSpec {
+        entry_script: Some(component("diabetes_script")),
+        ..diabetes_spec()
+    };
     let _first = load(&spec);
     let second = load(&spec);
-    assert!(second.script().unwrap().from_cache(), "the second load reads the compiled component from the cache");
+    assert!(
+        second.script().unwrap().from_cache(),
+        "the second load reads the compiled component from the cache"
+    );
 }
 
 #[test]
 fn a_file_that_is_not_a_component_is_a_clear_load_error() {
     let bogus = std::env::temp_dir().join(format!("plinth-bogus-{}.wasm", std::process::id()));
     std::fs::write(&bogus, b"\0asm garbage").unwrap();
-    let spec = PackageSpec { entry_script: Some(bogus.clone()), ..diabetes_spec() };
+    let spec = PackageSpec {
+        entry_script: Some(bogus.clone()),
+        ..diabetes_spec()
+    };
     let err = Package::load(&spec, Some(engine())).unwrap_err();
     assert_eq!(err.kind(), "script_load", "{err}");
     assert!(err.to_string().contains("not a valid component"), "{err}");

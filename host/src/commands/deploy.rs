@@ -1,0 +1,154 @@
+//! `plinth deploy`: Azure's `az ml model deploy` / `Model.deploy` + `wait_for_deployment(show_output=True)`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use http::Method;
+use plinth::config::{DeploymentConfig, InferenceConfig};
+use serde_json::{Value, json};
+
+use super::{HostArgs, block_on, pack, upload};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A registered model as NAME:VERSION (or NAME for the latest); repeatable.
+    #[arg(short = 'm', long = "model", value_name = "NAME:VERSION")]
+    models: Vec<String>,
+    /// The service name.
+    #[arg(short = 'n', long = "name")]
+    name: String,
+    /// inferenceconfig.json (entryScript, sourceDirectory, ...). Without it the model is served directly.
+    #[arg(long = "ic", alias = "inference-config", value_name = "FILE")]
+    inference_config: Option<PathBuf>,
+    /// deploymentconfig.json (auth, autoscaler, timeouts, ...). Without it, Azure's defaults.
+    #[arg(long = "dc", alias = "deployment-config", value_name = "FILE")]
+    deployment_config: Option<PathBuf>,
+    /// Return as soon as the host has accepted the deployment.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
+    let ic_value = args
+        .inference_config
+        .as_deref()
+        .map(read_json)
+        .transpose()?
+        .unwrap_or(json!({}));
+    let dc_value = args
+        .deployment_config
+        .as_deref()
+        .map(read_json)
+        .transpose()?
+        .unwrap_or(json!({}));
+    // Check locally first, so a typo is reported before anything is uploaded.
+    let ic_name = args
+        .inference_config
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or("inferenceconfig.json".into());
+    let dc_name = args
+        .deployment_config
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or("deploymentconfig.json".into());
+    let (ic, ic_ignored) = InferenceConfig::from_json(&ic_name, &serde_json::to_vec(&ic_value)?)?;
+    let (_, dc_ignored) = DeploymentConfig::from_json(&dc_name, &serde_json::to_vec(&dc_value)?)?;
+    for note in ic_ignored.iter().chain(&dc_ignored) {
+        eprintln!("note: ignored on a Plinth host: {note}");
+    }
+    let base = args
+        .inference_config
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let (files, entry_script) = match ic.entry_script_path(&base) {
+        None => (Vec::new(), None),
+        Some(script) => match ic.source_dir(&base) {
+            Some(src) => {
+                let files = pack(&src).with_context(|| format!("sourceDirectory {}", src.display()))?;
+                let rel = ic.entry_script.clone().unwrap_or_default();
+                if !files.iter().any(|(p, _)| p == &rel) {
+                    bail!(
+                        "entryScript {rel} is not in sourceDirectory {} (or an ignore file leaves it out)",
+                        src.display()
+                    );
+                }
+                (files, Some(rel))
+            }
+            None => {
+                let files = pack(&script).with_context(|| format!("entryScript {}", script.display()))?;
+                let rel = files[0].0.clone();
+                (files, Some(rel))
+            }
+        },
+    };
+    let client = host.client()?;
+    block_on(async {
+        let source = upload(&client, &files).await?;
+        let body = json!({
+            "name": args.name,
+            "models": args.models,
+            "inference_config": ic_value,
+            "deployment_config": dc_value,
+            "source": source,
+            "entry_script": entry_script,
+        });
+        let accepted = client.json(Method::POST, "/api/v1/admin/services", Some(&body)).await?;
+        let uri = format!("{}/api/v1/service/{}/score", host.host.trim_end_matches('/'), args.name);
+        if args.no_wait {
+            host.print(&accepted, |_| format!("Transitioning\nScoring URI: {uri}"));
+            return Ok(());
+        }
+        let started = Instant::now();
+        let text = host.output == super::Output::Text;
+        if text {
+            eprint!("Running");
+        }
+        let status = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let status = client
+                .json(Method::GET, &format!("/api/v1/admin/services/{}", args.name), None)
+                .await?;
+            match status["state"].as_str() {
+                Some("Healthy") | Some("Failed") => break status,
+                _ if started.elapsed() > Duration::from_secs(args.timeout_secs) => {
+                    bail!("service {} is still not ready after {} s", args.name, args.timeout_secs)
+                }
+                _ => {
+                    if text && started.elapsed().as_millis() % 1000 < 100 {
+                        eprint!(".");
+                        let _ = std::io::stderr().flush();
+                    }
+                }
+            }
+        };
+        if text {
+            eprintln!();
+        }
+        if status["state"] == "Failed" {
+            bail!(
+                "service {} failed to deploy: {}",
+                args.name,
+                status["error"].as_str().unwrap_or("unknown error")
+            );
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        host.print(
+            &json!({"state": "Healthy", "scoringUri": uri, "service": status}),
+            |_| format!("Healthy ({elapsed:.1} s)\nScoring URI: {uri}"),
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,93 @@
+//! `plinth model register|list|show|delete`: the model registry (Azure's `Model.register`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use http::Method;
+use serde_json::{Value, json};
+
+use super::{HostArgs, block_on, pack, upload};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Register a file or folder as the next version of a model; prints NAME:VERSION.
+    Register {
+        #[arg(long, short = 'n')]
+        name: String,
+        /// A model file (.onnx) or a folder of files.
+        #[arg(long, short = 'p')]
+        path: PathBuf,
+        #[arg(long, short = 'd')]
+        description: Option<String>,
+        /// A tag as key=value (repeatable).
+        #[arg(long = "tag", short = 't', value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// List registered models.
+    List,
+    /// Show one model (NAME:VERSION, or NAME for the latest).
+    Show { id: String },
+    /// Delete one model version (refused while a service uses it).
+    Delete { id: String },
+}
+
+pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
+    let client = host.client()?;
+    block_on(async {
+        match cmd {
+            Command::Register {
+                name,
+                path,
+                description,
+                tags,
+            } => {
+                let mut tag_map = serde_json::Map::new();
+                for t in &tags {
+                    let (k, v) = t
+                        .split_once('=')
+                        .with_context(|| format!("tag '{t}' is not KEY=VALUE"))?;
+                    tag_map.insert(k.to_string(), Value::String(v.to_string()));
+                }
+                let files = pack(&path).with_context(|| format!("model path {}", path.display()))?;
+                if files.is_empty() {
+                    bail!("model path {} holds no files", path.display());
+                }
+                let refs = upload(&client, &files).await?;
+                let body = json!({"name": name, "description": description, "tags": tag_map, "files": refs});
+                let record = client.json(Method::POST, "/api/v1/admin/models", Some(&body)).await?;
+                host.print(&record, |r| {
+                    format!("{}:{}", r["name"].as_str().unwrap_or(""), r["version"])
+                });
+            }
+            Command::List => {
+                let list = client.json(Method::GET, "/api/v1/admin/models", None).await?;
+                host.print(&list, |l| {
+                    let mut out = format!("{:<32} {:>7}  {:>5}  DESCRIPTION", "NAME", "VERSION", "FILES");
+                    for m in l.as_array().into_iter().flatten() {
+                        out.push_str(&format!(
+                            "\n{:<32} {:>7}  {:>5}  {}",
+                            m["name"].as_str().unwrap_or(""),
+                            m["version"],
+                            m["files"].as_array().map(Vec::len).unwrap_or(0),
+                            m["description"].as_str().unwrap_or("")
+                        ));
+                    }
+                    out
+                });
+            }
+            Command::Show { id } => {
+                let m = client
+                    .json(Method::GET, &format!("/api/v1/admin/models/{id}"), None)
+                    .await?;
+                host.print(&m, |m| serde_json::to_string_pretty(m).unwrap_or_default());
+            }
+            Command::Delete { id } => {
+                let r = client
+                    .json(Method::DELETE, &format!("/api/v1/admin/models/{id}"), None)
+                    .await?;
+                host.print(&r, |_| format!("deleted model {id}"));
+            }
+        }
+        Ok(())
+    })
+}

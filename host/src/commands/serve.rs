@@ -1,0 +1,92 @@
+//! `plinth serve`: the node host. Opens (or creates) the workspace, brings back every service, serves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use plinth::control::{ControlOptions, ControlPlane};
+use plinth::logs::LogHub;
+use plinth::store::Workspace;
+use plinth::{Host, Router};
+use plinth_runtime::wasm::{EngineConfig, WasmEngine};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free one; the address is printed).
+    #[arg(long, env = "PLINTH_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where models, services, keys and caches live.
+    #[arg(long, env = "PLINTH_WORKSPACE", default_value = ".plinth")]
+    workspace: PathBuf,
+    /// PEM certificate chain for HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest request body, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = plinth::http::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Lifetime of service tokens, in seconds (they should be refreshed after half of it).
+    #[arg(long, default_value_t = 3600)]
+    token_lifetime_secs: u64,
+    /// Where compiled entry scripts are cached (default: <workspace>/cache).
+    #[arg(long, env = "PLINTH_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The ONNX Runtime library file (default: found in ./.venv, beside the binary, or system-wide).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_lib: Option<PathBuf>,
+}
+
+pub fn run(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args, logs))
+}
+
+async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
+    let ws = Arc::new(
+        Workspace::open(&args.workspace).with_context(|| format!("opening workspace {}", args.workspace.display()))?,
+    );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(plinth::server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| ws.root().join("cache"));
+    let engine = Arc::new(WasmEngine::new(EngineConfig {
+        cache_dir: Some(cache_dir.join("components")),
+        ..EngineConfig::default()
+    })?);
+    let router = Arc::new(Router::new());
+    let control = Arc::new(ControlPlane::new(
+        ws.clone(),
+        router.clone(),
+        engine,
+        logs,
+        ControlOptions {
+            token_lifetime: Duration::from_secs(args.token_lifetime_secs),
+            ort_library: args.ort_lib.clone(),
+            cache_dir: Some(cache_dir),
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    control.restore()?;
+    let host = Arc::new(
+        Host::new(router)
+            .with_control(control)
+            .with_max_body_bytes(args.max_body_bytes),
+    );
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!(
+        "plinth listening on {scheme}://{addr} (workspace {})",
+        ws.root().display()
+    );
+    tracing::info!(%addr, scheme, "listening");
+    plinth::serve(listener, host, tls, plinth::server::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! `plinth service list|show|delete|logs|keys|regen-key|token` (Azure's Webservice methods).
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::Value;
+
+use super::{HostArgs, block_on};
+
+/// Lines fetched per poll with --follow.
+const FOLLOW_WINDOW: usize = 500;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// List services with their state.
+    List,
+    /// Show a service: state, models, configuration, scoring URI.
+    Show { name: String },
+    /// Delete a service.
+    Delete { name: String },
+    /// Print the service's log: deployment events and entry-script output (Azure's get_logs).
+    Logs {
+        name: String,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Keep printing new lines.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Print the primary and secondary keys (Azure's get_keys).
+    Keys { name: String },
+    /// Regenerate one key; the other keeps working (Azure's regen_key).
+    RegenKey {
+        name: String,
+        #[arg(long, value_parser = ["primary", "secondary"])]
+        key: String,
+    },
+    /// Print a token and its refresh-by time (Azure's get_token).
+    Token { name: String },
+}
+
+pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
+    let client = host.client()?;
+    block_on(async {
+        match cmd {
+            Command::List => {
+                let list = client.json(Method::GET, "/api/v1/admin/services", None).await?;
+                host.print(&list, |l| {
+                    let mut out = format!("{:<28} {:<14} {:<24} SCORING URI", "NAME", "STATE", "MODELS");
+                    for s in l.as_array().into_iter().flatten() {
+                        let models: Vec<&str> = s["models"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        out.push_str(&format!(
+                            "\n{:<28} {:<14} {:<24} {}{}",
+                            s["name"].as_str().unwrap_or(""),
+                            s["state"].as_str().unwrap_or(""),
+                            models.join(","),
+                            host.host.trim_end_matches('/'),
+                            s["scoringUri"].as_str().unwrap_or("")
+                        ));
+                    }
+                    out
+                });
+            }
+            Command::Show { name } => {
+                let s = client
+                    .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
+                    .await?;
+                host.print(&s, |s| serde_json::to_string_pretty(s).unwrap_or_default());
+            }
+            Command::Delete { name } => {
+                let r = client
+                    .json(Method::DELETE, &format!("/api/v1/admin/services/{name}"), None)
+                    .await?;
+                host.print(&r, |_| format!("deleted service {name}"));
+            }
+            Command::Logs { name, tail, follow } => {
+                let path = |tail: Option<usize>| match tail {
+                    Some(t) => format!("/api/v1/admin/services/{name}/logs?tail={t}"),
+                    None => format!("/api/v1/admin/services/{name}/logs"),
+                };
+                let first = client.json(Method::GET, &path(tail), None).await?;
+                let mut last: Vec<String> = lines(&first);
+                host.print(&first, |_| last.join("\n"));
+                if follow {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let now = lines(&client.json(Method::GET, &path(Some(FOLLOW_WINDOW)), None).await?);
+                        // Print what follows the last line we printed.
+                        let start = last
+                            .last()
+                            .and_then(|l| now.iter().rposition(|n| n == l))
+                            .map(|i| i + 1)
+                            .unwrap_or(0);
+                        for line in &now[start..] {
+                            println!("{line}");
+                        }
+                        if !now.is_empty() {
+                            last = now;
+                        }
+                    }
+                }
+            }
+            Command::Keys { name } => {
+                let k = client
+                    .json(Method::GET, &format!("/api/v1/admin/services/{name}/keys"), None)
+                    .await?;
+                host.print(&k, |k| {
+                    format!(
+                        "primary:   {}\nsecondary: {}",
+                        k["primaryKey"].as_str().unwrap_or(""),
+                        k["secondaryKey"].as_str().unwrap_or("")
+                    )
+                });
+            }
+            Command::RegenKey { name, key } => {
+                let body = serde_json::json!({"key": key});
+                let k = client
+                    .json(
+                        Method::POST,
+                        &format!("/api/v1/admin/services/{name}/regen-key"),
+                        Some(&body),
+                    )
+                    .await?;
+                host.print(&k, |k| {
+                    let field = if key == "primary" { "primaryKey" } else { "secondaryKey" };
+                    format!("{key}: {}", k[field].as_str().unwrap_or(""))
+                });
+            }
+            Command::Token { name } => {
+                let t = client
+                    .json(Method::POST, &format!("/api/v1/admin/services/{name}/token"), None)
+                    .await?;
+                host.print(&t, |t| {
+                    format!(
+                        "token: {}\nrefresh after: {}",
+                        t["accessToken"].as_str().unwrap_or(""),
+                        t["refreshAfter"]
+                    )
+                });
+            }
+        }
+        Ok(())
+    })
+}
+
+fn lines(v: &Value) -> Vec<String> {
+    v["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,409 @@
+//! Azure ML's deployment files, read as they are: `deploymentconfig.json` and `inferenceconfig.json`.
+//!
+//! Every field Azure defines is accepted. Those that mean nothing on a Plinth host (compute type,
+//! namespace, GPU cores, Application Insights, ...) are collected in [`Ignored`] and reported once.
+//! A field nobody defines, a wrong type or an impossible value is an error that names the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong reading a configuration file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Fields accepted but without effect here, by dotted path.
+pub type Ignored = Vec<String>;
+
+/// `deploymentconfig.json`, with Azure's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DeploymentConfig {
+    /// `"aks"`, `"ACI"`, `"local"`: accepted and ignored (a Plinth host is the compute).
+    pub compute_type: Option<String>,
+    pub container_resource_requirements: ResourceRequirements,
+    pub auto_scaler: AutoScaler,
+    /// Key auth (primary and secondary keys). Default true.
+    pub auth_enabled: bool,
+    /// Token auth (JWTs from `plinth service token`). Default false.
+    pub token_auth_enabled: bool,
+    /// Keys to use instead of generated ones.
+    pub keys: Keys,
+    /// Deadline of one scoring request, in ms. Default 60000.
+    pub scoring_timeout_ms: u64,
+    /// Requests one replica serves at once. Default 1.
+    pub max_concurrent_requests_per_container: u32,
+    /// How long a request may wait for a free replica, in ms. Default 500.
+    pub max_queue_wait_ms: u64,
+    /// Replicas when autoscaling is off. Default 1.
+    pub num_replicas: Option<u32>,
+    pub data_collection: DataCollection,
+    pub description: Option<String>,
+    pub tags: Option<serde_json::Map<String, serde_json::Value>>,
+    pub properties: Option<serde_json::Map<String, serde_json::Value>>,
+    // Accepted, without effect on a Plinth host:
+    pub gpu_cores: Option<u32>,
+    pub app_insights_enabled: Option<bool>,
+    pub namespace: Option<String>,
+    pub compute_target_name: Option<String>,
+    pub liveness_probe_requirements: Option<serde_json::Value>,
+    pub period_seconds: Option<u32>,
+    pub initial_delay_seconds: Option<u32>,
+    pub timeout_seconds: Option<u32>,
+    pub success_threshold: Option<u32>,
+    pub failure_threshold: Option<u32>,
+    pub location: Option<String>,
+    pub ssl_enabled: Option<bool>,
+    pub ssl_certificate: Option<String>,
+    pub ssl_key: Option<String>,
+    pub ssl_cname: Option<String>,
+    pub dns_name_label: Option<String>,
+    pub cname: Option<String>,
+    pub primary_key: Option<String>,
+    pub secondary_key: Option<String>,
+}
+
+impl Default for DeploymentConfig {
+    fn default() -> Self {
+        DeploymentConfig {
+            compute_type: None,
+            container_resource_requirements: ResourceRequirements::default(),
+            auto_scaler: AutoScaler::default(),
+            auth_enabled: true,
+            token_auth_enabled: false,
+            keys: Keys::default(),
+            scoring_timeout_ms: 60_000,
+            max_concurrent_requests_per_container: 1,
+            max_queue_wait_ms: 500,
+            num_replicas: None,
+            data_collection: DataCollection::default(),
+            description: None,
+            tags: None,
+            properties: None,
+            gpu_cores: None,
+            app_insights_enabled: None,
+            namespace: None,
+            compute_target_name: None,
+            liveness_probe_requirements: None,
+            period_seconds: None,
+            initial_delay_seconds: None,
+            timeout_seconds: None,
+            success_threshold: None,
+            failure_threshold: None,
+            location: None,
+            ssl_enabled: None,
+            ssl_certificate: None,
+            ssl_key: None,
+            ssl_cname: None,
+            dns_name_label: None,
+            cname: None,
+            primary_key: None,
+            secondary_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ResourceRequirements {
+    /// CPU cores per replica. Default 0.1.
+    pub cpu: f64,
+    /// Memory per replica, in GB. Default 0.5.
+    #[serde(rename = "memoryInGB")]
+    pub memory_in_gb: f64,
+    pub cpu_limit: Option<f64>,
+    #[serde(rename = "memoryInGBLimit")]
+    pub memory_in_gb_limit: Option<f64>,
+    pub gpu: Option<u32>,
+}
+
+impl Default for ResourceRequirements {
+    fn default() -> Self {
+        ResourceRequirements {
+            cpu: 0.1,
+            memory_in_gb: 0.5,
+            cpu_limit: None,
+            memory_in_gb_limit: None,
+            gpu: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AutoScaler {
+    /// Default true (unless `numReplicas` is set).
+    pub autoscale_enabled: Option<bool>,
+    /// Default 1.
+    pub min_replicas: u32,
+    /// Default 10.
+    pub max_replicas: u32,
+    /// Percent. Default 70.
+    pub target_utilization: u32,
+    /// Seconds between scaling decisions. Default 1.
+    pub refresh_period_in_seconds: u32,
+}
+
+impl Default for AutoScaler {
+    fn default() -> Self {
+        AutoScaler {
+            autoscale_enabled: None,
+            min_replicas: 1,
+            max_replicas: 10,
+            target_utilization: 70,
+            refresh_period_in_seconds: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Keys {
+    pub primary_key: Option<String>,
+    pub secondary_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DataCollection {
+    pub storage_enabled: bool,
+    /// Fraction of requests recorded, 0..=1. Default 1.
+    pub sample_rate: Option<f64>,
+}
+
+/// `inferenceconfig.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// `score.py` (compiled to a component at deploy) or a `.wasm` component, relative to
+    /// `sourceDirectory` when that is given. None: the ONNX model is served directly.
+    pub entry_script: Option<String>,
+    /// The project folder, packed as Azure packs it (minus what `.gitignore`/`.plinthignore` name).
+    pub source_directory: Option<String>,
+    /// `"python"` or `"wasm"`; inferred from the entry script when absent.
+    pub runtime: Option<String>,
+    pub description: Option<String>,
+    // Accepted, without effect: the environment is the component itself.
+    pub environment: Option<serde_json::Value>,
+    pub conda_file: Option<String>,
+    pub extra_docker_file_steps: Option<String>,
+    pub base_image: Option<String>,
+    pub base_image_registry: Option<serde_json::Value>,
+    pub enable_gpu: Option<bool>,
+    pub cuda_version: Option<String>,
+    pub schema_file: Option<String>,
+    pub docker_file: Option<String>,
+}
+
+impl DeploymentConfig {
+    pub fn from_json(file: &str, bytes: &[u8]) -> Result<(Self, Ignored), ConfigError> {
+        let config: Self = parse(file, bytes)?;
+        config.validate().map_err(|message| ConfigError {
+            file: file.into(),
+            message,
+        })?;
+        Ok((config.clone(), config.ignored()))
+    }
+
+    /// Whether autoscaling is on: explicitly, or by default when `numReplicas` is not set.
+    pub fn autoscale(&self) -> bool {
+        self.auto_scaler
+            .autoscale_enabled
+            .unwrap_or(self.num_replicas.is_none())
+    }
+
+    /// Replicas to start with.
+    pub fn initial_replicas(&self) -> u32 {
+        if self.autoscale() {
+            self.auto_scaler.min_replicas.max(1)
+        } else {
+            self.num_replicas.unwrap_or(1).max(1)
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let r = &self.container_resource_requirements;
+        if !(r.cpu > 0.0 && r.cpu.is_finite()) {
+            return Err(format!(
+                "containerResourceRequirements.cpu must be above 0, got {}",
+                r.cpu
+            ));
+        }
+        if !(r.memory_in_gb > 0.0 && r.memory_in_gb.is_finite()) {
+            return Err(format!(
+                "containerResourceRequirements.memoryInGB must be above 0, got {}",
+                r.memory_in_gb
+            ));
+        }
+        let a = &self.auto_scaler;
+        if a.min_replicas > a.max_replicas {
+            return Err(format!(
+                "autoScaler.minReplicas ({}) is above autoScaler.maxReplicas ({})",
+                a.min_replicas, a.max_replicas
+            ));
+        }
+        if a.max_replicas == 0 {
+            return Err("autoScaler.maxReplicas must be at least 1".into());
+        }
+        if !(1..=100).contains(&a.target_utilization) {
+            return Err(format!(
+                "autoScaler.targetUtilization must be 1..100 (percent), got {}",
+                a.target_utilization
+            ));
+        }
+        if a.refresh_period_in_seconds == 0 {
+            return Err("autoScaler.refreshPeriodInSeconds must be at least 1".into());
+        }
+        if self.scoring_timeout_ms == 0 {
+            return Err("scoringTimeoutMs must be above 0".into());
+        }
+        if self.max_concurrent_requests_per_container == 0 {
+            return Err("maxConcurrentRequestsPerContainer must be at least 1".into());
+        }
+        if self.num_replicas == Some(0) {
+            return Err("numReplicas must be at least 1".into());
+        }
+        if let Some(rate) = self.data_collection.sample_rate
+            && !(0.0..=1.0).contains(&rate)
+        {
+            return Err(format!("dataCollection.sampleRate must be between 0 and 1, got {rate}"));
+        }
+        for (field, key) in [
+            ("keys.primaryKey", &self.keys.primary_key),
+            ("keys.secondaryKey", &self.keys.secondary_key),
+        ] {
+            if let Some(k) = key
+                && k.len() < 16
+            {
+                return Err(format!("{field} must be at least 16 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    fn ignored(&self) -> Ignored {
+        let mut out = Vec::new();
+        let mut note = |set: bool, name: &str| {
+            if set {
+                out.push(name.to_string());
+            }
+        };
+        note(self.compute_type.is_some(), "computeType");
+        note(self.gpu_cores.is_some(), "gpuCores");
+        note(self.app_insights_enabled.is_some(), "appInsightsEnabled");
+        note(self.namespace.is_some(), "namespace");
+        note(self.compute_target_name.is_some(), "computeTargetName");
+        note(self.liveness_probe_requirements.is_some(), "livenessProbeRequirements");
+        note(self.period_seconds.is_some(), "periodSeconds");
+        note(self.initial_delay_seconds.is_some(), "initialDelaySeconds");
+        note(self.timeout_seconds.is_some(), "timeoutSeconds");
+        note(self.success_threshold.is_some(), "successThreshold");
+        note(self.failure_threshold.is_some(), "failureThreshold");
+        note(self.location.is_some(), "location");
+        note(
+            self.ssl_enabled.is_some(),
+            "sslEnabled (TLS is the host's: plinth serve --tls-cert/--tls-key)",
+        );
+        note(self.ssl_certificate.is_some(), "sslCertificate");
+        note(self.ssl_key.is_some(), "sslKey");
+        note(self.ssl_cname.is_some(), "sslCname");
+        note(self.dns_name_label.is_some(), "dnsNameLabel");
+        note(self.cname.is_some(), "cname");
+        note(
+            self.container_resource_requirements.gpu.is_some(),
+            "containerResourceRequirements.gpu",
+        );
+        note(
+            self.container_resource_requirements.cpu_limit.is_some(),
+            "containerResourceRequirements.cpuLimit",
+        );
+        note(
+            self.container_resource_requirements.memory_in_gb_limit.is_some(),
+            "containerResourceRequirements.memoryInGBLimit",
+        );
+        note(self.primary_key.is_some(), "primaryKey (use keys.primaryKey)");
+        note(self.secondary_key.is_some(), "secondaryKey (use keys.secondaryKey)");
+        out
+    }
+}
+
+impl InferenceConfig {
+    pub fn from_json(file: &str, bytes: &[u8]) -> Result<(Self, Ignored), ConfigError> {
+        let config: Self = parse(file, bytes)?;
+        let err = |message: String| ConfigError {
+            file: file.into(),
+            message,
+        };
+        if let Some(rt) = &config.runtime
+            && !matches!(rt.to_ascii_lowercase().as_str(), "python" | "wasm" | "spark-py")
+        {
+            return Err(err(format!("runtime must be \"python\" or \"wasm\", got \"{rt}\"")));
+        }
+        if let Some(script) = &config.entry_script {
+            let ext = Path::new(script).extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "py" && ext != "wasm" {
+                return Err(err(format!(
+                    "entryScript must be a .py file or a .wasm component, got \"{script}\""
+                )));
+            }
+        }
+        let mut ignored = Vec::new();
+        for (set, name) in [
+            (
+                config.environment.is_some(),
+                "environment (the entry script's component is its environment)",
+            ),
+            (config.conda_file.is_some(), "condaFile"),
+            (config.extra_docker_file_steps.is_some(), "extraDockerfileSteps"),
+            (config.base_image.is_some(), "baseImage"),
+            (config.base_image_registry.is_some(), "baseImageRegistry"),
+            (config.enable_gpu.is_some(), "enableGpu"),
+            (config.cuda_version.is_some(), "cudaVersion"),
+            (config.schema_file.is_some(), "schemaFile"),
+            (config.docker_file.is_some(), "dockerFile"),
+        ] {
+            if set {
+                ignored.push(name.to_string());
+            }
+        }
+        Ok((config, ignored))
+    }
+
+    /// The entry script's path, resolved against `base` (the folder of the config file).
+    pub fn entry_script_path(&self, base: &Path) -> Option<PathBuf> {
+        let script = self.entry_script.as_ref()?;
+        Some(match self.source_dir(base) {
+            Some(src) => src.join(script),
+            None => base.join(script),
+        })
+    }
+
+    pub fn source_dir(&self, base: &Path) -> Option<PathBuf> {
+        self.source_directory.as_ref().map(|d| base.join(d))
+    }
+}
+
+/// serde with the failing field's path in the message (`autoScaler.minReplicas: invalid type ...`).
+fn parse<T: serde::de::DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path.is_empty() || path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        ConfigError {
+            file: file.into(),
+            message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,70 @@
+use super::*;
+
+#[test]
+fn azure_defaults() {
+    let (c, ignored) = DeploymentConfig::from_json("dc.json", b"{}").unwrap();
+    assert!(c.auth_enabled && !c.token_auth_enabled);
+    assert_eq!(c.scoring_timeout_ms, 60_000);
+    assert_eq!(c.max_concurrent_requests_per_container, 1);
+    assert_eq!(c.max_queue_wait_ms, 500);
+    assert_eq!(c.auto_scaler.target_utilization, 70);
+    assert!(c.autoscale());
+    assert_eq!(c.initial_replicas(), 1);
+    assert!(ignored.is_empty());
+}
+
+#[test]
+fn an_azure_file_as_it_is() {
+    let json = br#"{
+        "computeType": "aks",
+        "containerResourceRequirements": {"cpu": 0.5, "memoryInGB": 1.0},
+        "autoScaler": {"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 3, "refreshPeriodInSeconds": 10, "targetUtilization": 70},
+        "authEnabled": true,
+        "appInsightsEnabled": true,
+        "namespace": "default",
+        "scoringTimeoutMs": 20000
+    }"#;
+    let (c, ignored) = DeploymentConfig::from_json("dc.json", json).unwrap();
+    assert_eq!(c.auto_scaler.max_replicas, 3);
+    assert_eq!(c.scoring_timeout_ms, 20_000);
+    assert_eq!(ignored, vec!["computeType", "appInsightsEnabled", "namespace"]);
+}
+
+#[test]
+fn errors_name_the_field() {
+    let err = |json: &str| {
+        DeploymentConfig::from_json("dc.json", json.as_bytes())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(r#"{"autoScaler": {"minReplicas": "two"}}"#).contains("autoScaler.minReplicas: invalid type"));
+    assert!(err(r#"{"autoScalr": {}}"#).contains("unknown field `autoScalr`"));
+    assert!(err(r#"{"autoScaler": {"minReplicas": 5, "maxReplicas": 2}}"#).contains("minReplicas (5) is above"));
+    assert!(err(r#"{"autoScaler": {"targetUtilization": 150}}"#).contains("targetUtilization must be 1..100"));
+    assert!(err(r#"{"maxConcurrentRequestsPerContainer": 0}"#).contains("maxConcurrentRequestsPerContainer"));
+    assert!(err(r#"{"keys": {"primaryKey": "short"}}"#).contains("keys.primaryKey must be at least 16"));
+    assert!(err("[1]").starts_with("dc.json: invalid type"));
+}
+
+#[test]
+fn num_replicas_without_autoscale_pins_the_count() {
+    let (c, _) = DeploymentConfig::from_json("dc.json", br#"{"numReplicas": 3}"#).unwrap();
+    assert!(!c.autoscale());
+    assert_eq!(c.initial_replicas(), 3);
+}
+
+#[test]
+fn inference_config() {
+    let (c, ignored) = InferenceConfig::from_json(
+        "ic.json",
+        br#"{"entryScript": "score.py", "sourceDirectory": "src", "runtime": "python", "condaFile": "env.yml"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.entry_script_path(Path::new("/p")),
+        Some(PathBuf::from("/p/src/score.py"))
+    );
+    assert_eq!(ignored, vec!["condaFile"]);
+    let err = InferenceConfig::from_json("ic.json", br#"{"entryScript": "score.R"}"#).unwrap_err();
+    assert!(err.to_string().contains("entryScript must be a .py file"), "{err}");
+}

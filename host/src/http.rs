@@ -1,0 +1,259 @@
+//! The HTTP face of a host: health, scoring, the service's OpenAPI document, and (when a control
+//! plane is attached) the admin API. Every response carries `x-request-id`; every error is JSON.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use plinth_runtime::wasm::CallContext;
+use serde_json::json;
+
+use crate::auth::{TokenIssuer, bearer};
+use crate::control::ControlPlane;
+use crate::service::{Router, Service};
+use crate::{Error, Result};
+
+pub type Body = Full<Bytes>;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Default request body limit: 100 MB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
+
+/// Routes requests to services (and to the control plane, when there is one).
+pub struct Host {
+    router: Arc<Router>,
+    control: Option<Arc<ControlPlane>>,
+    max_body_bytes: usize,
+    ids: RequestIds,
+}
+
+impl Host {
+    /// A host that serves the services in `router`, with no admin API: the embedding entry point.
+    pub fn new(router: Arc<Router>) -> Self {
+        Host {
+            router,
+            control: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            ids: RequestIds::new(),
+        }
+    }
+
+    /// Adds the admin API and token auth of a control plane.
+    pub fn with_control(mut self, control: Arc<ControlPlane>) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    pub fn with_max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let request_id = self.ids.for_request(&req);
+        let result = self.route(req, &request_id).await;
+        let mut response = result.unwrap_or_else(|e| error_response(&e));
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>, request_id: &str) -> Result<Response<Body>> {
+        let path = req.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (req.method(), segments.as_slice()) {
+            (&Method::GET, [""] | ["healthz"] | ["health"]) => {
+                Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+            }
+            (&Method::GET, ["readyz"]) => Ok(self.ready()),
+            (method, ["api", "v1", "service", name, rest @ ..]) => {
+                let service = self
+                    .router
+                    .get(name)
+                    .ok_or_else(|| Error::NotFound(format!("service {name} not found")))?;
+                match (method, rest) {
+                    (&Method::POST, ["score"]) => self.score(req, service, request_id).await,
+                    (&Method::GET, ["swagger.json"]) => {
+                        self.authorize(&service, &req)?;
+                        Ok(json_response(StatusCode::OK, &swagger(&service)))
+                    }
+                    _ => Err(Error::NotFound(format!("no route {method} {path}"))),
+                }
+            }
+            (_, ["api", "v1", "admin", ..]) => match &self.control {
+                Some(control) => {
+                    let (parts, body) = req.into_parts();
+                    let body = self.read_body(&parts.headers, body).await?;
+                    let (status, value) = control.admin(&parts, &segments[3..], body).await?;
+                    Ok(json_response(status, &value))
+                }
+                None => Err(Error::NotFound("this host has no admin API".into())),
+            },
+            (method, _) => Err(Error::NotFound(format!("no route {method} {path}"))),
+        }
+    }
+
+    fn ready(&self) -> Response<Body> {
+        let pending = self.control.as_ref().map(|c| c.transitioning()).unwrap_or_default();
+        if pending.is_empty() {
+            json_response(
+                StatusCode::OK,
+                &json!({"status": "ready", "services": self.router.names()}),
+            )
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "loading", "loading": pending}),
+            )
+        }
+    }
+
+    fn authorize(&self, service: &Service, req: &Request<Incoming>) -> Result<()> {
+        let token = bearer(req.headers().get(http::header::AUTHORIZATION));
+        let tokens: Option<&TokenIssuer> = self.control.as_ref().map(|c| c.tokens());
+        let admin = self.control.as_ref().map(|c| c.admin_token());
+        service.authorize(token, tokens, admin)
+    }
+
+    async fn score(&self, req: Request<Incoming>, service: Arc<Service>, request_id: &str) -> Result<Response<Body>> {
+        self.authorize(&service, &req)?;
+        let (parts, body) = req.into_parts();
+        let body = self.read_body(&parts.headers, body).await?;
+        let ctx = CallContext {
+            request_id: Some(request_id.into()),
+        };
+        let out = service.score(body, ctx).await?;
+        let mut response = Response::new(Full::new(Bytes::from(out)));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(response)
+    }
+
+    /// Reads the whole body, refusing one over the limit before reading it when the length is declared.
+    async fn read_body(&self, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes> {
+        let too_large = || {
+            Error::PayloadTooLarge(format!(
+                "request body exceeds the limit of {} bytes",
+                self.max_body_bytes
+            ))
+        };
+        if let Some(len) = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > self.max_body_bytes as u64
+        {
+            return Err(too_large());
+        }
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+            Err(e) => Err(Error::BadRequest(format!("reading the request body: {e}"))),
+        }
+    }
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn error_response(e: &Error) -> Response<Body> {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::warn!(kind = e.kind(), error = %e, "request failed");
+    }
+    let mut r = json_response(status, &json!({"error": e.to_string(), "kind": e.kind()}));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// OpenAPI 3 for one service: its scoring route, and its inputs when it serves an ONNX model directly.
+fn swagger(service: &Service) -> serde_json::Value {
+    let package = service.package();
+    let request_schema = match (package.script(), package.models().iter().next()) {
+        (None, Some(model)) => {
+            let inputs = model.inputs();
+            let mut props = serde_json::Map::new();
+            for spec in inputs {
+                props.insert(
+                    spec.name.clone(),
+                    json!({"type": "array", "description": format!("{} tensor of shape {:?} (-1: any size)", spec.datatype, spec.shape)}),
+                );
+            }
+            if inputs.len() == 1 {
+                props.insert(
+                    "data".into(),
+                    json!({"type": "array", "description": "the single input, by another name"}),
+                );
+            }
+            json!({"type": "object", "properties": props})
+        }
+        _ => json!({"type": "object", "description": "passed as it is to the entry script's run(raw_data)"}),
+    };
+    json!({
+        "openapi": "3.0.1",
+        "info": {"title": format!("Plinth service {}", service.name()), "version": "1.0"},
+        "paths": {
+            format!("/api/v1/service/{}/score", service.name()): {
+                "post": {
+                    "summary": "Score",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": request_schema}}},
+                    "responses": {
+                        "200": {"description": "The prediction"},
+                        "400": {"description": "The request does not fit the model"},
+                        "401": {"description": "Missing or invalid key or token"},
+                        "503": {"description": "No free replica within maxQueueWaitMs"},
+                        "504": {"description": "No answer within scoringTimeoutMs"}
+                    }
+                }
+            }
+        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+    })
+}
+
+/// Request ids: the client's `x-request-id` when it is sensible, else a fresh one.
+struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        RequestIds {
+            prefix: u64::from_le_bytes(seed),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn for_request<B>(&self, req: &Request<B>) -> String {
+        if let Some(v) = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok())
+            && !v.is_empty()
+            && v.len() <= 128
+            && v.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return v.to_string();
+        }
+        format!("{:016x}{:08x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}

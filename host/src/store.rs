@@ -1,0 +1,425 @@
+//! The workspace: everything a host keeps, in one folder with no server. SQLite (`plinth.db`) holds
+//! models and services; `blobs/sha256/<hex>` holds file contents, immutable and addressed by hash;
+//! `admin-token` and `jwt-secret` are created at first start with mode 0600.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::auth::{generate_key, hex, now};
+use crate::config::{DeploymentConfig, InferenceConfig};
+use crate::{Error, Result};
+
+/// A file of a model or a source folder: where it goes and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Relative path with `/` separators.
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub name: String,
+    pub version: u32,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub files: Vec<FileRef>,
+    pub created: u64,
+}
+
+impl ModelRecord {
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.name, self.version)
+    }
+}
+
+/// A deployed service as stored: what to run and with which configuration and keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub name: String,
+    /// `name:version` of each model.
+    pub models: Vec<String>,
+    pub inference_config: InferenceConfig,
+    pub deployment_config: DeploymentConfig,
+    /// The packed source folder (or just the entry script).
+    pub source: Vec<FileRef>,
+    /// The entry script's path inside `source`.
+    pub entry_script: Option<String>,
+    pub primary_key: String,
+    pub secondary_key: String,
+    pub created: u64,
+    pub updated: u64,
+}
+
+pub struct Workspace {
+    root: PathBuf,
+    db: Mutex<Connection>,
+    admin_token: String,
+    jwt_secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workspace {
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root.join("blobs/sha256"))
+            .map_err(|e| Error::Storage(format!("creating {}: {e}", root.display())))?;
+        let db = Connection::open(root.join("plinth.db"))?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS models (
+                 name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL,
+                 PRIMARY KEY (name, version));
+             CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY, record TEXT NOT NULL);",
+        )?;
+        let admin_token = secret_file(&root.join("admin-token"))?;
+        let jwt_secret = secret_file(&root.join("jwt-secret"))?.into_bytes();
+        Ok(Workspace {
+            root: root.to_path_buf(),
+            db: Mutex::new(db),
+            admin_token,
+            jwt_secret,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    pub fn jwt_secret(&self) -> &[u8] {
+        &self.jwt_secret
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // --- blobs
+
+    pub fn blob_path(&self, sha256: &str) -> Result<PathBuf> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return Err(Error::BadRequest(format!("'{sha256}' is not a lowercase hex sha256")));
+        }
+        Ok(self.root.join("blobs/sha256").join(sha256))
+    }
+
+    pub fn has_blob(&self, sha256: &str) -> Result<bool> {
+        Ok(self.blob_path(sha256)?.is_file())
+    }
+
+    /// Stores `bytes` if they hash to `sha256`.
+    pub fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.blob_path(sha256)?;
+        let actual = hex(&Sha256::digest(bytes));
+        if actual != sha256 {
+            return Err(Error::BadRequest(format!("content hashes to {actual}, not {sha256}")));
+        }
+        if path.is_file() {
+            return Ok(());
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| Error::Storage(format!("writing blob {sha256}: {e}")))
+    }
+
+    /// Checks that every file is a stored blob with a safe relative path.
+    pub fn check_files(&self, files: &[FileRef]) -> Result<()> {
+        for f in files {
+            check_relative(&f.path)?;
+            if !self.has_blob(&f.sha256)? {
+                return Err(Error::BadRequest(format!(
+                    "file {}: blob {} was not uploaded",
+                    f.path, f.sha256
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    // --- models
+
+    pub fn register_model(
+        &self,
+        name: &str,
+        description: Option<String>,
+        tags: BTreeMap<String, String>,
+        files: Vec<FileRef>,
+    ) -> Result<ModelRecord> {
+        check_name("model", name)?;
+        if files.is_empty() {
+            return Err(Error::BadRequest(format!("model {name}: no files")));
+        }
+        self.check_files(&files)?;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let version: u32 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?;
+        let record = ModelRecord {
+            name: name.into(),
+            version,
+            description,
+            tags,
+            files,
+            created: now(),
+        };
+        tx.execute(
+            "INSERT INTO models (name, version, record) VALUES (?1, ?2, ?3)",
+            params![
+                name,
+                version,
+                serde_json::to_string(&record).map_err(|e| Error::Internal(e.to_string()))?
+            ],
+        )?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    pub fn models(&self) -> Result<Vec<ModelRecord>> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT record FROM models ORDER BY name, version")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| decode(&r?)).collect()
+    }
+
+    /// `name:version`, or `name` for the latest version.
+    pub fn model(&self, id: &str) -> Result<ModelRecord> {
+        let (name, version) = parse_model_id(id)?;
+        let db = self.db();
+        let record: Option<String> = match version {
+            Some(v) => db
+                .query_row(
+                    "SELECT record FROM models WHERE name = ?1 AND version = ?2",
+                    params![name, v],
+                    |r| r.get(0),
+                )
+                .optional()?,
+            None => db
+                .query_row(
+                    "SELECT record FROM models WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?,
+        };
+        match record {
+            Some(r) => decode(&r),
+            None => Err(Error::NotFound(format!("model {id} not found"))),
+        }
+    }
+
+    pub fn delete_model(&self, id: &str) -> Result<()> {
+        let model = self.model(id)?;
+        let full = model.id();
+        if let Some(svc) = self.services()?.into_iter().find(|s| s.models.contains(&full)) {
+            return Err(Error::Conflict(format!(
+                "model {full} is used by service {}; delete the service first",
+                svc.name
+            )));
+        }
+        self.db().execute(
+            "DELETE FROM models WHERE name = ?1 AND version = ?2",
+            params![model.name, model.version],
+        )?;
+        Ok(())
+    }
+
+    // --- services
+
+    pub fn put_service(&self, record: &ServiceRecord) -> Result<()> {
+        let json = serde_json::to_string(record).map_err(|e| Error::Internal(e.to_string()))?;
+        self.db().execute(
+            "INSERT INTO services (name, record) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
+            params![record.name, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn services(&self) -> Result<Vec<ServiceRecord>> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT record FROM services ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| decode(&r?)).collect()
+    }
+
+    pub fn service(&self, name: &str) -> Result<ServiceRecord> {
+        let record: Option<String> = self
+            .db()
+            .query_row("SELECT record FROM services WHERE name = ?1", params![name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match record {
+            Some(r) => decode(&r),
+            None => Err(Error::NotFound(format!("service {name} not found"))),
+        }
+    }
+
+    pub fn delete_service(&self, name: &str) -> Result<()> {
+        let n = self
+            .db()
+            .execute("DELETE FROM services WHERE name = ?1", params![name])?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("service {name} not found")));
+        }
+        Ok(())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| Error::Storage(format!("corrupt record: {e}")))
+}
+
+/// Reads a secret file, creating it (mode 0600) with a fresh key the first time.
+fn secret_file(path: &Path) -> Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let key = generate_key();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .map_err(|e| Error::Storage(format!("creating {}: {e}", path.display())))?;
+    writeln!(f, "{key}").map_err(|e| Error::Storage(format!("writing {}: {e}", path.display())))?;
+    Ok(key)
+}
+
+/// Names of models and services: letters, digits, `-`, `_`, `.`; 1..=64 characters; a letter or digit first.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "{what} name '{name}' is invalid: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )))
+    }
+}
+
+/// `name` or `name:version`.
+pub fn parse_model_id(id: &str) -> Result<(&str, Option<u32>)> {
+    match id.split_once(':') {
+        None => Ok((id, None)),
+        Some((name, v)) => {
+            let v = v
+                .parse()
+                .map_err(|_| Error::BadRequest(format!("model '{id}': the version must be a number")))?;
+            Ok((name, Some(v)))
+        }
+    }
+}
+
+/// A relative path with no `..`, no root and no empty parts.
+pub fn check_relative(path: &str) -> Result<()> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path.split('/').any(|p| p.is_empty() || p == "." || p == "..");
+    if bad {
+        return Err(Error::BadRequest(format!(
+            "file path '{path}' must be relative, without '..'"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws() -> (Workspace, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("plinth-ws-{}-{}", std::process::id(), generate_key()));
+        (Workspace::open(&dir).unwrap(), dir)
+    }
+
+    #[test]
+    fn models_count_up_and_blobs_are_checked() {
+        let (ws, dir) = ws();
+        let bytes = b"model bytes";
+        let sha = hex(&Sha256::digest(bytes));
+        assert!(ws.put_blob(&"0".repeat(64), bytes).is_err(), "hash mismatch refused");
+        ws.put_blob(&sha, bytes).unwrap();
+        let file = FileRef {
+            path: "model.onnx".into(),
+            sha256: sha,
+            size: 11,
+        };
+        let a = ws
+            .register_model("m", None, BTreeMap::new(), vec![file.clone()])
+            .unwrap();
+        let b = ws.register_model("m", None, BTreeMap::new(), vec![file]).unwrap();
+        assert_eq!((a.version, b.version), (1, 2));
+        assert_eq!(ws.model("m").unwrap().version, 2);
+        assert_eq!(ws.model("m:1").unwrap().version, 1);
+        assert!(matches!(ws.model("m:9"), Err(Error::NotFound(_))));
+        let missing = FileRef {
+            path: "x".into(),
+            sha256: "a".repeat(64),
+            size: 1,
+        };
+        assert!(ws.register_model("m", None, BTreeMap::new(), vec![missing]).is_err());
+        // Reopening keeps everything, secrets included.
+        let token = ws.admin_token().to_string();
+        drop(ws);
+        let again = Workspace::open(&dir).unwrap();
+        assert_eq!(again.admin_token(), token);
+        assert_eq!(again.models().unwrap().len(), 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("admin-token")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn names_and_paths_are_checked() {
+        assert!(check_name("service", "my-svc_1.0").is_ok());
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name("service", bad).is_err(), "{bad}");
+        }
+        assert!(check_relative("a/b.txt").is_ok());
+        for bad in ["/etc/passwd", "../x", "a/../b", "a//b", ""] {
+            assert!(check_relative(bad).is_err(), "{bad}");
+        }
+    }
+}
