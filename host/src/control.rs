@@ -30,6 +30,8 @@ pub struct ControlOptions {
     /// Lifetime of the tokens `plinth service token` hands out. Default 1 hour.
     pub token_lifetime: Duration,
     pub ort_library: Option<PathBuf>,
+    /// Where compiled entry scripts are cached. Default: `<workspace>/cache`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for ControlOptions {
@@ -37,6 +39,7 @@ impl Default for ControlOptions {
         ControlOptions {
             token_lifetime: Duration::from_secs(3600),
             ort_library: None,
+            cache_dir: None,
         }
     }
 }
