@@ -462,7 +462,11 @@ impl ControlPlane {
                 self.logs
                     .event(&record.name, "INFO", &format!("preparing entry script {script}"));
                 let path = src_dir.join(script);
-                let cache = self.options.cache_dir.clone().unwrap_or_else(|| self.ws.root().join("cache"));
+                let cache = self
+                    .options
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| self.ws.root().join("cache"));
                 Some(crate::scripts::prepare(&path, &cache).map_err(|e| Error::BadRequest(format!("{e:#}")))?)
             }
             None => None,

@@ -21,6 +21,9 @@ pub type Body = Full<Bytes>;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// Largest admin request (a model or source file upload): 4 GiB, held in memory while it is hashed.
+pub const MAX_ADMIN_BODY_BYTES: usize = 4 << 30;
+
 /// Default request body limit: 100 MB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
 
@@ -93,7 +96,7 @@ impl Host {
             (_, ["api", "v1", "admin", ..]) => match &self.control {
                 Some(control) => {
                     let (parts, body) = req.into_parts();
-                    let body = self.read_body(&parts.headers, body).await?;
+                    let body = read_body(&parts.headers, body, MAX_ADMIN_BODY_BYTES).await?;
                     let (status, value) = control.admin(&parts, &segments[3..], body).await?;
                     Ok(json_response(status, &value))
                 }
@@ -128,7 +131,7 @@ impl Host {
     async fn score(&self, req: Request<Incoming>, service: Arc<Service>, request_id: &str) -> Result<Response<Body>> {
         self.authorize(&service, &req)?;
         let (parts, body) = req.into_parts();
-        let body = self.read_body(&parts.headers, body).await?;
+        let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
         let ctx = CallContext {
             request_id: Some(request_id.into()),
         };
@@ -139,28 +142,23 @@ impl Host {
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(response)
     }
+}
 
-    /// Reads the whole body, refusing one over the limit before reading it when the length is declared.
-    async fn read_body(&self, headers: &http::HeaderMap, body: Incoming) -> Result<Bytes> {
-        let too_large = || {
-            Error::PayloadTooLarge(format!(
-                "request body exceeds the limit of {} bytes",
-                self.max_body_bytes
-            ))
-        };
-        if let Some(len) = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            && len > self.max_body_bytes as u64
-        {
-            return Err(too_large());
-        }
-        match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-            Err(e) => Err(Error::BadRequest(format!("reading the request body: {e}"))),
-        }
+/// Reads the whole body, refusing one over `limit` before reading it when the length is declared.
+async fn read_body(headers: &http::HeaderMap, body: Incoming, limit: usize) -> Result<Bytes> {
+    let too_large = || Error::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"));
+    if let Some(len) = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(Error::BadRequest(format!("reading the request body: {e}"))),
     }
 }
 

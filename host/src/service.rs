@@ -13,6 +13,9 @@ use tokio::sync::Semaphore;
 use crate::auth::{TokenIssuer, key_matches};
 use crate::{Error, Result};
 
+/// Extra time the host waits past `scoring_timeout` before answering 504 itself.
+const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
+
 /// How a service is reached and bounded.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -130,7 +133,9 @@ impl Service {
         if self.config.token_auth_enabled
             && let Some(tokens) = tokens
         {
-            return tokens.verify(given, &self.name);
+            return tokens
+                .verify(given, &self.name)
+                .map_err(|e| Error::Unauthorized(format!("invalid credentials for service {}: {e}", self.name)));
         }
         Err(Error::Unauthorized(format!(
             "invalid credentials for service {}",
@@ -158,7 +163,9 @@ impl Service {
             let _permit = permit;
             package.score(&body, &ctx)
         });
-        match tokio::time::timeout(self.config.scoring_timeout, task).await {
+        // The runtime stops an entry script at the deadline itself and says why; this is the backstop for
+        // work that cannot be interrupted (an ONNX Runtime call), a little later so the precise error wins.
+        match tokio::time::timeout(self.config.scoring_timeout + TIMEOUT_GRACE, task).await {
             Ok(Ok(result)) => result.map_err(Error::from),
             Ok(Err(join)) => Err(Error::Internal(format!(
                 "service {}: scoring task failed: {join}",

@@ -1,6 +1,9 @@
-//! End-to-end tests: they run the real `plinth` binary, as a user would.
+//! End-to-end tests: they run the real `plinth` binary and talk to it with real clients (curl, openssl).
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod embedded;
+mod fixture;
+mod host;
 mod score;

@@ -1,22 +1,10 @@
 //! `plinth score`: the example served natively, through a Rust script and through a Python score.py.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::fixture::plinth;
 use crate::support::{assert_close, component, reference, repo};
-
-fn plinth() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
-    cmd.current_dir(repo())
-        // Compiled Python components are kept across test runs.
-        .env(
-            "PLINTH_CACHE_DIR",
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plinth-cache"),
-        )
-        .env_remove("ORT_DYLIB_PATH")
-        .env("PLINTH_LOG", "warn");
-    cmd
-}
 
 fn sample() -> PathBuf {
     repo().join("examples/diabetes/sample.json")

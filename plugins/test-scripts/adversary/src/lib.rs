@@ -1,6 +1,6 @@
 //! Misbehaves as the request body says, so tests can check that the host contains it:
 //! `loop`, `alloc`, `read-passwd`, `write-models`, `write-tmp`, `panic`, `huge-output`, `models`,
-//! `list-root`; anything else is echoed back, with the number of calls this instance has served.
+//! `list-models`, `env`, `sleep` (400 ms); anything else is echoed back, with the number of calls this instance has served.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,6 +51,10 @@ impl Guest for Adversary {
             }
             "env" => Ok(std::env::vars().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n")),
             "panic" => panic!("adversary panicked on purpose"),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                Ok(format!("{calls}:slept"))
+            }
             "huge-output" => Ok("x".repeat(100 << 20)),
             "bad-request" => Err(Error::bad_request("the adversary rejects this request")),
             "models" => Ok(plinth_plugin::models().join(",")),
