@@ -513,6 +513,7 @@ impl ControlPlane {
             max_concurrent: dc.max_concurrent_requests_per_container,
             max_queue_wait: Duration::from_millis(dc.max_queue_wait_ms),
             scoring_timeout: Duration::from_millis(dc.scoring_timeout_ms),
+            ..ServiceConfig::default()
         };
         Ok(Service::new(record.name.clone(), Arc::new(package), config))
     }

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::auth::{TokenIssuer, bearer};
 use crate::control::ControlPlane;
+use crate::oip;
 use crate::service::{Router, Service};
 use crate::{Error, Result};
 
@@ -79,6 +80,28 @@ impl Host {
                 Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
             }
             (&Method::GET, ["readyz"]) => Ok(self.ready()),
+            (&Method::GET, ["v2"]) => Ok(json_response(
+                StatusCode::OK,
+                &json!({"name": "plinth", "version": env!("CARGO_PKG_VERSION"), "extensions": oip::EXTENSIONS}),
+            )),
+            (&Method::GET, ["v2", "health", "live"]) => Ok(json_response(StatusCode::OK, &json!({"live": true}))),
+            (&Method::GET, ["v2", "health", "ready"]) => {
+                let ready = self
+                    .control
+                    .as_ref()
+                    .map(|c| c.transitioning().is_empty())
+                    .unwrap_or(true);
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Ok(json_response(status, &json!({"ready": ready})))
+            }
+            (method, ["v2", "models", name, rest @ ..]) => {
+                let method = method.clone();
+                self.oip_model(method, name, rest, req, request_id).await
+            }
             (method, ["api", "v1", "service", name, rest @ ..]) => {
                 let service = self
                     .router
@@ -103,6 +126,98 @@ impl Host {
                 None => Err(Error::NotFound("this host has no admin API".into())),
             },
             (method, _) => Err(Error::NotFound(format!("no route {method} {path}"))),
+        }
+    }
+
+    /// `/v2/models/{name}[/versions/{version}][/ready|/infer]`.
+    async fn oip_model(
+        &self,
+        method: Method,
+        name: &str,
+        rest: &[&str],
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Response<Body>> {
+        let service = self
+            .router
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("model {name} not found")))?;
+        let version = service.config().version.clone();
+        let rest = match rest {
+            ["versions", v, tail @ ..] => {
+                if *v != version {
+                    return Err(Error::NotFound(format!(
+                        "model {name} has no version {v} (versions: {version})"
+                    )));
+                }
+                tail
+            }
+            tail => tail,
+        };
+        self.authorize(&service, &req)?;
+        let package = service.package().clone();
+        let model = package.models().iter().next().cloned();
+        match (method, rest) {
+            (Method::GET, []) => {
+                let (platform, inputs, outputs) = match (&model, package.script()) {
+                    (Some(m), None) => ("onnxruntime_onnx", m.inputs().to_vec(), m.outputs().to_vec()),
+                    _ => ("plinth_entry_script", Vec::new(), Vec::new()),
+                };
+                Ok(json_response(
+                    StatusCode::OK,
+                    &oip::model_metadata(name, &version, platform, &inputs, &outputs),
+                ))
+            }
+            (Method::GET, ["ready"]) => Ok(json_response(StatusCode::OK, &json!({"name": name, "ready": true}))),
+            (Method::POST, ["infer"]) => {
+                let (parts, body) = req.into_parts();
+                let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
+                let header_len = match parts.headers.get(oip::HEADER_LENGTH) {
+                    Some(v) => Some(
+                        v.to_str()
+                            .map_err(|_| Error::BadRequest("Inference-Header-Content-Length is not text".into()))?,
+                    ),
+                    None => None,
+                };
+                let mut decoded = oip::decode(&body, header_len)?;
+                if package.script().is_some() {
+                    let ctx = CallContext {
+                        request_id: Some(request_id.into()),
+                    };
+                    let out = service.score(Bytes::from(oip::to_script_json(&decoded)), ctx).await?;
+                    let mut response = Response::new(Full::new(Bytes::from(out)));
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    return Ok(response);
+                }
+                let Some(model) = model else {
+                    return Err(Error::NotFound(format!("model {name} has no ONNX model")));
+                };
+                oip::check_outputs(&decoded, model.outputs(), name)?;
+                let inputs = std::mem::take(&mut decoded.inputs);
+                let outputs = service.run(move |_| model.infer(&inputs)).await?;
+                let (body, json_len) = oip::encode(name, &version, &decoded, outputs);
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                match json_len {
+                    Some(n) => {
+                        response.headers_mut().insert(oip::HEADER_LENGTH, HeaderValue::from(n));
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    }
+                    None => {
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    }
+                }
+                Ok(response)
+            }
+            (method, _) => Err(Error::NotFound(format!(
+                "no route {method} /v2/models/{name}/{}",
+                rest.join("/")
+            ))),
         }
     }
 

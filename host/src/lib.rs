@@ -26,6 +26,7 @@ pub mod control;
 mod error;
 pub mod http;
 pub mod logs;
+pub mod oip;
 pub mod scripts;
 pub mod server;
 pub mod service;

@@ -32,6 +32,8 @@ pub struct ServiceConfig {
     pub max_queue_wait: Duration,
     /// How long a request may take before a 504.
     pub scoring_timeout: Duration,
+    /// The version name the Open Inference Protocol reports (`/v2/models/{name}/versions/{version}`).
+    pub version: String,
 }
 
 impl Default for ServiceConfig {
@@ -45,6 +47,7 @@ impl Default for ServiceConfig {
             max_concurrent: 1,
             max_queue_wait: Duration::from_millis(500),
             scoring_timeout: Duration::from_secs(60),
+            version: "1".into(),
         }
     }
 }
@@ -143,9 +146,18 @@ impl Service {
         )))
     }
 
-    /// Scores one request: waits at most `max_queue_wait` for a free slot, then at most
+    /// Scores one request body: waits at most `max_queue_wait` for a free slot, then at most
     /// `scoring_timeout` for the answer.
     pub async fn score(&self, body: Bytes, ctx: CallContext) -> Result<Vec<u8>> {
+        self.run(move |package| package.score(&body, &ctx)).await
+    }
+
+    /// Runs `f` on the package on a blocking thread, holding a replica slot, within the service's limits.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Package) -> plinth_runtime::Result<T> + Send + 'static,
+    {
         let permit = match tokio::time::timeout(self.config.max_queue_wait, self.permits.clone().acquire_owned()).await
         {
             Ok(Ok(p)) => p,
@@ -161,7 +173,7 @@ impl Service {
         // The permit moves into the task: after a 504 the replica stays busy until the call really ends.
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            package.score(&body, &ctx)
+            f(&package)
         });
         // The runtime stops an entry script at the deadline itself and says why; this is the backstop for
         // work that cannot be interrupted (an ONNX Runtime call), a little later so the precise error wins.

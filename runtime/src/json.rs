@@ -70,39 +70,9 @@ pub fn decode_tensor(spec: &TensorSpec, value: &Value) -> Result<Tensor> {
             None => break,
         }
     }
-    let count = Tensor::element_count(&shape)?;
-    let name = &spec.name;
-    let data = match spec.datatype {
-        DataType::Bool => TensorData::Bool(collect(name, value, &shape, count, |v| v.as_bool())?),
-        DataType::Uint8 => TensorData::Uint8(collect(name, value, &shape, count, |v| {
-            v.as_u64().and_then(|x| x.try_into().ok())
-        })?),
-        DataType::Uint16 => TensorData::Uint16(collect(name, value, &shape, count, |v| {
-            v.as_u64().and_then(|x| x.try_into().ok())
-        })?),
-        DataType::Uint32 => TensorData::Uint32(collect(name, value, &shape, count, |v| {
-            v.as_u64().and_then(|x| x.try_into().ok())
-        })?),
-        DataType::Uint64 => TensorData::Uint64(collect(name, value, &shape, count, Value::as_u64)?),
-        DataType::Int8 => TensorData::Int8(collect(name, value, &shape, count, |v| {
-            v.as_i64().and_then(|x| x.try_into().ok())
-        })?),
-        DataType::Int16 => TensorData::Int16(collect(name, value, &shape, count, |v| {
-            v.as_i64().and_then(|x| x.try_into().ok())
-        })?),
-        DataType::Int32 => TensorData::Int32(collect(name, value, &shape, count, |v| {
-            v.as_i64().and_then(|x| x.try_into().ok())
-        })?),
-        DataType::Int64 => TensorData::Int64(collect(name, value, &shape, count, Value::as_i64)?),
-        DataType::Fp32 => TensorData::Fp32(collect(name, value, &shape, count, |v| v.as_f64().map(|x| x as f32))?),
-        DataType::Fp64 => TensorData::Fp64(collect(name, value, &shape, count, Value::as_f64)?),
-        DataType::Bytes => TensorData::Bytes(collect(name, value, &shape, count, |v| v.as_str().map(str::to_string))?),
-        DataType::Fp16 => {
-            return Err(Error::InvalidInput(format!(
-                "input '{name}': FP16 inputs are not supported in JSON requests"
-            )));
-        }
-    };
+    let mut flat = Vec::with_capacity(Tensor::element_count(&shape)?);
+    walk(&spec.name, value, &shape, &mut Vec::new(), &mut flat)?;
+    let data = flat_data(&spec.name, spec.datatype, &flat)?;
     // A single row for a batched input: add the batch dimension.
     if shape.len() + 1 == spec.shape.len() && spec.shape[0] < 0 {
         shape.insert(0, 1);
@@ -116,42 +86,54 @@ pub fn decode_tensor(spec: &TensorSpec, value: &Value) -> Result<Tensor> {
     Ok(tensor)
 }
 
-/// Flattens `value` (of the given shape) into elements converted by `convert`.
-fn collect<T>(
-    name: &str,
-    value: &Value,
-    shape: &[i64],
-    count: usize,
-    convert: impl Fn(&Value) -> Option<T>,
-) -> Result<Vec<T>> {
-    let mut out = Vec::with_capacity(count);
-    walk(name, value, shape, &mut Vec::new(), &mut |v, at| {
-        out.push(convert(v).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "input '{name}': element {at:?} is {v}, which is not a valid {}",
-                short_type::<T>()
-            ))
-        })?);
-        Ok(())
-    })?;
-    Ok(out)
+/// Converts JSON elements (already flattened) to tensor data of `datatype`, naming the first bad element.
+pub fn flat_data(name: &str, datatype: DataType, flat: &[&Value]) -> Result<TensorData> {
+    fn all<T>(name: &str, dt: DataType, flat: &[&Value], convert: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>> {
+        flat.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                convert(v).ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "input '{name}': element {i} is {v}, which is not a valid {dt} value"
+                    ))
+                })
+            })
+            .collect()
+    }
+    fn int<T: TryFrom<i64>>(v: &Value) -> Option<T> {
+        v.as_i64().and_then(|x| x.try_into().ok())
+    }
+    fn uint<T: TryFrom<u64>>(v: &Value) -> Option<T> {
+        v.as_u64().and_then(|x| x.try_into().ok())
+    }
+    let dt = datatype;
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(all(name, dt, flat, Value::as_bool)?),
+        DataType::Uint8 => TensorData::Uint8(all(name, dt, flat, uint)?),
+        DataType::Uint16 => TensorData::Uint16(all(name, dt, flat, uint)?),
+        DataType::Uint32 => TensorData::Uint32(all(name, dt, flat, uint)?),
+        DataType::Uint64 => TensorData::Uint64(all(name, dt, flat, Value::as_u64)?),
+        DataType::Int8 => TensorData::Int8(all(name, dt, flat, int)?),
+        DataType::Int16 => TensorData::Int16(all(name, dt, flat, int)?),
+        DataType::Int32 => TensorData::Int32(all(name, dt, flat, int)?),
+        DataType::Int64 => TensorData::Int64(all(name, dt, flat, Value::as_i64)?),
+        DataType::Fp16 => TensorData::Fp16(all(name, dt, flat, |v| v.as_f64().map(half::f16::from_f64))?),
+        DataType::Fp32 => TensorData::Fp32(all(name, dt, flat, |v| v.as_f64().map(|x| x as f32))?),
+        DataType::Fp64 => TensorData::Fp64(all(name, dt, flat, Value::as_f64)?),
+        DataType::Bytes => TensorData::Bytes(all(name, dt, flat, |v| v.as_str().map(str::to_string))?),
+    })
 }
 
-fn short_type<T>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    match full {
-        "alloc::string::String" => "string",
-        _ => full,
+/// Flattens `value` (nested or flat arrays of any depth) into its leaves.
+pub fn flatten<'v>(value: &'v Value, out: &mut Vec<&'v Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        leaf => out.push(leaf),
     }
 }
 
-fn walk(
-    name: &str,
-    value: &Value,
-    shape: &[i64],
-    at: &mut Vec<usize>,
-    leaf: &mut dyn FnMut(&Value, &[usize]) -> Result<()>,
-) -> Result<()> {
+/// Collects the leaves of `value`, which must have exactly `shape`.
+fn walk<'v>(name: &str, value: &'v Value, shape: &[i64], at: &mut Vec<usize>, out: &mut Vec<&'v Value>) -> Result<()> {
     match shape.split_first() {
         None => {
             if value.is_array() {
@@ -159,7 +141,8 @@ fn walk(
                     "input '{name}': ragged array at {at:?}: too deeply nested"
                 )));
             }
-            leaf(value, at)
+            out.push(value);
+            Ok(())
         }
         Some((&len, rest)) => {
             let Value::Array(items) = value else {
@@ -175,7 +158,7 @@ fn walk(
             }
             for (i, item) in items.iter().enumerate() {
                 at.push(i);
-                walk(name, item, rest, at, leaf)?;
+                walk(name, item, rest, at, out)?;
                 at.pop();
             }
             Ok(())
@@ -202,7 +185,11 @@ pub fn encode_outputs(outputs: &[Tensor]) -> Vec<u8> {
 
 /// Writes a tensor's elements as nested JSON arrays following its shape.
 pub fn write_nested(out: &mut Vec<u8>, t: &Tensor) {
-    with_tensor_data!(&t.data, v => nest(out, &t.shape, v))
+    match &t.data {
+        // `half` serialises f16 as its bits; JSON wants the number.
+        TensorData::Fp16(v) => nest(out, &t.shape, &v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>()),
+        data => with_tensor_data!(data, v => nest(out, &t.shape, v)),
+    }
 }
 
 fn nest<T: serde::Serialize>(out: &mut Vec<u8>, shape: &[i64], data: &[T]) {
@@ -256,8 +243,8 @@ mod tests {
         assert!(err(b"{nope").contains("not valid JSON"));
         assert!(err(b"[1,2]").contains("must be a JSON object"));
         assert!(err(br#"{"data": [[1, 2], [3]]}"#).contains("ragged"));
-        assert!(err(br#"{"data": [[1, "a"]]}"#).contains("element [0, 1] is \"a\""));
-        assert!(err(br#"{"data": [[1.5, 2]]}"#).contains("not a valid i64"));
+        assert!(err(br#"{"data": [[1, "a"]]}"#).contains("element 1 is \"a\", which is not a valid INT64 value"));
+        assert!(err(br#"{"data": [[1.5, 2]]}"#).contains("not a valid INT64"));
         assert!(err(br#"{"data": [[1, 2, 3]]}"#).contains("expected shape"));
         assert!(err(br#"{"y": [[1, 2]]}"#).contains("unknown field 'y'"));
     }

@@ -110,6 +110,7 @@ pub enum TensorData {
     Int16(Vec<i16>),
     Int32(Vec<i32>),
     Int64(Vec<i64>),
+    Fp16(Vec<half::f16>),
     Fp32(Vec<f32>),
     Fp64(Vec<f64>),
     /// Strings: ONNX `tensor(string)`, OIP `BYTES`.
@@ -131,6 +132,7 @@ macro_rules! with_tensor_data {
             $crate::TensorData::Int16($v) => $body,
             $crate::TensorData::Int32($v) => $body,
             $crate::TensorData::Int64($v) => $body,
+            $crate::TensorData::Fp16($v) => $body,
             $crate::TensorData::Fp32($v) => $body,
             $crate::TensorData::Fp64($v) => $body,
             $crate::TensorData::Bytes($v) => $body,
@@ -150,6 +152,7 @@ impl TensorData {
             TensorData::Int16(_) => DataType::Int16,
             TensorData::Int32(_) => DataType::Int32,
             TensorData::Int64(_) => DataType::Int64,
+            TensorData::Fp16(_) => DataType::Fp16,
             TensorData::Fp32(_) => DataType::Fp32,
             TensorData::Fp64(_) => DataType::Fp64,
             TensorData::Bytes(_) => DataType::Bytes,

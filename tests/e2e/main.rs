@@ -6,4 +6,5 @@ mod support;
 mod embedded;
 mod fixture;
 mod host;
+mod oip;
 mod score;

@@ -241,6 +241,7 @@ impl OnnxModel {
             TensorData::Int16(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
             TensorData::Int32(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
             TensorData::Int64(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Fp16(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
             TensorData::Fp32(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
             TensorData::Fp64(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
         };
@@ -269,6 +270,7 @@ impl OnnxModel {
             TensorElementType::Int16 => extract!(i16, Int16),
             TensorElementType::Int32 => extract!(i32, Int32),
             TensorElementType::Int64 => extract!(i64, Int64),
+            TensorElementType::Float16 => extract!(half::f16, Fp16),
             TensorElementType::Float32 => extract!(f32, Fp32),
             TensorElementType::Float64 => extract!(f64, Fp64),
             TensorElementType::String => {

@@ -191,6 +191,8 @@ impl From<Tensor> for wit::Tensor {
             TensorData::Int16(v) => wit::TensorData::Int16(v),
             TensorData::Int32(v) => wit::TensorData::Int32(v),
             TensorData::Int64(v) => wit::TensorData::Int64(v),
+            // The contract has no half-precision case: scripts see FP16 outputs widened to FP32.
+            TensorData::Fp16(v) => wit::TensorData::Fp32(v.into_iter().map(f32::from).collect()),
             TensorData::Fp32(v) => wit::TensorData::Fp32(v),
             TensorData::Fp64(v) => wit::TensorData::Fp64(v),
             TensorData::Bytes(v) => wit::TensorData::Bytes(v),

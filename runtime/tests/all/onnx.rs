@@ -104,7 +104,7 @@ fn caller_mistakes_are_invalid_input_naming_the_problem() {
     let package = Package::load(&diabetes_spec(), None).unwrap();
     for (body, want) in [
         (&b"{\"data\": [[1,2]"[..], "not valid JSON"),
-        (b"{\"data\": [[1,2,3,4,5,6,7,8,9,\"x\"]]}", "element [0, 9]"),
+        (b"{\"data\": [[1,2,3,4,5,6,7,8,9,\"x\"]]}", "element 9 is \"x\""),
         (b"{\"rows\": []}", "unknown field 'rows'"),
     ] {
         let err = package.score(body, &CallContext::default()).unwrap_err();

@@ -197,7 +197,9 @@ fn the_host_filesystem_is_out_of_reach() {
 
 #[test]
 fn an_enormous_response_is_refused() {
+    // Building 100 MiB inside the guest takes a while on a busy machine; the deadline is not under test here.
     let limits = ScriptLimits {
+        deadline: Duration::from_secs(20),
         memory_bytes: 512 << 20,
         max_response_bytes: 1 << 20,
         ..short_limits()

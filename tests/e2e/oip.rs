@@ -1,0 +1,233 @@
+//! The Open Inference Protocol with the real Python tritonclient, and every malformed request by hand.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::fixture::*;
+use crate::support::{component, python, repo};
+
+const KEY: &str = "oip-test-key-0123456789abcdef";
+
+fn oip_host() -> (TestHost, std::path::PathBuf) {
+    let dir = temp_dir("oip");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    host.run(&[
+        "model",
+        "register",
+        "--name",
+        "diabetes",
+        "--path",
+        "examples/diabetes/model",
+    ]);
+    host.run(&[
+        "model",
+        "register",
+        "--name",
+        "alltypes",
+        "--path",
+        "tests/models/all_types",
+    ]);
+    let dc = write_json(
+        &dir,
+        "dc.json",
+        &json!({"keys": {"primaryKey": KEY, "secondaryKey": format!("{KEY}-2")}, "numReplicas": 2}),
+    );
+    for m in ["diabetes", "alltypes"] {
+        host.run(&["deploy", "-m", &format!("{m}:1"), "-n", m, "--dc", dc.to_str().unwrap()]);
+    }
+    (host, dir)
+}
+
+#[test]
+fn tritonclient_json_batch_binary_and_every_datatype() {
+    let (host, _) = oip_host();
+    let out = Command::new(python())
+        .arg(repo().join("tests/e2e/oip_client.py"))
+        .arg(&host.url)
+        .arg(KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+fn infer(host: &TestHost, path: &str, body: &str) -> Reply {
+    curl(
+        &format!("{}{path}", host.url),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {KEY}"),
+            "--data-binary",
+            body,
+        ],
+    )
+}
+
+#[test]
+fn malformed_requests_are_4xx_naming_the_problem() {
+    let (host, _) = oip_host();
+    let x = |shape: &str, datatype: &str, data: &str| {
+        format!(r#"{{"inputs": [{{"name": "X", "shape": {shape}, "datatype": "{datatype}", "data": {data}}}]}}"#)
+    };
+    let row = "[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]";
+    let cases: Vec<(String, &str, u16, &str)> = vec![
+        (
+            x("[1, 9]", "FP32", "[1,2,3,4,5,6,7,8,9]"),
+            "/v2/models/diabetes/infer",
+            400,
+            "expected shape",
+        ),
+        (
+            x("[1, 10]", "FP32", "[1, 2]"),
+            "/v2/models/diabetes/infer",
+            400,
+            "needs 10 elements but data has 2",
+        ),
+        (
+            x("[1, 10]", "FP64", row),
+            "/v2/models/diabetes/infer",
+            400,
+            "expected datatype FP32, got FP64",
+        ),
+        (
+            x("[1, 10]", "FP128", row),
+            "/v2/models/diabetes/infer",
+            400,
+            "unknown datatype 'FP128'",
+        ),
+        (
+            x("[1, 10]", "FP32", r#"["a","b","c","d","e","f","g","h","i","j"]"#),
+            "/v2/models/diabetes/infer",
+            400,
+            "element 0 is \"a\"",
+        ),
+        (
+            format!(r#"{{"inputs": [{{"name": "Y", "shape": [1, 10], "datatype": "FP32", "data": {row}}}]}}"#),
+            "/v2/models/diabetes/infer",
+            400,
+            "unknown input 'Y'",
+        ),
+        (
+            r#"{"id": "1"}"#.to_string(),
+            "/v2/models/diabetes/infer",
+            400,
+            "missing field `inputs`",
+        ),
+        (
+            "%%% not json".to_string(),
+            "/v2/models/diabetes/infer",
+            400,
+            "invalid inference request",
+        ),
+        (
+            r#"{"inputs": [{"name": "X", "sha"#.to_string(),
+            "/v2/models/diabetes/infer",
+            400,
+            "invalid inference request",
+        ),
+        (
+            format!(
+                r#"{{"inputs": [{{"name": "X", "shape": [1, 10], "datatype": "FP32", "data": {row}}}], "outputs": [{{"name": "nope"}}]}}"#
+            ),
+            "/v2/models/diabetes/infer",
+            400,
+            "unknown output 'nope'",
+        ),
+        (
+            x("[1, 10]", "FP32", row),
+            "/v2/models/nosuch/infer",
+            404,
+            "model nosuch not found",
+        ),
+        (
+            x("[1, 10]", "FP32", row),
+            "/v2/models/diabetes/versions/9/infer",
+            404,
+            "has no version 9",
+        ),
+    ];
+    for (body, path, status, want) in cases {
+        let r = infer(&host, path, &body);
+        assert_eq!(r.status, status, "{path} {body}: {}", r.body);
+        let err = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(err.contains(want), "'{err}' should contain '{want}' for {body}");
+    }
+    // A binary request whose header length overruns the body, and one with bytes nobody claims.
+    let r = curl(
+        &format!("{}/v2/models/diabetes/infer", host.url),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {KEY}"),
+            "-H",
+            "Inference-Header-Content-Length: 9999",
+            "--data-binary",
+            "{}",
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let ok = infer(
+        &host,
+        "/v2/models/diabetes/versions/1/infer",
+        &x("[1, 10]", "FP32", row),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["model_version"], "1");
+    // Auth applies to models; health does not need it.
+    let r = curl(
+        &format!("{}/v2/models/diabetes/infer", host.url),
+        &["-X", "POST", "--data-binary", &x("[1, 10]", "FP32", row)],
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        curl(&format!("{}/v2/health/ready", host.url), &[]).status,
+        200,
+        "still ready after all that"
+    );
+}
+
+#[test]
+fn entry_scripts_get_the_request_as_oip_json() {
+    let dir = temp_dir("oip-script");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
+    let ic = write_json(&dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
+    let dc = write_json(
+        &dir,
+        "dc.json",
+        &json!({"keys": {"primaryKey": KEY, "secondaryKey": format!("{KEY}-2")}}),
+    );
+    host.run(&[
+        "deploy",
+        "-n",
+        "adv",
+        "--ic",
+        ic.to_str().unwrap(),
+        "--dc",
+        dc.to_str().unwrap(),
+    ]);
+    let r = infer(
+        &host,
+        "/v2/models/adv/infer",
+        r#"{"id": "a", "inputs": [{"name": "t", "shape": [2], "datatype": "INT32", "data": [[1], [2]]}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (_, json) = r.body.split_once(':').unwrap();
+    let seen: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(seen["inputs"][0]["data"], json!([1, 2]), "flattened, as OIP JSON");
+    assert_eq!(seen["id"], "a");
+    let meta = curl(
+        &format!("{}/v2/models/adv", host.url),
+        &["-H", &format!("Authorization: Bearer {KEY}")],
+    );
+    assert_eq!(meta.json()["platform"], "plinth_entry_script");
+}
