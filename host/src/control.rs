@@ -273,7 +273,11 @@ impl ControlPlane {
             v["deploymentConfig"] = serde_json::to_value(dc).unwrap_or_default();
             v["inferenceConfig"] = serde_json::to_value(&r.inference_config).unwrap_or_default();
             v["ignored"] = json!(state.map(|s| s.ignored).unwrap_or_default());
-            v["replicas"] = json!(self.router.get(&r.name).map(|s| s.config().replicas));
+            v["replicas"] = json!(
+                self.router
+                    .get(&r.name)
+                    .map(|s| s.versions().iter().map(|v| v.config().replicas).sum::<u32>())
+            );
         }
         v
     }

@@ -15,12 +15,15 @@ use serde_json::json;
 use crate::auth::{TokenIssuer, bearer};
 use crate::control::ControlPlane;
 use crate::oip;
-use crate::service::{Router, Service};
+use crate::service::{Router, Service, Version};
 use crate::{Error, Result};
 
 pub type Body = Full<Bytes>;
 
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// Names the version that served a response; on a request, pins the version.
+pub const VERSION_HEADER: &str = "x-plinth-version";
 
 /// Largest admin request (a model or source file upload): 4 GiB, held in memory while it is hashed.
 pub const MAX_ADMIN_BODY_BYTES: usize = 4 << 30;
@@ -142,30 +145,35 @@ impl Host {
             .router
             .get(name)
             .ok_or_else(|| Error::NotFound(format!("model {name} not found")))?;
-        let version = service.config().version.clone();
-        let rest = match rest {
+        let (pinned, rest) = match rest {
             ["versions", v, tail @ ..] => {
-                if *v != version {
-                    return Err(Error::NotFound(format!(
-                        "model {name} has no version {v} (versions: {version})"
-                    )));
-                }
-                tail
+                service.version(v).map_err(|_| {
+                    let known: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
+                    Error::NotFound(format!(
+                        "model {name} has no version {v} (versions: {})",
+                        known.join(", ")
+                    ))
+                })?;
+                (Some(*v), tail)
             }
-            tail => tail,
+            tail => (None, tail),
         };
         self.authorize(&service, &req)?;
-        let package = service.package().clone();
-        let model = package.models().iter().next().cloned();
         match (method, rest) {
             (Method::GET, []) => {
-                let (platform, inputs, outputs) = match (&model, package.script()) {
+                let version = match pinned {
+                    Some(v) => service.version(v)?.clone(),
+                    None => service.default_version().clone(),
+                };
+                let package = version.package();
+                let (platform, inputs, outputs) = match (package.models().iter().next(), package.script()) {
                     (Some(m), None) => ("onnxruntime_onnx", m.inputs().to_vec(), m.outputs().to_vec()),
                     _ => ("plinth_entry_script", Vec::new(), Vec::new()),
                 };
+                let versions: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
                 Ok(json_response(
                     StatusCode::OK,
-                    &oip::model_metadata(name, &version, platform, &inputs, &outputs),
+                    &oip::model_metadata(name, &versions, platform, &inputs, &outputs),
                 ))
             }
             (Method::GET, ["ready"]) => Ok(json_response(StatusCode::OK, &json!({"name": name, "ready": true}))),
@@ -179,40 +187,38 @@ impl Host {
                     ),
                     None => None,
                 };
+                let pinned = pinned.or_else(|| header_str(&parts.headers, VERSION_HEADER));
                 let mut decoded = oip::decode(&body, header_len)?;
-                if package.script().is_some() {
-                    let ctx = CallContext {
-                        request_id: Some(request_id.into()),
-                    };
-                    let out = service.score(Bytes::from(oip::to_script_json(&decoded)), ctx).await?;
-                    let mut response = Response::new(Full::new(Bytes::from(out)));
-                    response
-                        .headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    return Ok(response);
-                }
-                let Some(model) = model else {
-                    return Err(Error::NotFound(format!("model {name} has no ONNX model")));
+                let ctx = CallContext {
+                    request_id: Some(request_id.into()),
                 };
-                oip::check_outputs(&decoded, model.outputs(), name)?;
-                let inputs = std::mem::take(&mut decoded.inputs);
-                let outputs = service.run(move |_| model.infer(&inputs)).await?;
-                let (body, json_len) = oip::encode(name, &version, &decoded, outputs);
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                match json_len {
-                    Some(n) => {
-                        response.headers_mut().insert(oip::HEADER_LENGTH, HeaderValue::from(n));
-                        response
-                            .headers_mut()
-                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-                    }
-                    None => {
+                let script_body = Bytes::from(oip::to_script_json(&decoded));
+                let version = service.route(pinned, &script_body, &ctx)?;
+                let package = version.package().clone();
+                let result = if package.script().is_some() {
+                    version.run(move |p| p.score(&script_body, &ctx)).await.map(|out| {
+                        let mut response = Response::new(Full::new(Bytes::from(out)));
                         response
                             .headers_mut()
                             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        response
+                    })
+                } else {
+                    match package.models().iter().next().cloned() {
+                        None => Err(Error::NotFound(format!("model {name} has no ONNX model"))),
+                        Some(model) => match oip::check_outputs(&decoded, model.outputs(), name) {
+                            Err(e) => Err(e),
+                            Ok(()) => {
+                                let inputs = std::mem::take(&mut decoded.inputs);
+                                version.run(move |_| model.infer(&inputs)).await.map(|outputs| {
+                                    let (body, json_len) = oip::encode(name, version.name(), &decoded, outputs);
+                                    binary_response(body, json_len)
+                                })
+                            }
+                        },
                     }
-                }
-                Ok(response)
+                };
+                Ok(tag_version(result.unwrap_or_else(|e| error_response(&e)), &version))
             }
             (method, _) => Err(Error::NotFound(format!(
                 "no route {method} /v2/models/{name}/{}",
@@ -250,13 +256,54 @@ impl Host {
         let ctx = CallContext {
             request_id: Some(request_id.into()),
         };
-        let out = service.score(body, ctx).await?;
-        let mut response = Response::new(Full::new(Bytes::from(out)));
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Ok(response)
+        let pinned = header_str(&parts.headers, VERSION_HEADER);
+        let (version, result) = service.score(body, ctx, pinned).await;
+        let response = match result {
+            Ok(out) => {
+                let mut response = Response::new(Full::new(Bytes::from(out)));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            }
+            Err(e) => error_response(&e),
+        };
+        Ok(match version {
+            Some(v) => tag_version(response, &v),
+            None => response,
+        })
     }
+}
+
+/// A request header as text, if present and valid.
+fn header_str<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// Names the version that served a response.
+fn tag_version(mut response: Response<Body>, version: &Version) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(version.name()) {
+        response.headers_mut().insert(VERSION_HEADER, v);
+    }
+    response
+}
+
+fn binary_response(body: Vec<u8>, json_len: Option<usize>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    match json_len {
+        Some(n) => {
+            headers.insert(oip::HEADER_LENGTH, HeaderValue::from(n));
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        }
+        None => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    response
 }
 
 /// Reads the whole body, refusing one over `limit` before reading it when the length is declared.
@@ -299,7 +346,7 @@ pub fn error_response(e: &Error) -> Response<Body> {
 
 /// OpenAPI 3 for one service: its scoring route, and its inputs when it serves an ONNX model directly.
 fn swagger(service: &Service) -> serde_json::Value {
-    let package = service.package();
+    let package = service.default_version().package();
     let request_schema = match (package.script(), package.models().iter().next()) {
         (None, Some(model)) => {
             let inputs = model.inputs();

@@ -30,6 +30,7 @@ pub mod oip;
 pub mod scripts;
 pub mod server;
 pub mod service;
+pub mod split;
 pub mod store;
 
 pub use self::error::{Error, Result};

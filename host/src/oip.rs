@@ -367,7 +367,7 @@ pub fn to_script_json(req: &Request) -> Vec<u8> {
 /// `GET /v2/models/{name}`: platform, versions, inputs and outputs (-1 for dynamic dims).
 pub fn model_metadata(
     name: &str,
-    version: &str,
+    versions: &[&str],
     platform: &str,
     inputs: &[TensorSpec],
     outputs: &[TensorSpec],
@@ -377,7 +377,7 @@ pub fn model_metadata(
             .map(|t| json!({"name": t.name, "datatype": t.datatype.as_str(), "shape": t.shape}))
             .collect()
     };
-    json!({"name": name, "versions": [version], "platform": platform, "inputs": specs(inputs), "outputs": specs(outputs)})
+    json!({"name": name, "versions": versions, "platform": platform, "inputs": specs(inputs), "outputs": specs(outputs)})
 }
 
 #[cfg(test)]

@@ -82,9 +82,9 @@ fn every_malformed_request_names_its_problem() {
     assert!(
         err(
             br#"{"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}"#,
-            Some("80")
+            Some("9999")
         )
-        .contains("Inference-Header-Content-Length is 80")
+        .contains("Inference-Header-Content-Length is 9999")
     );
     let body =
         br#"{"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}1234"#;
