@@ -47,6 +47,13 @@ enum Command {
         #[command(flatten)]
         host: commands::HostArgs,
     },
+    /// Endpoints with versions: traffic split, default, control/treatment, mirroring, rollback.
+    Endpoint {
+        #[command(subcommand)]
+        command: commands::endpoint::Command,
+        #[command(flatten)]
+        host: commands::HostArgs,
+    },
     /// Manage deployed services: list, show, delete, logs, keys, regen-key, token.
     Service {
         #[command(subcommand)]
@@ -68,6 +75,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args, logs),
         Command::Model { command, host } => commands::model::run(command, &host),
         Command::Deploy { args, host } => commands::deploy::run(args, &host),
+        Command::Endpoint { command, host } => commands::endpoint::run(command, &host),
         Command::Service { command, host } => commands::service::run(command, &host),
         Command::Score(args) => commands::score::run(args),
         Command::Capacity(args) => commands::capacity::run(args),

@@ -42,9 +42,89 @@ impl ModelRecord {
     }
 }
 
-/// A deployed service as stored: what to run and with which configuration and keys.
+/// A service (an endpoint) as stored: its versions, credentials and rollout events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceRecord {
+    pub name: String,
+    pub versions: Vec<VersionRecord>,
+    pub auth_enabled: bool,
+    pub token_auth_enabled: bool,
+    pub primary_key: String,
+    pub secondary_key: String,
+    pub created: u64,
+    pub updated: u64,
+    /// Rollout events (automatic rollbacks), newest last.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl ServiceRecord {
+    pub fn version(&self, name: &str) -> Result<&VersionRecord> {
+        self.versions
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| Error::NotFound(format!("service {} has no version {name}", self.name)))
+    }
+
+    pub fn version_mut(&mut self, name: &str) -> Result<&mut VersionRecord> {
+        let service = self.name.clone();
+        self.versions
+            .iter_mut()
+            .find(|v| v.name == name)
+            .ok_or_else(|| Error::NotFound(format!("service {service} has no version {name}")))
+    }
+
+    /// Azure's rules for an endpoint: at most six versions, exactly one default, at most one control,
+    /// and claimed traffic adding up to at most 100%.
+    pub fn validate(&self) -> Result<()> {
+        if self.versions.is_empty() {
+            return Err(Error::BadRequest(format!("service {} has no version", self.name)));
+        }
+        if self.versions.len() > MAX_VERSIONS {
+            return Err(Error::BadRequest(format!(
+                "an endpoint holds at most {MAX_VERSIONS} versions"
+            )));
+        }
+        let defaults = self.versions.iter().filter(|v| v.is_default).count();
+        if defaults != 1 {
+            return Err(Error::BadRequest(format!(
+                "an endpoint needs exactly one default version, {} has {defaults}",
+                self.name
+            )));
+        }
+        if self.versions.iter().filter(|v| v.control).count() > 1 {
+            return Err(Error::BadRequest("an endpoint has at most one control version".into()));
+        }
+        for v in &self.versions {
+            if v.traffic > 100 || v.mirror > 100 {
+                return Err(Error::BadRequest(format!(
+                    "version {}: percentages must be 0..100",
+                    v.name
+                )));
+            }
+        }
+        let total: u32 = self.versions.iter().map(|v| v.traffic).sum();
+        if total > 100 {
+            let parts: Vec<String> = self
+                .versions
+                .iter()
+                .map(|v| format!("{} {}%", v.name, v.traffic))
+                .collect();
+            return Err(Error::BadRequest(format!(
+                "traffic adds up to {total}% ({}), more than 100%",
+                parts.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// At most this many versions per endpoint (as Azure ML allows).
+pub const MAX_VERSIONS: usize = 6;
+
+/// One version of a service: what it runs and how much traffic it takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionRecord {
     pub name: String,
     /// `name:version` of each model.
     pub models: Vec<String>,
@@ -54,10 +134,49 @@ pub struct ServiceRecord {
     pub source: Vec<FileRef>,
     /// The entry script's path inside `source`.
     pub entry_script: Option<String>,
-    pub primary_key: String,
-    pub secondary_key: String,
+    /// Percent of traffic claimed; the default version also gets what nobody claims.
+    pub traffic: u32,
+    pub is_default: bool,
+    /// A control version (at most one per endpoint); otherwise a treatment.
+    #[serde(default)]
+    pub control: bool,
+    /// Percent of traffic copied to this version; its answers are never returned.
+    #[serde(default)]
+    pub mirror: u32,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rollback: Option<RollbackPolicy>,
     pub created: u64,
     pub updated: u64,
+}
+
+/// When a treatment's traffic is automatically set to 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackPolicy {
+    /// Roll back when the share of failed (5xx) requests in the window is above this (0..1).
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// Roll back when the window's p99 latency is above this many milliseconds.
+    #[serde(default)]
+    pub max_p99_ms: Option<f64>,
+    /// The window, in seconds. Default 60.
+    #[serde(default = "default_window")]
+    pub window_secs: u64,
+    /// No decision on fewer requests than this in the window. Default 20.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: usize,
+}
+
+fn default_window() -> u64 {
+    60
+}
+
+fn default_min_requests() -> usize {
+    20
 }
 
 pub struct Workspace {
@@ -238,7 +357,11 @@ impl Workspace {
     pub fn delete_model(&self, id: &str) -> Result<()> {
         let model = self.model(id)?;
         let full = model.id();
-        if let Some(svc) = self.services()?.into_iter().find(|s| s.models.contains(&full)) {
+        if let Some(svc) = self
+            .services()?
+            .into_iter()
+            .find(|s| s.versions.iter().any(|v| v.models.contains(&full)))
+        {
             return Err(Error::Conflict(format!(
                 "model {full} is used by service {}; delete the service first",
                 svc.name

@@ -9,6 +9,8 @@ use http::Method;
 use plinth::config::{DeploymentConfig, InferenceConfig};
 use serde_json::{Value, json};
 
+use plinth::client::Client;
+
 use super::{HostArgs, block_on, pack, upload};
 
 #[derive(clap::Args)]
@@ -38,28 +40,23 @@ fn read_json(path: &Path) -> anyhow::Result<Value> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
-    let ic_value = args
-        .inference_config
-        .as_deref()
-        .map(read_json)
-        .transpose()?
-        .unwrap_or(json!({}));
-    let dc_value = args
-        .deployment_config
-        .as_deref()
-        .map(read_json)
-        .transpose()?
-        .unwrap_or(json!({}));
-    // Check locally first, so a typo is reported before anything is uploaded.
-    let ic_name = args
-        .inference_config
-        .as_deref()
+/// What a deployment uploads: the two configs as JSON and the entry script's files.
+pub struct Content {
+    pub ic: Value,
+    pub dc: Value,
+    pub files: Vec<(String, PathBuf)>,
+    pub entry_script: Option<String>,
+}
+
+/// Reads and checks the configs locally (a typo is reported before anything is uploaded) and packs the
+/// source folder.
+pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>) -> anyhow::Result<Content> {
+    let ic_value = inference_config.map(read_json).transpose()?.unwrap_or(json!({}));
+    let dc_value = deployment_config.map(read_json).transpose()?.unwrap_or(json!({}));
+    let ic_name = inference_config
         .map(|p| p.display().to_string())
         .unwrap_or("inferenceconfig.json".into());
-    let dc_name = args
-        .deployment_config
-        .as_deref()
+    let dc_name = deployment_config
         .map(|p| p.display().to_string())
         .unwrap_or("deploymentconfig.json".into());
     let (ic, ic_ignored) = InferenceConfig::from_json(&ic_name, &serde_json::to_vec(&ic_value)?)?;
@@ -67,9 +64,7 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
     for note in ic_ignored.iter().chain(&dc_ignored) {
         eprintln!("note: ignored on a Plinth host: {note}");
     }
-    let base = args
-        .inference_config
-        .as_deref()
+    let base = inference_config
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
@@ -94,16 +89,84 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
             }
         },
     };
+    Ok(Content {
+        ic: ic_value,
+        dc: dc_value,
+        files,
+        entry_script,
+    })
+}
+
+/// Polls until `version` of `service` (or every version) is Healthy or Failed, printing dots.
+pub async fn wait(
+    client: &Client,
+    host: &HostArgs,
+    service: &str,
+    version: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let text = host.output == super::Output::Text;
+    if text {
+        eprint!("Running");
+    }
+    let status = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = client
+            .json(Method::GET, &format!("/api/v1/admin/services/{service}"), None)
+            .await?;
+        let state = match version {
+            None => status["state"].as_str().map(str::to_string),
+            Some(v) => status["versions"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|x| x["name"] == v))
+                .map(|x| x["state"].as_str().unwrap_or("").to_string()),
+        };
+        match state.as_deref() {
+            Some("Healthy") | Some("Failed") => break status,
+            _ if started.elapsed() > timeout => {
+                bail!("service {service} is still not ready after {} s", timeout.as_secs())
+            }
+            _ => {
+                if text && started.elapsed().as_millis() % 1000 < 100 {
+                    eprint!(".");
+                    let _ = std::io::stderr().flush();
+                }
+            }
+        }
+    };
+    if text {
+        eprintln!();
+    }
+    let failed = match version {
+        None => (status["state"] == "Failed").then(|| status["error"].clone()),
+        Some(v) => status["versions"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|x| x["name"] == v))
+            .filter(|x| x["state"] == "Failed")
+            .map(|x| x["error"].clone()),
+    };
+    if let Some(error) = failed {
+        bail!(
+            "service {service} failed to deploy: {}",
+            error.as_str().unwrap_or("unknown error")
+        );
+    }
+    Ok(status)
+}
+
+pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
+    let content = content(args.inference_config.as_deref(), args.deployment_config.as_deref())?;
     let client = host.client()?;
     block_on(async {
-        let source = upload(&client, &files).await?;
+        let source = upload(&client, &content.files).await?;
         let body = json!({
             "name": args.name,
             "models": args.models,
-            "inference_config": ic_value,
-            "deployment_config": dc_value,
+            "inference_config": content.ic,
+            "deployment_config": content.dc,
             "source": source,
-            "entry_script": entry_script,
+            "entry_script": content.entry_script,
         });
         let accepted = client.json(Method::POST, "/api/v1/admin/services", Some(&body)).await?;
         let uri = format!("{}/api/v1/service/{}/score", host.host.trim_end_matches('/'), args.name);
@@ -112,38 +175,7 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let started = Instant::now();
-        let text = host.output == super::Output::Text;
-        if text {
-            eprint!("Running");
-        }
-        let status = loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let status = client
-                .json(Method::GET, &format!("/api/v1/admin/services/{}", args.name), None)
-                .await?;
-            match status["state"].as_str() {
-                Some("Healthy") | Some("Failed") => break status,
-                _ if started.elapsed() > Duration::from_secs(args.timeout_secs) => {
-                    bail!("service {} is still not ready after {} s", args.name, args.timeout_secs)
-                }
-                _ => {
-                    if text && started.elapsed().as_millis() % 1000 < 100 {
-                        eprint!(".");
-                        let _ = std::io::stderr().flush();
-                    }
-                }
-            }
-        };
-        if text {
-            eprintln!();
-        }
-        if status["state"] == "Failed" {
-            bail!(
-                "service {} failed to deploy: {}",
-                args.name,
-                status["error"].as_str().unwrap_or("unknown error")
-            );
-        }
+        let status = wait(&client, host, &args.name, None, Duration::from_secs(args.timeout_secs)).await?;
         let elapsed = started.elapsed().as_secs_f64();
         host.print(
             &json!({"state": "Healthy", "scoringUri": uri, "service": status}),

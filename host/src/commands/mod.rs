@@ -2,6 +2,7 @@
 
 pub mod capacity;
 pub mod deploy;
+pub mod endpoint;
 pub mod model;
 pub mod score;
 pub mod serve;

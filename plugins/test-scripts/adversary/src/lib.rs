@@ -1,6 +1,6 @@
 //! Misbehaves as the request body says, so tests can check that the host contains it:
 //! `loop`, `alloc`, `read-passwd`, `write-models`, `write-tmp`, `panic`, `huge-output`, `models`,
-//! `list-models`, `env`, `sleep` (400 ms); anything else is echoed back, with the number of calls this instance has served.
+//! `list-models`, `env`, `sleep` (400 ms), `maybe-fail` (fails when its model holds a `fail` file); anything else is echoed back, with the number of calls this instance has served.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -56,6 +56,10 @@ impl Guest for Adversary {
                 Ok(format!("{calls}:slept"))
             }
             "huge-output" => Ok("x".repeat(100 << 20)),
+            "maybe-fail" => match std::path::Path::new("/models/fail").exists() {
+                true => Err(Error::internal("this version is broken on purpose")),
+                false => Ok(format!("{calls}:fine")),
+            },
             "bad-request" => Err(Error::bad_request("the adversary rejects this request")),
             "models" => Ok(plinth_plugin::models().join(",")),
             "infer-unknown" => plinth_plugin::infer("no-such-model", &[])
