@@ -567,7 +567,7 @@ impl ControlPlane {
             None => {
                 let first = record.versions.is_empty();
                 version.is_default = first;
-                version.traffic = if first { 100 } else { 0 };
+                version.traffic = 0;
                 apply_settings(&mut version, &req.settings);
                 if version.is_default {
                     for other in &mut record.versions {

@@ -224,3 +224,77 @@ pub fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> PathBuf 
 pub fn sample_body() -> String {
     std::fs::read_to_string(repo().join("examples/diabetes/sample.json")).unwrap()
 }
+
+/// A keep-alive HTTP/1.1 client on one connection, for loops of thousands of requests.
+pub struct KeepAlive {
+    stream: std::io::BufReader<std::net::TcpStream>,
+    host: String,
+}
+
+/// A response from [`KeepAlive`].
+pub struct Raw {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl KeepAlive {
+    pub fn connect(url: &str) -> KeepAlive {
+        let host = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+        let stream = std::net::TcpStream::connect(&host).expect("connecting");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        KeepAlive {
+            stream: std::io::BufReader::new(stream),
+            host,
+        }
+    }
+
+    pub fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Raw {
+        use std::io::{Read, Write};
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.host,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let s = self.stream.get_mut();
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut line = String::new();
+        self.stream.read_line(&mut line).unwrap();
+        let status: u16 = line.split_whitespace().nth(1).expect("status line").parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        self.stream.read_exact(&mut body).unwrap();
+        Raw { status, headers, body }
+    }
+}

@@ -4,6 +4,7 @@
 mod support;
 
 mod embedded;
+mod endpoint;
 mod fixture;
 mod host;
 mod oip;
