@@ -18,9 +18,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::{TokenIssuer, bearer, generate_key, key_matches, now};
+use crate::autoscale::Policy;
+use crate::collect::{Collector, Sampling};
 use crate::config::{DeploymentConfig, InferenceConfig};
 use crate::logs::LogHub;
-use crate::service::{Auth, Routed, Router, Service, Version, VersionConfig};
+use crate::metrics::Metrics;
+use crate::service::{Auth, Capacity, Factory, Routed, Router, Service, Version, VersionConfig};
 use crate::store::{
     FileRef, ModelRecord, RollbackPolicy, ServiceRecord, VersionRecord, Workspace, check_name, check_relative,
 };
@@ -37,6 +40,10 @@ pub struct ControlOptions {
     pub ort_library: Option<PathBuf>,
     /// Where compiled entry scripts are cached. Default: `<workspace>/cache`.
     pub cache_dir: Option<PathBuf>,
+    /// Sustained low utilization before replicas are removed. Default 60 s.
+    pub scale_down_after: Duration,
+    /// Where versions with `dataCollection.storageEnabled` send their records.
+    pub collector: Option<Arc<Collector>>,
 }
 
 impl Default for ControlOptions {
@@ -45,6 +52,8 @@ impl Default for ControlOptions {
             token_lifetime: Duration::from_secs(3600),
             ort_library: None,
             cache_dir: None,
+            scale_down_after: Duration::from_secs(60),
+            collector: None,
         }
     }
 }
@@ -72,6 +81,8 @@ pub struct ControlPlane {
     built: DashMap<String, HashMap<String, Arc<Version>>>,
     generation: AtomicU64,
     options: ControlOptions,
+    metrics: Arc<Metrics>,
+    capacity: Arc<Capacity>,
 }
 
 /// `POST /api/v1/admin/models`
@@ -155,6 +166,7 @@ impl ControlPlane {
         router: Arc<Router>,
         engine: Arc<WasmEngine>,
         logs: Arc<LogHub>,
+        metrics: Arc<Metrics>,
         options: ControlOptions,
     ) -> Self {
         let tokens = TokenIssuer::new(ws.jwt_secret(), options.token_lifetime);
@@ -168,6 +180,8 @@ impl ControlPlane {
             built: DashMap::new(),
             generation: AtomicU64::new(now() * 1000),
             options,
+            metrics,
+            capacity: Arc::new(Capacity::of_host()),
         }
     }
 
@@ -423,7 +437,8 @@ impl ControlPlane {
                         "description": ver.description,
                         "tags": ver.tags,
                         "rollback": ver.rollback,
-                        "replicas": running.as_ref().map(|(_, x)| x.config().replicas),
+                        "replicas": running.as_ref().map(|(_, x)| x.replica_count()),
+                        "utilization": running.as_ref().map(|(_, x)| (x.utilization() * 1000.0).round() / 1000.0),
                         "stats": stats,
                         "deploymentConfig": to_json(&ver.deployment_config),
                         "inferenceConfig": to_json(&ver.inference_config),
@@ -431,6 +446,9 @@ impl ControlPlane {
                 })
                 .collect();
             v["versions"] = Value::Array(versions);
+            if let Some(svc) = &live {
+                v["replicas"] = json!(svc.versions().iter().map(|x| x.replica_count()).sum::<u32>());
+            }
             v["events"] = json!(r.events);
             if let Some(first) = r.versions.iter().find(|x| x.is_default) {
                 v["deploymentConfig"] = to_json(&first.deployment_config);
@@ -699,6 +717,7 @@ impl ControlPlane {
             let builder = this.clone();
             let svc = service.clone();
             let vname = version.name.clone();
+            let policy = this.policy(&version.deployment_config);
             let result = tokio::task::spawn_blocking(move || builder.build(&svc, &version, generation))
                 .await
                 .unwrap_or_else(|e| Err(Error::Internal(format!("deployment task failed: {e}"))));
@@ -711,10 +730,14 @@ impl ControlPlane {
                 Ok(built) => {
                     state.state = "Healthy";
                     drop(state);
+                    let built = Arc::new(built);
+                    if let Some(policy) = policy {
+                        tokio::spawn(crate::autoscale::run(Arc::downgrade(&built), policy));
+                    }
                     this.built
                         .entry(service.clone())
                         .or_default()
-                        .insert(vname.clone(), Arc::new(built));
+                        .insert(vname.clone(), built);
                     if let Err(e) = this.publish(&service) {
                         this.logs
                             .event(&service, "ERROR", &format!("publishing version {vname}: {e}"));
@@ -936,20 +959,59 @@ impl ControlPlane {
             },
             ort_library: self.options.ort_library.clone(),
         };
-        let package = Package::load(&spec, Some(&self.engine)).map_err(|e| match e {
-            // A script that fails to load or init is the deployer's problem, reported as such.
-            e @ (plinth_runtime::Error::ScriptInit { .. } | plinth_runtime::Error::ScriptLoad { .. }) => {
-                Error::BadRequest(e.to_string())
-            }
-            e => Error::Runtime(e),
-        })?;
+        let engine = self.engine.clone();
+        let factory: Factory = Arc::new(move || Package::load(&spec, Some(&engine)));
         let config = VersionConfig {
             replicas,
             max_concurrent: dc.max_concurrent_requests_per_container,
             max_queue_wait: Duration::from_millis(dc.max_queue_wait_ms),
             scoring_timeout: Duration::from_millis(dc.scoring_timeout_ms),
+            replica_cpu: dc.container_resource_requirements.cpu,
+            replica_memory: (dc.container_resource_requirements.memory_in_gb * (1u64 << 30) as f64) as u64,
         };
-        Ok(Version::new(record.name.clone(), Arc::new(package), config))
+        let collect = match (&self.options.collector, dc.data_collection.storage_enabled) {
+            (Some(c), true) => {
+                let (model, model_version) = match records.first() {
+                    Some(m) => (m.name.clone(), m.version.to_string()),
+                    None => (service.to_string(), record.name.clone()),
+                };
+                Some((
+                    c.clone(),
+                    Sampling::new(model, model_version, dc.data_collection.sample_rate.unwrap_or(1.0)),
+                ))
+            }
+            _ => None,
+        };
+        Version::with_factory(
+            service,
+            &record.name,
+            factory,
+            config,
+            Some(self.capacity.clone()),
+            Some(self.metrics.clone()),
+        )
+        .map(|v| match collect {
+            Some((c, s)) => v.with_collection(c, s),
+            None => v,
+        })
+        .map_err(|e| match e {
+            // A script that fails to load or init is the deployer's problem, reported as such.
+            Error::Runtime(
+                e @ (plinth_runtime::Error::ScriptInit { .. } | plinth_runtime::Error::ScriptLoad { .. }),
+            ) => Error::BadRequest(e.to_string()),
+            e => e,
+        })
+    }
+
+    /// The autoscaling policy of a version, if its deployment config turns autoscaling on.
+    fn policy(&self, dc: &DeploymentConfig) -> Option<Policy> {
+        dc.autoscale().then(|| Policy {
+            target: dc.auto_scaler.target_utilization as f64 / 100.0,
+            min: dc.auto_scaler.min_replicas,
+            max: dc.auto_scaler.max_replicas,
+            scale_down_after: self.options.scale_down_after,
+            refresh: Duration::from_secs(dc.auto_scaler.refresh_period_in_seconds as u64),
+        })
     }
 
     /// Places a blob at `base/<path>`: a hard link where the filesystem allows, else a copy.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -14,6 +15,7 @@ use serde_json::json;
 
 use crate::auth::{TokenIssuer, bearer};
 use crate::control::ControlPlane;
+use crate::metrics::Metrics;
 use crate::oip;
 use crate::service::{Router, Service, Version};
 use crate::{Error, Result};
@@ -37,6 +39,8 @@ pub struct Host {
     control: Option<Arc<ControlPlane>>,
     max_body_bytes: usize,
     ids: RequestIds,
+    metrics: Arc<Metrics>,
+    open_metrics: bool,
 }
 
 impl Host {
@@ -47,6 +51,49 @@ impl Host {
             control: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             ids: RequestIds::new(),
+            metrics: Arc::new(Metrics::new()),
+            open_metrics: false,
+        }
+    }
+
+    /// Records into `metrics` (shared with the control plane) instead of a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Serves `/metrics` without a credential (default: the admin token is needed).
+    pub fn with_open_metrics(mut self, open: bool) -> Self {
+        self.open_metrics = open;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Counts and logs one scoring request.
+    fn observe(&self, service: &str, version: &str, status: StatusCode, started: Instant, request_id: &str) {
+        let latency = started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[service, version, status.as_str()])
+            .inc();
+        self.metrics
+            .request_seconds
+            .with_label_values(&[service, version])
+            .observe(latency.as_secs_f64());
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        tracing::info!(target: "plinth::request", request_id, service, version, status = status.as_u16(), latency_ms, "request");
+        if let Some(c) = &self.control {
+            c.logs().push(
+                service,
+                format!(
+                    "{} REQ   [{request_id}] version={version} status={} latency_ms={latency_ms:.2}",
+                    crate::logs::timestamp(),
+                    status.as_u16()
+                ),
+            );
         }
     }
 
@@ -83,6 +130,24 @@ impl Host {
                 Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
             }
             (&Method::GET, ["readyz"]) => Ok(self.ready()),
+            (&Method::GET, ["metrics"]) => {
+                if !self.open_metrics {
+                    let given = bearer(req.headers().get(http::header::AUTHORIZATION));
+                    let admin = self.control.as_ref().map(|c| c.admin_token());
+                    if let Some(admin) = admin
+                        && !given.is_some_and(|g| crate::auth::key_matches(g, admin))
+                    {
+                        return Err(Error::Unauthorized(
+                            "/metrics needs 'Authorization: Bearer <admin token>' (or plinth serve --open-metrics)"
+                                .into(),
+                        ));
+                    }
+                }
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                Ok(r)
+            }
             (&Method::GET, ["v2"]) => Ok(json_response(
                 StatusCode::OK,
                 &json!({"name": "plinth", "version": env!("CARGO_PKG_VERSION"), "extensions": oip::EXTENSIONS}),
@@ -165,10 +230,10 @@ impl Host {
                     Some(v) => service.version(v)?.clone(),
                     None => service.default_version().clone(),
                 };
-                let package = version.package();
-                let (platform, inputs, outputs) = match (package.models().iter().next(), package.script()) {
-                    (Some(m), None) => ("onnxruntime_onnx", m.inputs().to_vec(), m.outputs().to_vec()),
-                    _ => ("plinth_entry_script", Vec::new(), Vec::new()),
+                let info = version.info();
+                let (platform, inputs, outputs) = match info.has_script {
+                    false => ("onnxruntime_onnx", info.inputs.clone(), info.outputs.clone()),
+                    true => ("plinth_entry_script", Vec::new(), Vec::new()),
                 };
                 let versions: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
                 Ok(json_response(
@@ -188,15 +253,17 @@ impl Host {
                     None => None,
                 };
                 let pinned = pinned.or_else(|| header_str(&parts.headers, VERSION_HEADER));
+                let started = Instant::now();
                 let mut decoded = oip::decode(&body, header_len)?;
                 let ctx = CallContext {
                     request_id: Some(request_id.into()),
                 };
                 let script_body = Bytes::from(oip::to_script_json(&decoded));
                 let version = service.route(pinned, &script_body, &ctx)?;
-                let package = version.package().clone();
-                let result = if package.script().is_some() {
+                let input = body.clone();
+                let result = if version.info().has_script {
                     version.run(move |p| p.score(&script_body, &ctx)).await.map(|out| {
+                        version.collect(request_id, input, &out);
                         let mut response = Response::new(Full::new(Bytes::from(out)));
                         response
                             .headers_mut()
@@ -204,21 +271,31 @@ impl Host {
                         response
                     })
                 } else {
-                    match package.models().iter().next().cloned() {
-                        None => Err(Error::NotFound(format!("model {name} has no ONNX model"))),
-                        Some(model) => match oip::check_outputs(&decoded, model.outputs(), name) {
-                            Err(e) => Err(e),
-                            Ok(()) => {
-                                let inputs = std::mem::take(&mut decoded.inputs);
-                                version.run(move |_| model.infer(&inputs)).await.map(|outputs| {
-                                    let (body, json_len) = oip::encode(name, version.name(), &decoded, outputs);
-                                    binary_response(body, json_len)
+                    match oip::check_outputs(&decoded, &version.info().outputs, name) {
+                        Err(e) => Err(e),
+                        Ok(()) => {
+                            let inputs = std::mem::take(&mut decoded.inputs);
+                            let model_name = name.to_string();
+                            let outputs = version
+                                .run(move |p| match p.models().iter().next() {
+                                    Some(model) => model.infer(&inputs),
+                                    None => Err(plinth_runtime::Error::UnknownModel {
+                                        model: model_name,
+                                        known: String::new(),
+                                    }),
                                 })
-                            }
-                        },
+                                .await;
+                            outputs.map(|outputs| {
+                                let (body, json_len) = oip::encode(name, version.name(), &decoded, outputs);
+                                version.collect(request_id, input, &body[..json_len.unwrap_or(body.len())]);
+                                binary_response(body, json_len)
+                            })
+                        }
                     }
                 };
-                Ok(tag_version(result.unwrap_or_else(|e| error_response(&e)), &version))
+                let response = result.unwrap_or_else(|e| error_response(&e));
+                self.observe(name, version.name(), response.status(), started, request_id);
+                Ok(tag_version(response, &version))
             }
             (method, _) => Err(Error::NotFound(format!(
                 "no route {method} /v2/models/{name}/{}",
@@ -257,9 +334,17 @@ impl Host {
             request_id: Some(request_id.into()),
         };
         let pinned = header_str(&parts.headers, VERSION_HEADER);
+        let started = Instant::now();
+        let in_flight = self.metrics.in_flight.with_label_values(&[service.name(), "all"]);
+        in_flight.inc();
+        let input = body.clone();
         let (version, result) = service.score(body, ctx, pinned).await;
+        in_flight.dec();
         let response = match result {
             Ok(out) => {
+                if let Some(v) = &version {
+                    v.collect(request_id, input, &out);
+                }
                 let mut response = Response::new(Full::new(Bytes::from(out)));
                 response
                     .headers_mut()
@@ -268,6 +353,8 @@ impl Host {
             }
             Err(e) => error_response(&e),
         };
+        let version_name = version.as_ref().map(|v| v.name()).unwrap_or("-");
+        self.observe(service.name(), version_name, response.status(), started, request_id);
         Ok(match version {
             Some(v) => tag_version(response, &v),
             None => response,
@@ -346,10 +433,10 @@ pub fn error_response(e: &Error) -> Response<Body> {
 
 /// OpenAPI 3 for one service: its scoring route, and its inputs when it serves an ONNX model directly.
 fn swagger(service: &Service) -> serde_json::Value {
-    let package = service.default_version().package();
-    let request_schema = match (package.script(), package.models().iter().next()) {
-        (None, Some(model)) => {
-            let inputs = model.inputs();
+    let info = service.default_version().info();
+    let request_schema = match info.has_script {
+        false => {
+            let inputs = &info.inputs;
             let mut props = serde_json::Map::new();
             for spec in inputs {
                 props.insert(

@@ -20,12 +20,15 @@
 //! ```
 
 pub mod auth;
+pub mod autoscale;
 pub mod client;
+pub mod collect;
 pub mod config;
 pub mod control;
 mod error;
 pub mod http;
 pub mod logs;
+pub mod metrics;
 pub mod oip;
 pub mod scripts;
 pub mod server;

@@ -90,8 +90,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, logs: Arc<LogHub>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PLINTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plinth=info,plinth_runtime=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLINTH_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,plinth=info,plinth_runtime=info,plinth::request=warn")
+    });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(ScriptLogLayer(logs));
     match format {

@@ -3,7 +3,7 @@
 //! services; replacing an entry never disturbs requests already holding the old one.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,9 +12,11 @@ use dashmap::DashMap;
 use plinth_runtime::Package;
 use plinth_runtime::wasm::CallContext;
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{TokenIssuer, key_matches};
+use crate::collect::{Collector, Record, Sampling};
+use crate::metrics::Metrics;
 use crate::split::{Split, effective};
 use crate::{Error, Result};
 
@@ -27,13 +29,16 @@ const OUTCOMES_KEPT: usize = 20_000;
 /// Limits of one version.
 #[derive(Debug, Clone)]
 pub struct VersionConfig {
-    /// Replicas; each serves `max_concurrent` requests at once.
+    /// Replicas at start; each serves `max_concurrent` requests at once.
     pub replicas: u32,
     pub max_concurrent: u32,
     /// How long a request may wait for a free slot before a 503.
     pub max_queue_wait: Duration,
     /// How long a request may take before a 504.
     pub scoring_timeout: Duration,
+    /// CPU cores and bytes of memory one replica reserves on the host.
+    pub replica_cpu: f64,
+    pub replica_memory: u64,
 }
 
 impl Default for VersionConfig {
@@ -43,17 +48,103 @@ impl Default for VersionConfig {
             max_concurrent: 1,
             max_queue_wait: Duration::from_millis(500),
             scoring_timeout: Duration::from_secs(60),
+            replica_cpu: 0.0,
+            replica_memory: 0,
         }
     }
 }
 
-/// One version of a service: a package and the slots that bound it.
+/// How long the first request waits for a replica when a version has scaled to zero.
+pub const COLD_START_WAIT: Duration = Duration::from_secs(60);
+
+/// Builds a replica's package: the models and the script, loaded anew, so replicas share nothing.
+pub type Factory = Arc<dyn Fn() -> plinth_runtime::Result<Package> + Send + Sync>;
+
+/// The host's cores and memory, and what replicas have reserved of them.
+pub struct Capacity {
+    cpu: f64,
+    memory: u64,
+    used: Mutex<(f64, u64)>,
+}
+
+impl Capacity {
+    pub fn new(cpu: f64, memory: u64) -> Self {
+        Capacity {
+            cpu,
+            memory,
+            used: Mutex::new((0.0, 0)),
+        }
+    }
+
+    /// This machine: its available cores and physical memory.
+    pub fn of_host() -> Self {
+        let cpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(u64::MAX);
+        Capacity::new(cpu, memory)
+    }
+
+    fn reserve(&self, cpu: f64, memory: u64) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if used.0 + cpu > self.cpu + 1e-9 || used.1.saturating_add(memory) > self.memory {
+            return false;
+        }
+        used.0 += cpu;
+        used.1 += memory;
+        true
+    }
+
+    fn release(&self, cpu: f64, memory: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.0 = (used.0 - cpu).max(0.0);
+        used.1 = used.1.saturating_sub(memory);
+    }
+
+    /// (cores, bytes) still free.
+    pub fn free(&self) -> (f64, u64) {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        (self.cpu - used.0, self.memory.saturating_sub(used.1))
+    }
+}
+
+/// One replica: its own package (sessions, script instances) and the requests it is serving.
+struct Replica {
+    package: Arc<Package>,
+    in_flight: AtomicU32,
+}
+
+/// What the protocols report about a version, whatever its replicas.
+#[derive(Debug, Clone)]
+pub struct VersionInfo {
+    pub inputs: Vec<plinth_runtime::TensorSpec>,
+    pub outputs: Vec<plinth_runtime::TensorSpec>,
+    pub has_script: bool,
+}
+
+/// One version of a service: its replicas, the slots that bound them, and how it is scaled.
 pub struct Version {
     name: String,
-    package: Arc<Package>,
+    service: String,
+    info: VersionInfo,
     config: VersionConfig,
+    replicas: RwLock<Vec<Arc<Replica>>>,
     permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    factory: Option<Factory>,
+    capacity: Option<Arc<Capacity>>,
+    cold_start: Notify,
+    scaling: tokio::sync::Mutex<()>,
+    utilization: Mutex<f64>,
     stats: Stats,
+    metrics: Option<Arc<Metrics>>,
+    collection: Option<(Arc<Collector>, Sampling)>,
 }
 
 impl std::fmt::Debug for Version {
@@ -66,14 +157,124 @@ impl std::fmt::Debug for Version {
 }
 
 impl Version {
+    /// A version with one replica over `package`, scaled by nobody: the embedding entry point.
     pub fn new(name: impl Into<String>, package: Arc<Package>, config: VersionConfig) -> Self {
-        let slots = (config.replicas.max(1) * config.max_concurrent.max(1)) as usize;
-        Version {
-            name: name.into(),
-            package,
+        let info = info_of(&package);
+        let v = Version::empty(name.into(), String::new(), info, config, None, None, None);
+        v.add_replica(package);
+        v
+    }
+
+    /// A version whose replicas come from `factory`: `config.replicas` are loaded now (fewer if the host's
+    /// capacity runs out, which is logged), more or fewer later by the autoscaler.
+    pub fn with_factory(
+        service: &str,
+        name: &str,
+        factory: Factory,
+        config: VersionConfig,
+        capacity: Option<Arc<Capacity>>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self> {
+        let started = Instant::now();
+        let first = Arc::new(factory().map_err(Error::from)?);
+        let info = info_of(&first);
+        let wanted = config.replicas;
+        let v = Version::empty(
+            name.into(),
+            service.into(),
+            info,
             config,
-            permits: Arc::new(Semaphore::new(slots)),
+            Some(factory),
+            capacity,
+            metrics,
+        );
+        if wanted > 0 {
+            if v.reserve() {
+                v.observe_load(started.elapsed());
+                v.add_replica(first);
+            } else {
+                return Err(Error::Overloaded(format!(
+                    "version {name}: this host has no room for even one replica ({})",
+                    v.capacity_note()
+                )));
+            }
+        }
+        for _ in 1..wanted {
+            if !v.reserve() {
+                tracing::warn!(
+                    service,
+                    version = name,
+                    placed = v.replica_count(),
+                    wanted,
+                    "capped: {}",
+                    v.capacity_note()
+                );
+                break;
+            }
+            let started = Instant::now();
+            match v.load() {
+                Ok(p) => {
+                    v.observe_load(started.elapsed());
+                    v.add_replica(Arc::new(p));
+                }
+                Err(e) => {
+                    v.unreserve();
+                    return Err(e);
+                }
+            }
+        }
+        v.report_replicas();
+        Ok(v)
+    }
+
+    fn empty(
+        name: String,
+        service: String,
+        info: VersionInfo,
+        config: VersionConfig,
+        factory: Option<Factory>,
+        capacity: Option<Arc<Capacity>>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        Version {
+            name,
+            service,
+            info,
+            config,
+            replicas: RwLock::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(0)),
+            waiting: AtomicUsize::new(0),
+            factory,
+            capacity,
+            cold_start: Notify::new(),
+            scaling: tokio::sync::Mutex::new(()),
+            utilization: Mutex::new(0.0),
             stats: Stats::default(),
+            metrics,
+            collection: None,
+        }
+    }
+
+    /// Records sampled inputs and predictions of this version through `collector`.
+    pub fn with_collection(mut self, collector: Arc<Collector>, sampling: Sampling) -> Self {
+        self.collection = Some((collector, sampling));
+        self
+    }
+
+    /// Hands a scored request to data collection, if this version collects and the sample takes it.
+    pub fn collect(&self, request_id: &str, input: Bytes, output: &[u8]) {
+        if let Some((collector, sampling)) = &self.collection
+            && sampling.take()
+        {
+            collector.submit(Record {
+                service: self.service.clone(),
+                model: sampling.model.clone(),
+                model_version: sampling.model_version.clone(),
+                version: self.name.clone(),
+                request_id: request_id.to_string(),
+                input,
+                output: output.to_vec(),
+            });
         }
     }
 
@@ -81,8 +282,12 @@ impl Version {
         &self.name
     }
 
-    pub fn package(&self) -> &Arc<Package> {
-        &self.package
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    pub fn info(&self) -> &VersionInfo {
+        &self.info
     }
 
     pub fn config(&self) -> &VersionConfig {
@@ -93,24 +298,211 @@ impl Version {
         &self.stats
     }
 
-    /// Runs `f` on the package on a blocking thread, holding a replica slot, within the version's limits:
-    /// at most `max_queue_wait` for a slot (503), at most `scoring_timeout` for the answer (504).
+    pub fn replica_count(&self) -> u32 {
+        self.replicas.read().unwrap_or_else(|p| p.into_inner()).len() as u32
+    }
+
+    /// The last mean utilization the autoscaler saw (0..; above 1 when requests wait).
+    pub fn utilization(&self) -> f64 {
+        *self.utilization.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add_replica(&self, package: Arc<Package>) {
+        self.replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(Replica {
+                package,
+                in_flight: AtomicU32::new(0),
+            }));
+        self.permits.add_permits(self.config.max_concurrent.max(1) as usize);
+    }
+
+    fn load(&self) -> Result<Package> {
+        match &self.factory {
+            Some(f) => f().map_err(Error::from),
+            None => Err(Error::Internal(format!("version {} cannot add replicas", self.name))),
+        }
+    }
+
+    fn reserve(&self) -> bool {
+        self.capacity
+            .as_ref()
+            .is_none_or(|c| c.reserve(self.config.replica_cpu, self.config.replica_memory))
+    }
+
+    fn unreserve(&self) {
+        if let Some(c) = &self.capacity {
+            c.release(self.config.replica_cpu, self.config.replica_memory);
+        }
+    }
+
+    fn capacity_note(&self) -> String {
+        match &self.capacity {
+            Some(c) => {
+                let (cpu, mem) = c.free();
+                format!(
+                    "a replica needs {} cores and {} MiB; the host has {cpu:.2} cores and {} MiB free",
+                    self.config.replica_cpu,
+                    self.config.replica_memory >> 20,
+                    mem >> 20
+                )
+            }
+            None => "no capacity limit".into(),
+        }
+    }
+
+    /// Scales to `n` replicas (within what the host can hold); returns the count reached.
+    pub async fn scale_to(self: &Arc<Self>, n: u32) -> u32 {
+        let _one_at_a_time = self.scaling.lock().await;
+        loop {
+            let current = self.replica_count();
+            if current == n {
+                break;
+            }
+            if current < n {
+                if !self.reserve() {
+                    tracing::warn!(service = %self.service, version = %self.name, placed = current, wanted = n, "capped: {}", self.capacity_note());
+                    break;
+                }
+                let this = self.clone();
+                let started = Instant::now();
+                match tokio::task::spawn_blocking(move || this.load()).await {
+                    Ok(Ok(p)) => {
+                        self.observe_load(started.elapsed());
+                        self.add_replica(Arc::new(p));
+                    }
+                    other => {
+                        self.unreserve();
+                        let e = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(_)) => unreachable!(),
+                        };
+                        tracing::error!(service = %self.service, version = %self.name, error = %e, "could not add a replica");
+                        break;
+                    }
+                }
+            } else {
+                // Take one replica's worth of free slots, so nothing new lands on it, then drop the idlest one.
+                let slots = self.config.max_concurrent.max(1);
+                let Ok(Ok(permit)) =
+                    tokio::time::timeout(Duration::from_secs(1), self.permits.clone().acquire_many_owned(slots)).await
+                else {
+                    break;
+                };
+                permit.forget();
+                let mut replicas = self.replicas.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(i) = (0..replicas.len()).min_by_key(|&i| replicas[i].in_flight.load(Ordering::Relaxed)) {
+                    replicas.remove(i);
+                }
+                drop(replicas);
+                self.unreserve();
+            }
+        }
+        self.report_replicas();
+        self.replica_count()
+    }
+
+    /// Resolves when a request waits and there is no replica at all.
+    pub async fn cold_start_wanted(&self) {
+        self.cold_start.notified().await
+    }
+
+    /// (current replicas, utilization, whether requests wait): busy replicas plus waiting requests,
+    /// over current replicas.
+    pub fn utilization_sample(&self) -> (u32, f64, bool) {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        let busy = replicas
+            .iter()
+            .filter(|r| r.in_flight.load(Ordering::Relaxed) > 0)
+            .count();
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        let current = replicas.len();
+        let u = if current == 0 {
+            if waiting > 0 { f64::INFINITY } else { 0.0 }
+        } else {
+            (busy + waiting) as f64 / current as f64
+        };
+        (current as u32, u, waiting > 0)
+    }
+
+    pub fn report_utilization(&self, u: f64) {
+        *self.utilization.lock().unwrap_or_else(|p| p.into_inner()) = u;
+        if let Some(m) = &self.metrics {
+            let pct = if u.is_finite() {
+                (u * 100.0).round() as i64
+            } else {
+                i64::MAX
+            };
+            m.utilization_percent
+                .with_label_values(&[&self.service, &self.name])
+                .set(pct);
+        }
+    }
+
+    fn report_replicas(&self) {
+        if let Some(m) = &self.metrics {
+            m.replicas
+                .with_label_values(&[&self.service, &self.name])
+                .set(self.replica_count() as i64);
+        }
+    }
+
+    fn observe_load(&self, took: Duration) {
+        if let Some(m) = &self.metrics {
+            m.model_load_seconds
+                .with_label_values(&[&self.service, &self.name])
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn note_scaling(&self, direction: &str, d: &crate::autoscale::Decision, placed: u32) {
+        if let Some(m) = &self.metrics {
+            m.scaling_decisions
+                .with_label_values(&[&self.service, &self.name, direction])
+                .inc();
+        }
+        let _ = (d, placed);
+    }
+
+    /// Runs `f` on a replica's package on a blocking thread, holding one of its slots, within the version's
+    /// limits: at most `max_queue_wait` for a slot (503), at most `scoring_timeout` for the answer (504).
     pub async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Package) -> plinth_runtime::Result<T> + Send + 'static,
     {
-        let permit = match tokio::time::timeout(self.config.max_queue_wait, self.permits.clone().acquire_owned()).await
-        {
+        let queued = Instant::now();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let cold = self.replica_count() == 0;
+        if cold {
+            self.cold_start.notify_one();
+        }
+        let wait = if cold {
+            self.config.max_queue_wait.max(COLD_START_WAIT)
+        } else {
+            self.config.max_queue_wait
+        };
+        let acquired = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match acquired {
             Ok(Ok(p)) => p,
             _ => {
-                return Err(Error::Overloaded(format!(
+                let failed = Err(Error::Overloaded(format!(
                     "version {}: no free replica within {} ms",
                     self.name,
-                    self.config.max_queue_wait.as_millis()
+                    wait.as_millis()
                 )));
+                self.stats.record(queued.elapsed(), false);
+                return failed;
             }
         };
+        if let Some(m) = &self.metrics {
+            m.queue_wait_seconds
+                .with_label_values(&[&self.service, &self.name])
+                .observe(queued.elapsed().as_secs_f64());
+        }
         self.run_with(permit, f).await
     }
 
@@ -124,17 +516,31 @@ impl Version {
         Some(self.run_with(permit, f).await)
     }
 
+    /// The replica with the fewest requests in flight; a held permit guarantees it has a free slot.
+    fn pick(&self) -> Option<Arc<Replica>> {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        replicas
+            .iter()
+            .min_by_key(|r| r.in_flight.load(Ordering::Relaxed))
+            .cloned()
+    }
+
     async fn run_with<T, F>(&self, permit: tokio::sync::OwnedSemaphorePermit, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Package) -> plinth_runtime::Result<T> + Send + 'static,
     {
         let started = Instant::now();
-        let package = self.package.clone();
+        let Some(replica) = self.pick() else {
+            return Err(Error::Overloaded(format!("version {}: no replica", self.name)));
+        };
+        replica.in_flight.fetch_add(1, Ordering::Relaxed);
         // The permit moves into the task: after a 504 the replica stays busy until the call really ends.
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            f(&package)
+            let result = f(&replica.package);
+            replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+            result
         });
         // The runtime stops an entry script at the deadline itself and says why; this is the backstop for
         // work that cannot be interrupted (an ONNX Runtime call), a little later so the precise error wins.
@@ -150,9 +556,34 @@ impl Version {
                 self.config.scoring_timeout.as_millis()
             ))),
         };
+        if let (Some(m), Err(Error::Runtime(e))) = (&self.metrics, &result)
+            && matches!(e.kind(), "deadline" | "memory" | "trap")
+        {
+            m.script_traps
+                .with_label_values(&[&self.service, &self.name, e.kind()])
+                .inc();
+        }
         let failed = result.as_ref().err().is_some_and(|e| e.status().is_server_error());
         self.stats.record(started.elapsed(), failed);
         result
+    }
+}
+
+impl Drop for Version {
+    fn drop(&mut self) {
+        let n = self.replicas.get_mut().map(|r| r.len()).unwrap_or(0);
+        for _ in 0..n {
+            self.unreserve();
+        }
+    }
+}
+
+fn info_of(package: &Package) -> VersionInfo {
+    let first = package.models().iter().next();
+    VersionInfo {
+        inputs: first.map(|m| m.inputs().to_vec()).unwrap_or_default(),
+        outputs: first.map(|m| m.outputs().to_vec()).unwrap_or_default(),
+        has_script: package.script().is_some(),
     }
 }
 
@@ -313,6 +744,7 @@ impl Service {
                 max_concurrent: config.max_concurrent,
                 max_queue_wait: config.max_queue_wait,
                 scoring_timeout: config.scoring_timeout,
+                ..VersionConfig::default()
             },
         );
         let auth = Auth {

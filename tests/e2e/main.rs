@@ -7,5 +7,6 @@ mod embedded;
 mod endpoint;
 mod fixture;
 mod host;
+mod observe;
 mod oip;
 mod score;

@@ -35,6 +35,12 @@ pub struct Args {
     /// Where compiled entry scripts are cached (default: <workspace>/cache).
     #[arg(long, env = "PLINTH_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Sustained low utilization, in seconds, before the autoscaler removes a replica.
+    #[arg(long, env = "PLINTH_SCALE_DOWN_WINDOW_SECS", default_value_t = 60)]
+    scale_down_window_secs: u64,
+    /// Serve /metrics without the admin credential (for a Prometheus that scrapes without one).
+    #[arg(long)]
+    open_metrics: bool,
     /// The ONNX Runtime library file (default: found in ./.venv, beside the binary, or system-wide).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_lib: Option<PathBuf>,
@@ -59,15 +65,23 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
         ..EngineConfig::default()
     })?);
     let router = Arc::new(Router::new());
+    let metrics = Arc::new(plinth::metrics::Metrics::new());
+    let collector = Arc::new(
+        plinth::collect::Collector::start(ws.root().join("modeldata"), metrics.clone())
+            .context("starting data collection")?,
+    );
     let control = Arc::new(ControlPlane::new(
         ws.clone(),
         router.clone(),
         engine,
         logs,
+        metrics.clone(),
         ControlOptions {
             token_lifetime: Duration::from_secs(args.token_lifetime_secs),
             ort_library: args.ort_lib.clone(),
             cache_dir: Some(cache_dir),
+            scale_down_after: Duration::from_secs(args.scale_down_window_secs),
+            collector: Some(collector.clone()),
         },
     ));
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -78,6 +92,8 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     let host = Arc::new(
         Host::new(router)
             .with_control(control)
+            .with_metrics(metrics)
+            .with_open_metrics(args.open_metrics)
             .with_max_body_bytes(args.max_body_bytes),
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -87,6 +103,8 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     );
     tracing::info!(%addr, scheme, "listening");
     plinth::serve(listener, host, tls, plinth::server::shutdown_signal()).await?;
+    // Every request has been answered: write what data collection accepted, then exit.
+    tokio::task::spawn_blocking(move || collector.shutdown()).await?;
     tracing::info!("stopped");
     Ok(())
 }

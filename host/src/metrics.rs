@@ -1,0 +1,127 @@
+//! Prometheus metrics: `plinth_<noun>_<unit>` with small, fixed label sets, in a registry per host.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by service, version and HTTP status.
+    pub requests: IntCounterVec,
+    /// End-to-end request latency.
+    pub request_seconds: HistogramVec,
+    /// Time spent waiting for a free replica.
+    pub queue_wait_seconds: HistogramVec,
+    pub in_flight: IntGaugeVec,
+    pub replicas: IntGaugeVec,
+    /// Utilization in percent (busy replicas, waiting requests counted as busy, over current replicas).
+    pub utilization_percent: IntGaugeVec,
+    /// Scaling decisions by direction (`up`, `down`).
+    pub scaling_decisions: IntCounterVec,
+    /// Entry script calls stopped by the host, by kind (`deadline`, `memory`, `trap`).
+    pub script_traps: IntCounterVec,
+    /// Time to load a replica's package (models, compiled script).
+    pub model_load_seconds: HistogramVec,
+    /// Model data collection: records written and dropped.
+    pub collected_records: IntCounterVec,
+    pub collection_dropped: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let sv = &["service", "version"];
+        let latency = exponential_buckets(0.000_05, 2.0, 20).expect("valid buckets");
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("plinth_requests_total", "Requests by service, version and HTTP status"),
+                &["service", "version", "status"],
+            )
+            .unwrap(),
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new("plinth_request_duration_seconds", "Request latency, end to end")
+                    .buckets(latency.clone()),
+                sv,
+            )
+            .unwrap(),
+            queue_wait_seconds: HistogramVec::new(
+                HistogramOpts::new("plinth_queue_wait_seconds", "Time waiting for a free replica").buckets(latency),
+                sv,
+            )
+            .unwrap(),
+            in_flight: IntGaugeVec::new(
+                Opts::new("plinth_in_flight_requests", "Requests being served or waiting"),
+                sv,
+            )
+            .unwrap(),
+            replicas: IntGaugeVec::new(Opts::new("plinth_replicas", "Current replicas"), sv).unwrap(),
+            utilization_percent: IntGaugeVec::new(
+                Opts::new(
+                    "plinth_utilization_percent",
+                    "Busy replicas (waiting requests count as busy) over current replicas, in percent",
+                ),
+                sv,
+            )
+            .unwrap(),
+            scaling_decisions: IntCounterVec::new(
+                Opts::new("plinth_scaling_decisions_total", "Autoscaler decisions"),
+                &["service", "version", "direction"],
+            )
+            .unwrap(),
+            script_traps: IntCounterVec::new(
+                Opts::new("plinth_script_traps_total", "Entry script calls stopped by the host"),
+                &["service", "version", "kind"],
+            )
+            .unwrap(),
+            model_load_seconds: HistogramVec::new(
+                HistogramOpts::new("plinth_model_load_seconds", "Time to load a replica")
+                    .buckets(exponential_buckets(0.001, 4.0, 10).expect("valid buckets")),
+                sv,
+            )
+            .unwrap(),
+            collected_records: IntCounterVec::new(
+                Opts::new(
+                    "plinth_collected_records_total",
+                    "Model data collection records written",
+                ),
+                &["service"],
+            )
+            .unwrap(),
+            collection_dropped: IntCounterVec::new(
+                Opts::new(
+                    "plinth_collection_dropped_total",
+                    "Model data collection records dropped because the disk could not keep up",
+                ),
+                &["service"],
+            )
+            .unwrap(),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.requests.clone())).unwrap();
+        r.register(Box::new(m.request_seconds.clone())).unwrap();
+        r.register(Box::new(m.queue_wait_seconds.clone())).unwrap();
+        r.register(Box::new(m.in_flight.clone())).unwrap();
+        r.register(Box::new(m.replicas.clone())).unwrap();
+        r.register(Box::new(m.utilization_percent.clone())).unwrap();
+        r.register(Box::new(m.scaling_decisions.clone())).unwrap();
+        r.register(Box::new(m.script_traps.clone())).unwrap();
+        r.register(Box::new(m.model_load_seconds.clone())).unwrap();
+        r.register(Box::new(m.collected_records.clone())).unwrap();
+        r.register(Box::new(m.collection_dropped.clone())).unwrap();
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
