@@ -1,5 +1,5 @@
-//! Plinth benchmarks. `cargo run --release -p plinth-bench -- runtime` measures the runtime's per-call
-//! costs and prints a Markdown table; bench/run writes it into bench/RESULTS.md.
+//! Plinth benchmarks: `runtime` (per-call costs in process) and `http` (Plinth's routes under load against
+//! a bare hyper server and in-process ONNX Runtime, in one run). `bench/run` runs both.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,11 +10,22 @@ use plinth_runtime::onnx::{OnnxModel, SessionOptions};
 use plinth_runtime::wasm::{CallContext, EngineConfig, ScriptLimits, WasmEngine};
 use plinth_runtime::{ModelSource, Package, PackageSpec, Tensor, TensorData};
 
+mod load;
+mod suite;
+
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "runtime".into());
     match what.as_str() {
         "runtime" => runtime(),
-        other => bail!("unknown benchmark '{other}' (known: runtime)"),
+        "http" => {
+            let secs = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(suite::suite(&repo(), secs))
+        }
+        other => bail!("unknown benchmark '{other}' (known: runtime, http)"),
     }
 }
 

@@ -42,6 +42,10 @@ pub struct DeploymentConfig {
     /// Replicas when autoscaling is off. Default 1.
     pub num_replicas: Option<u32>,
     pub data_collection: DataCollection,
+    /// Plinth: rows per dynamic batch for an ONNX model with a batch dimension. Default: no batching.
+    pub max_batch_size: Option<u32>,
+    /// Plinth: how long a request may wait for others to batch with, in microseconds. Default 500.
+    pub max_batch_delay_micros: Option<u64>,
     pub description: Option<String>,
     pub tags: Option<serde_json::Map<String, serde_json::Value>>,
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
@@ -81,6 +85,8 @@ impl Default for DeploymentConfig {
             max_queue_wait_ms: 500,
             num_replicas: None,
             data_collection: DataCollection::default(),
+            max_batch_size: None,
+            max_batch_delay_micros: None,
             description: None,
             tags: None,
             properties: None,
@@ -263,6 +269,11 @@ impl DeploymentConfig {
         }
         if self.max_concurrent_requests_per_container == 0 {
             return Err("maxConcurrentRequestsPerContainer must be at least 1".into());
+        }
+        if let Some(n) = self.max_batch_size
+            && !(1..=4096).contains(&n)
+        {
+            return Err(format!("maxBatchSize must be 1..4096, got {n}"));
         }
         if self.num_replicas == Some(0) {
             return Err("numReplicas must be at least 1".into());

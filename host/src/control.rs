@@ -718,6 +718,17 @@ impl ControlPlane {
             let svc = service.clone();
             let vname = version.name.clone();
             let policy = this.policy(&version.deployment_config);
+            let batch =
+                version
+                    .deployment_config
+                    .max_batch_size
+                    .filter(|&n| n > 1)
+                    .map(|n| crate::batch::BatchConfig {
+                        max_batch_size: n as usize,
+                        max_delay: Duration::from_micros(
+                            version.deployment_config.max_batch_delay_micros.unwrap_or(500),
+                        ),
+                    });
             let result = tokio::task::spawn_blocking(move || builder.build(&svc, &version, generation))
                 .await
                 .unwrap_or_else(|e| Err(Error::Internal(format!("deployment task failed: {e}"))));
@@ -731,6 +742,21 @@ impl ControlPlane {
                     state.state = "Healthy";
                     drop(state);
                     let built = Arc::new(built);
+                    if let Some(batch) = batch {
+                        let on = built.enable_batching(batch);
+                        this.logs.event(
+                            &service,
+                            "INFO",
+                            &format!(
+                                "version {vname}: dynamic batching {}",
+                                if on {
+                                    "on"
+                                } else {
+                                    "off (the model has no batch dimension)"
+                                }
+                            ),
+                        );
+                    }
                     if let Some(policy) = policy {
                         tokio::spawn(crate::autoscale::run(Arc::downgrade(&built), policy));
                     }
@@ -960,7 +986,15 @@ impl ControlPlane {
             ort_library: self.options.ort_library.clone(),
         };
         let engine = self.engine.clone();
-        let factory: Factory = Arc::new(move || Package::load(&spec, Some(&engine)));
+        let warm_rows = dc.max_batch_size.unwrap_or(1) as usize;
+        // Every replica runs each batch size it will see once at load, so no request pays for a first size.
+        let factory: Factory = Arc::new(move || {
+            let package = Package::load(&spec, Some(&engine))?;
+            if warm_rows > 1 {
+                crate::batch::warm(&package, warm_rows);
+            }
+            Ok(package)
+        });
         let config = VersionConfig {
             replicas,
             max_concurrent: dc.max_concurrent_requests_per_container,

@@ -275,16 +275,7 @@ impl Host {
                         Err(e) => Err(e),
                         Ok(()) => {
                             let inputs = std::mem::take(&mut decoded.inputs);
-                            let model_name = name.to_string();
-                            let outputs = version
-                                .run(move |p| match p.models().iter().next() {
-                                    Some(model) => model.infer(&inputs),
-                                    None => Err(plinth_runtime::Error::UnknownModel {
-                                        model: model_name,
-                                        known: String::new(),
-                                    }),
-                                })
-                                .await;
+                            let outputs = version.infer(inputs).await;
                             outputs.map(|outputs| {
                                 let (body, json_len) = oip::encode(name, version.name(), &decoded, outputs);
                                 version.collect(request_id, input, &body[..json_len.unwrap_or(body.len())]);

@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod autoscale;
+pub mod batch;
 pub mod client;
 pub mod collect;
 pub mod config;

@@ -25,6 +25,9 @@ pub struct Metrics {
     /// Model data collection: records written and dropped.
     pub collected_records: IntCounterVec,
     pub collection_dropped: IntCounterVec,
+    /// Rows per dynamic batch, and how long its oldest request waited to be batched.
+    pub batch_size: HistogramVec,
+    pub batch_queue_seconds: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -101,6 +104,18 @@ impl Metrics {
                 &["service"],
             )
             .unwrap(),
+            batch_size: HistogramVec::new(
+                HistogramOpts::new("plinth_batch_size", "Rows per dynamic batch")
+                    .buckets(exponential_buckets(1.0, 2.0, 13).expect("valid buckets")),
+                sv,
+            )
+            .unwrap(),
+            batch_queue_seconds: HistogramVec::new(
+                HistogramOpts::new("plinth_batch_queue_seconds", "Wait of a batch's oldest request")
+                    .buckets(exponential_buckets(0.000_01, 2.0, 16).expect("valid buckets")),
+                sv,
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -115,6 +130,8 @@ impl Metrics {
         r.register(Box::new(m.model_load_seconds.clone())).unwrap();
         r.register(Box::new(m.collected_records.clone())).unwrap();
         r.register(Box::new(m.collection_dropped.clone())).unwrap();
+        r.register(Box::new(m.batch_size.clone())).unwrap();
+        r.register(Box::new(m.batch_queue_seconds.clone())).unwrap();
         m
     }
 

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use plinth_runtime::Package;
 use plinth_runtime::wasm::CallContext;
+use plinth_runtime::{Package, Tensor};
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{TokenIssuer, key_matches};
+use crate::batch::{BatchConfig, Batcher};
 use crate::collect::{Collector, Record, Sampling};
 use crate::metrics::Metrics;
 use crate::split::{Split, effective};
@@ -145,6 +146,7 @@ pub struct Version {
     stats: Stats,
     metrics: Option<Arc<Metrics>>,
     collection: Option<(Arc<Collector>, Sampling)>,
+    batcher: std::sync::OnceLock<Batcher>,
 }
 
 impl std::fmt::Debug for Version {
@@ -252,6 +254,47 @@ impl Version {
             stats: Stats::default(),
             metrics,
             collection: None,
+            batcher: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Turns on dynamic batching (for a model whose inputs and outputs all have a batch dimension).
+    pub fn enable_batching(self: &Arc<Self>, config: BatchConfig) -> bool {
+        if self.info.has_script || !crate::batch::batchable(&self.info.inputs, &self.info.outputs) {
+            return false;
+        }
+        let batcher = Batcher::start(Arc::downgrade(self), self.info.inputs.clone(), config);
+        self.batcher.set(batcher).is_ok()
+    }
+
+    pub fn batching(&self) -> bool {
+        self.batcher.get().is_some()
+    }
+
+    /// Runs the version's model on tensors: through the batching queue when batching is on.
+    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        if let Some(b) = self.batcher.get() {
+            return b.infer(inputs).await;
+        }
+        let name = self.name.clone();
+        self.run(move |p| match p.models().iter().next() {
+            Some(model) => model.infer(&inputs),
+            None => Err(plinth_runtime::Error::UnknownModel {
+                model: name,
+                known: String::new(),
+            }),
+        })
+        .await
+    }
+
+    pub(crate) fn observe_batch(&self, rows: usize, waited: Duration) {
+        if let Some(m) = &self.metrics {
+            m.batch_size
+                .with_label_values(&[&self.service, &self.name])
+                .observe(rows as f64);
+            m.batch_queue_seconds
+                .with_label_values(&[&self.service, &self.name])
+                .observe(waited.as_secs_f64());
         }
     }
 
@@ -883,7 +926,17 @@ impl Service {
             Ok(v) => v,
             Err(e) => return (None, Err(e)),
         };
-        let result = version.run(move |package| package.score(&body, &ctx)).await;
+        let result = if version.batching() {
+            match plinth_runtime::json::decode_request(&version.info().inputs, &body) {
+                Ok(inputs) => version
+                    .infer(inputs)
+                    .await
+                    .map(|out| plinth_runtime::json::encode_outputs(&out)),
+                Err(e) => Err(Error::Runtime(e)),
+            }
+        } else {
+            version.run(move |package| package.score(&body, &ctx)).await
+        };
         (Some(version), result)
     }
 }

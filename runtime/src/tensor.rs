@@ -168,6 +168,19 @@ impl TensorData {
     }
 }
 
+macro_rules! from_vec {
+    ($($t:ty => $v:ident),*) => {
+        $(impl From<Vec<$t>> for TensorData {
+            fn from(v: Vec<$t>) -> Self {
+                TensorData::$v(v)
+            }
+        })*
+    };
+}
+
+from_vec!(bool => Bool, u8 => Uint8, u16 => Uint16, u32 => Uint32, u64 => Uint64, i8 => Int8, i16 => Int16,
+    i32 => Int32, i64 => Int64, half::f16 => Fp16, f32 => Fp32, f64 => Fp64, String => Bytes);
+
 /// A named tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {

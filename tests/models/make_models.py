@@ -2,6 +2,7 @@
 
     python tests/models/make_models.py     # writes all_types/model.onnx beside this file
 
+small_mlp: a 16→64→4 MLP (weights seeded), for dynamic batching.
 all_types: one input per ONNX Runtime datatype (x_bool ... x_bytes), each of shape [-1, 2], passed through
 Identity to y_bool ... y_bytes, so every OIP datatype can be checked end to end.
 """
@@ -42,8 +43,19 @@ def all_types():
     return model
 
 
+def small_mlp():
+    """A 16→64→4 MLP with seeded weights: batch-size independent results, for the batching tests."""
+    import sys
+
+    sys.path.insert(0, str(HERE.parents[1] / "bench"))
+    from make_models import mlp
+
+    return mlp(sizes=(16, 64, 4), seed=3)
+
+
 if __name__ == "__main__":
-    out = HERE / "all_types" / "model.onnx"
-    out.parent.mkdir(exist_ok=True)
-    onnx.save(all_types(), out)
-    print(f"wrote {out}")
+    for name, make in [("all_types", all_types), ("small_mlp", small_mlp)]:
+        out = HERE / name / "model.onnx"
+        out.parent.mkdir(exist_ok=True)
+        onnx.save(make(), out)
+        print(f"wrote {out}")

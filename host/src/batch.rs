@@ -1,0 +1,354 @@
+//! Dynamic batching for ONNX models with a batch dimension: a queue actor gathers requests for up to
+//! `maxBatchDelayMicros` or `maxBatchSize` rows, runs them as one call on a free replica, and hands each
+//! request exactly its own rows back. A request that does not fit the model fails alone, before
+//! batching; a request whose client has gone is dropped before the model runs.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use plinth_runtime::{Tensor, TensorData, TensorSpec, with_tensor_data};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::service::Version;
+use crate::{Error, Result};
+
+/// Requests waiting to be batched, per version.
+pub const QUEUE: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Rows per batch at most.
+    pub max_batch_size: usize,
+    /// How long the first request of a batch waits for company.
+    pub max_delay: Duration,
+}
+
+struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    queued: Instant,
+    reply: oneshot::Sender<Result<Vec<Tensor>>>,
+}
+
+/// The sending side of a version's batching queue.
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    specs: Vec<TensorSpec>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+/// Whether a model can be batched: every input and output has a dynamic first dimension, and no input
+/// is a string tensor.
+pub fn batchable(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> bool {
+    !inputs.is_empty()
+        && inputs
+            .iter()
+            .chain(outputs)
+            .all(|s| s.shape.first().is_some_and(|&d| d < 0))
+        && inputs.iter().all(|s| s.datatype != plinth_runtime::DataType::Bytes)
+}
+
+impl Batcher {
+    /// Starts the queue actor for `version`; it ends when the version is dropped.
+    pub fn start(version: Weak<Version>, specs: Vec<TensorSpec>, config: BatchConfig) -> Batcher {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(actor(version, rx, config));
+        Batcher { tx, specs }
+    }
+
+    /// Runs `inputs` as part of a batch; the answer holds exactly this request's rows.
+    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        // Checked alone first, so a bad request never spoils a batch.
+        for t in &inputs {
+            let spec = self.specs.iter().find(|s| s.name == t.name).ok_or_else(|| {
+                Error::BadRequest(format!("unknown input '{}' (inputs: {})", t.name, names(&self.specs)))
+            })?;
+            spec.check(t).map_err(|e| Error::BadRequest(e.to_string()))?;
+        }
+        if let Some(missing) = self.specs.iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {
+            return Err(Error::BadRequest(format!("missing input '{}'", missing.name)));
+        }
+        let rows = inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0) as usize;
+        if inputs
+            .iter()
+            .any(|t| t.shape.first().copied().unwrap_or(-1) as usize != rows)
+        {
+            return Err(Error::BadRequest(
+                "every input must have the same number of rows (first dimension)".into(),
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send(Job {
+                inputs,
+                rows,
+                queued: Instant::now(),
+                reply,
+            })
+            .map_err(|_| Error::Overloaded("the batching queue is full".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("the batching queue stopped".into()))?
+    }
+}
+
+/// Runs the first model once per power-of-two batch size up to `max_rows`, with zeros.
+pub fn warm(package: &plinth_runtime::Package, max_rows: usize) {
+    let Some(model) = package.models().iter().next() else {
+        return;
+    };
+    if !batchable(model.inputs(), model.outputs()) {
+        return;
+    }
+    let mut rows = 1;
+    while rows <= max_rows {
+        let inputs: Vec<Tensor> = model
+            .inputs()
+            .iter()
+            .map(|s| {
+                let mut shape: Vec<i64> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+                shape[0] = rows as i64;
+                let n = shape.iter().product::<i64>().max(0) as usize;
+                Tensor {
+                    name: s.name.clone(),
+                    shape,
+                    data: zeros(s.datatype, n),
+                }
+            })
+            .collect();
+        let _ = model.infer(&inputs);
+        rows *= 2;
+    }
+}
+
+fn zeros(dt: plinth_runtime::DataType, n: usize) -> TensorData {
+    use plinth_runtime::DataType as D;
+    match dt {
+        D::Bool => TensorData::Bool(vec![false; n]),
+        D::Uint8 => TensorData::Uint8(vec![0; n]),
+        D::Uint16 => TensorData::Uint16(vec![0; n]),
+        D::Uint32 => TensorData::Uint32(vec![0; n]),
+        D::Uint64 => TensorData::Uint64(vec![0; n]),
+        D::Int8 => TensorData::Int8(vec![0; n]),
+        D::Int16 => TensorData::Int16(vec![0; n]),
+        D::Int32 => TensorData::Int32(vec![0; n]),
+        D::Int64 => TensorData::Int64(vec![0; n]),
+        D::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; n]),
+        D::Fp32 => TensorData::Fp32(vec![0.0; n]),
+        D::Fp64 => TensorData::Fp64(vec![0.0; n]),
+        D::Bytes => TensorData::Bytes(vec![String::new(); n]),
+    }
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+async fn actor(version: Weak<Version>, mut rx: mpsc::Receiver<Job>, config: BatchConfig) {
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + config.max_delay;
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while rows < config.max_batch_size {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => {
+                    rows += job.rows;
+                    batch.push(job);
+                }
+                _ => break,
+            }
+        }
+        // Clients that have gone get nothing computed for them.
+        batch.retain(|j| !j.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let Some(v) = version.upgrade() else { return };
+        // Requests whose non-batch dimensions differ cannot share a call: one group per shape.
+        let mut groups: Vec<Vec<Job>> = Vec::new();
+        for job in batch {
+            match groups.iter_mut().find(|g| same_shape(&g[0].inputs, &job.inputs)) {
+                Some(g) => g.push(job),
+                None => groups.push(vec![job]),
+            }
+        }
+        for group in groups {
+            let v = v.clone();
+            tokio::spawn(run_group(v, group));
+        }
+    }
+}
+
+fn same_shape(a: &[Tensor], b: &[Tensor]) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|x| {
+            b.iter()
+                .any(|y| y.name == x.name && y.datatype() == x.datatype() && y.shape[1..] == x.shape[1..])
+        })
+}
+
+async fn run_group(v: Arc<Version>, group: Vec<Job>) {
+    let rows: Vec<usize> = group.iter().map(|j| j.rows).collect();
+    let total: usize = rows.iter().sum();
+    v.observe_batch(
+        total,
+        group.iter().map(|j| j.queued.elapsed()).max().unwrap_or_default(),
+    );
+    let (jobs_inputs, replies): (Vec<Vec<Tensor>>, Vec<_>) = group.into_iter().map(|j| (j.inputs, j.reply)).unzip();
+    let merged = concat(jobs_inputs);
+    let result = v
+        .run(move |p| match p.models().iter().next() {
+            Some(m) => m.infer(&merged),
+            None => Err(plinth_runtime::Error::Config("no model to batch".into())),
+        })
+        .await;
+    match result {
+        Ok(outputs) => match split(outputs, &rows) {
+            Ok(parts) => {
+                for (reply, part) in replies.into_iter().zip(parts) {
+                    let _ = reply.send(Ok(part));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Internal(e.clone())));
+                }
+            }
+        },
+        Err(e) => {
+            let message = e.to_string();
+            let status_like = e.status();
+            for reply in replies {
+                let err = if status_like.is_server_error() {
+                    Error::Internal(message.clone())
+                } else {
+                    Error::BadRequest(message.clone())
+                };
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+/// Concatenates each input across requests along the first dimension, in request order.
+fn concat(mut jobs: Vec<Vec<Tensor>>) -> Vec<Tensor> {
+    if jobs.len() == 1 {
+        return jobs.pop().unwrap_or_default();
+    }
+    let first = &jobs[0];
+    let mut merged: Vec<Tensor> = first
+        .iter()
+        .map(|t| {
+            let mut shape = t.shape.clone();
+            shape[0] = 0;
+            Tensor {
+                name: t.name.clone(),
+                shape,
+                data: empty_like(&t.data),
+            }
+        })
+        .collect();
+    for inputs in jobs {
+        for t in inputs {
+            if let Some(m) = merged.iter_mut().find(|m| m.name == t.name) {
+                m.shape[0] += t.shape[0];
+                append(&mut m.data, t.data);
+            }
+        }
+    }
+    merged
+}
+
+fn empty_like(d: &TensorData) -> TensorData {
+    let mut d = d.clone();
+    with_tensor_data!(&mut d, v => v.clear());
+    d
+}
+
+fn append(into: &mut TensorData, from: TensorData) {
+    macro_rules! ext {
+        ($($v:ident),*) => {
+            match (into, from) {
+                $((TensorData::$v(a), TensorData::$v(b)) => a.extend(b),)*
+                _ => {}
+            }
+        };
+    }
+    ext!(
+        Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+    );
+}
+
+/// Splits each output along the first dimension into the requests' row counts.
+fn split(outputs: Vec<Tensor>, rows: &[usize]) -> std::result::Result<Vec<Vec<Tensor>>, String> {
+    let total: usize = rows.iter().sum();
+    let mut parts: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for out in outputs {
+        if out.shape.first().copied() != Some(total as i64) {
+            return Err(format!(
+                "output '{}' has shape {:?}, not {total} rows: the model cannot be batched",
+                out.name, out.shape
+            ));
+        }
+        let per_row = out.data.len() / total.max(1);
+        let mut start = 0;
+        for (i, &r) in rows.iter().enumerate() {
+            let mut shape = out.shape.clone();
+            shape[0] = r as i64;
+            let range = start * per_row..(start + r) * per_row;
+            let data = with_tensor_data!(&out.data, v => slice(v, range.clone()));
+            parts[i].push(Tensor {
+                name: out.name.clone(),
+                shape,
+                data,
+            });
+            start += r;
+        }
+    }
+    Ok(parts)
+}
+
+fn slice<T: Clone>(v: &[T], range: std::ops::Range<usize>) -> TensorData
+where
+    Vec<T>: Into<TensorData>,
+{
+    v[range].to_vec().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, rows: i64, base: f32) -> Tensor {
+        Tensor {
+            name: name.into(),
+            shape: vec![rows, 2],
+            data: TensorData::Fp32((0..rows * 2).map(|i| base + i as f32).collect()),
+        }
+    }
+
+    #[test]
+    fn concat_then_split_gives_each_request_its_rows() {
+        let merged = concat(vec![vec![t("x", 1, 0.0)], vec![t("x", 2, 10.0)]]);
+        assert_eq!(merged[0].shape, vec![3, 2]);
+        assert_eq!(merged[0].data, TensorData::Fp32(vec![0.0, 1.0, 10.0, 11.0, 12.0, 13.0]));
+        let parts = split(merged, &[1, 2]).unwrap();
+        assert_eq!(parts[0][0], t("x", 1, 0.0));
+        assert_eq!(parts[1][0], t("x", 2, 10.0));
+    }
+
+    #[test]
+    fn outputs_without_the_batch_rows_are_refused() {
+        let out = Tensor {
+            name: "y".into(),
+            shape: vec![1],
+            data: TensorData::Fp32(vec![1.0]),
+        };
+        assert!(split(vec![out], &[1, 1]).unwrap_err().contains("cannot be batched"));
+    }
+}
