@@ -84,12 +84,16 @@ async fn connection(t: Target, deadline: Instant) -> anyhow::Result<(Vec<u32>, u
         let sent = Instant::now();
         sender.ready().await?;
         let resp = sender.send_request(req).await?;
-        let ok = resp.status().is_success();
-        let _ = resp.into_body().collect().await?;
+        let status = resp.status();
+        let ok = status.is_success();
+        let body = resp.into_body().collect().await?.to_bytes();
         if ok {
             latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
         } else {
             errors += 1;
+            if errors == 1 {
+                eprintln!("{} {}: HTTP {status}", t.path, String::from_utf8_lossy(&body));
+            }
         }
     }
     Ok((latencies, errors))

@@ -25,7 +25,19 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(suite::suite(&repo(), secs))
         }
-        other => bail!("unknown benchmark '{other}' (known: runtime, http)"),
+        "bare" => {
+            // The HTTP ceiling as a process of its own, like the host under test.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let addr = load::bare_server().await?;
+                println!("{addr}");
+                std::future::pending::<anyhow::Result<()>>().await
+            })
+        }
+        other => bail!("unknown benchmark '{other}' (known: runtime, http, bare)"),
     }
 }
 

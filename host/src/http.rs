@@ -83,13 +83,13 @@ impl Host {
             .request_seconds
             .with_label_values(&[service, version])
             .observe(latency.as_secs_f64());
-        let latency_ms = latency.as_secs_f64() * 1000.0;
-        tracing::info!(target: "plinth::request", request_id, service, version, status = status.as_u16(), latency_ms, "request");
+        let latency_us = latency.as_micros() as u64;
+        tracing::info!(target: "plinth::request", request_id, service, version, status = status.as_u16(), latency_us, "request");
         if let Some(c) = &self.control {
             c.logs().push(
                 service,
                 format!(
-                    "{} REQ   [{request_id}] version={version} status={} latency_ms={latency_ms:.2}",
+                    "{} REQ   [{request_id}] version={version} status={} latency_us={latency_us}",
                     crate::logs::timestamp(),
                     status.as_u16()
                 ),

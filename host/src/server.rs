@@ -73,7 +73,7 @@ pub async fn serve(
                         async move { Ok::<_, Infallible>(host.handle(req).await) }
                     });
                     let mut builder = http1::Builder::new();
-                    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+                    builder.timer(TokioTimer::new()).header_read_timeout(None::<Duration>);
                     let result = match tls {
                         Some(acceptor) => match acceptor.accept(stream).await {
                             Ok(s) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,

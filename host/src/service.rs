@@ -147,6 +147,33 @@ pub struct Version {
     metrics: Option<Arc<Metrics>>,
     collection: Option<(Arc<Collector>, Sampling)>,
     batcher: std::sync::OnceLock<Batcher>,
+    service_time: ServiceTime,
+}
+
+/// Calls shorter than this (on average, for a version without an entry script) run on the calling task.
+pub const INLINE_BELOW: Duration = Duration::from_micros(1000);
+
+/// A moving average of how long a version's calls take, to choose where they run.
+#[derive(Default)]
+struct ServiceTime {
+    calls: AtomicU64,
+    ewma_ns: AtomicU64,
+}
+
+impl ServiceTime {
+    /// Calls measured before the average is trusted; until then every call goes to the blocking pool.
+    const WARM: u64 = 16;
+
+    fn observe(&self, took: Duration) {
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let new = if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+            ns
+        } else {
+            old - old / 8 + ns / 8
+        };
+        self.ewma_ns.store(new, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Version {
@@ -255,7 +282,16 @@ impl Version {
             metrics,
             collection: None,
             batcher: std::sync::OnceLock::new(),
+            service_time: ServiceTime::default(),
         }
+    }
+
+    /// Whether calls run on the calling task: only for a model without an entry script (ONNX Runtime
+    /// work is bounded by the model; a script may spin until its deadline), once it is measured fast.
+    fn inline(&self) -> bool {
+        !self.info.has_script
+            && self.service_time.calls.load(Ordering::Relaxed) >= ServiceTime::WARM
+            && self.service_time.ewma_ns.load(Ordering::Relaxed) < INLINE_BELOW.as_nanos() as u64
     }
 
     /// Turns on dynamic batching (for a model whose inputs and outputs all have a batch dimension).
@@ -527,7 +563,11 @@ impl Version {
         } else {
             self.config.max_queue_wait
         };
-        let acquired = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
+        // A free slot right away needs no timer.
+        let acquired = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Ok(Ok(p)),
+            Err(_) => tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await,
+        };
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         let permit = match acquired {
             Ok(Ok(p)) => p,
@@ -578,27 +618,37 @@ impl Version {
             return Err(Error::Overloaded(format!("version {}: no replica", self.name)));
         };
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        // The permit moves into the task: after a 504 the replica stays busy until the call really ends.
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let result = f(&replica.package);
+        let result = if self.inline() {
+            // Short, bounded work (an ONNX model measured fast): run it right here. Handing it to the blocking
+            // pool would cost more than the call itself.
+            let result = f(&replica.package).map_err(Error::from);
             replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
             result
-        });
-        // The runtime stops an entry script at the deadline itself and says why; this is the backstop for
-        // work that cannot be interrupted (an ONNX Runtime call), a little later so the precise error wins.
-        let result = match tokio::time::timeout(self.config.scoring_timeout + TIMEOUT_GRACE, task).await {
-            Ok(Ok(result)) => result.map_err(Error::from),
-            Ok(Err(join)) => Err(Error::Internal(format!(
-                "version {}: scoring task failed: {join}",
-                self.name
-            ))),
-            Err(_) => Err(Error::Timeout(format!(
-                "version {}: no answer within scoringTimeoutMs ({} ms)",
-                self.name,
-                self.config.scoring_timeout.as_millis()
-            ))),
+        } else {
+            // The permit moves into the task: after a 504 the replica stays busy until the call really ends.
+            let task = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let result = f(&replica.package);
+                replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+                result
+            });
+            // The runtime stops an entry script at the deadline itself and says why; this is the backstop for
+            // work that cannot be interrupted (an ONNX Runtime call), a little later so the precise error wins.
+            match tokio::time::timeout(self.config.scoring_timeout + TIMEOUT_GRACE, task).await {
+                Ok(Ok(result)) => result.map_err(Error::from),
+                Ok(Err(join)) => Err(Error::Internal(format!(
+                    "version {}: scoring task failed: {join}",
+                    self.name
+                ))),
+                Err(_) => Err(Error::Timeout(format!(
+                    "version {}: no answer within scoringTimeoutMs ({} ms)",
+                    self.name,
+                    self.config.scoring_timeout.as_millis()
+                ))),
+            }
         };
+        self.service_time.observe(started.elapsed());
         if let (Some(m), Err(Error::Runtime(e))) = (&self.metrics, &result)
             && matches!(e.kind(), "deadline" | "memory" | "trap")
         {

@@ -41,13 +41,20 @@ pub struct Args {
     /// Serve /metrics without the admin credential (for a Prometheus that scrapes without one).
     #[arg(long)]
     open_metrics: bool,
+    /// Threads that run the HTTP server and quick model calls (default: one per core).
+    #[arg(long, env = "PLINTH_WORKERS")]
+    workers: Option<usize>,
     /// The ONNX Runtime library file (default: found in ./.venv, beside the binary, or system-wide).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_lib: Option<PathBuf>,
 }
 
 pub fn run(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(serve(args, logs))
 }
 
