@@ -34,6 +34,8 @@ struct Job {
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
     specs: Vec<TensorSpec>,
+    /// How long one request may wait for its answer: the batching delay, a slot, and the call.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -55,10 +57,10 @@ pub fn batchable(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> bool {
 
 impl Batcher {
     /// Starts the queue actor for `version`; it ends when the version is dropped.
-    pub fn start(version: Weak<Version>, specs: Vec<TensorSpec>, config: BatchConfig) -> Batcher {
+    pub fn start(version: Weak<Version>, specs: Vec<TensorSpec>, config: BatchConfig, timeout: Duration) -> Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(actor(version, rx, config));
-        Batcher { tx, specs }
+        Batcher { tx, specs, timeout }
     }
 
     /// Runs `inputs` as part of a batch; the answer holds exactly this request's rows.
@@ -91,9 +93,14 @@ impl Batcher {
                 reply,
             })
             .map_err(|_| Error::Overloaded("the batching queue is full".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal("the batching queue stopped".into()))?
+        // On timeout the receiver is dropped: if the batch has not run yet, this request is left out of it.
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(answer) => answer.map_err(|_| Error::Internal("the batching queue stopped".into()))?,
+            Err(_) => Err(Error::Timeout(format!(
+                "no answer from the batching queue within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
     }
 }
 

@@ -299,7 +299,8 @@ impl Version {
         if self.info.has_script || !crate::batch::batchable(&self.info.inputs, &self.info.outputs) {
             return false;
         }
-        let batcher = Batcher::start(Arc::downgrade(self), self.info.inputs.clone(), config);
+        let timeout = config.max_delay + self.config.max_queue_wait + self.config.scoring_timeout + TIMEOUT_GRACE;
+        let batcher = Batcher::start(Arc::downgrade(self), self.info.inputs.clone(), config, timeout);
         self.batcher.set(batcher).is_ok()
     }
 

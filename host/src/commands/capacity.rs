@@ -15,6 +15,9 @@ pub struct Args {
     /// Target utilization, as a fraction (0.7) or a percent (70).
     #[arg(long, default_value_t = 0.7)]
     target_utilization: f64,
+    /// `text` or `json`.
+    #[arg(long, short = 'o', default_value = "text")]
+    output: super::Output,
 }
 
 pub fn replicas(rps: f64, request_seconds: f64, target_utilization: f64, max_concurrent: u32) -> anyhow::Result<u64> {
