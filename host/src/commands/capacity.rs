@@ -41,7 +41,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.target_utilization,
         args.max_concurrent,
     )?;
-    println!("{n}");
+    match args.output {
+        super::Output::Text => println!("{n}"),
+        super::Output::Json => println!("{}", serde_json::json!({"replicas": n})),
+    }
     Ok(())
 }
 
