@@ -60,6 +60,26 @@ fn no_code_onnx_matches_scikit_learn() {
 }
 
 #[test]
+fn json_output_wraps_the_response() {
+    let out = plinth()
+        .args([
+            "score",
+            "-m",
+            "diabetes=examples/diabetes/model",
+            "-o",
+            "json",
+            "--repeat",
+            "3",
+            "-d",
+        ])
+        .arg(sample())
+        .output();
+    let v = ok(out.unwrap());
+    assert_eq!(v["calls"], 3);
+    assert_eq!(v["response"]["variable"].as_array().unwrap().len(), 2);
+}
+
+#[test]
 fn rust_entry_script_matches_scikit_learn() {
     let script = component("diabetes_script");
     let out = plinth()

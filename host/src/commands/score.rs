@@ -42,6 +42,10 @@ pub struct Args {
     #[arg(long, env = "PLINTH_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
+    /// `text` prints the response body as it is; `json` wraps it: {"response": ..., "calls": N, "meanMicros": M}.
+    #[arg(long, short = 'o', default_value = "text")]
+    output: super::Output,
+
     /// The ONNX Runtime library file (default: found in ./.venv, beside the binary, or system-wide).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_lib: Option<PathBuf>,
@@ -107,7 +111,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("{} calls, {:.1} µs per call", args.repeat, per_call.as_secs_f64() * 1e6);
     }
     let mut out = std::io::stdout().lock();
-    out.write_all(&response)?;
+    match args.output {
+        super::Output::Text => out.write_all(&response)?,
+        super::Output::Json => {
+            let value: serde_json::Value = serde_json::from_slice(&response)
+                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&response).into_owned()));
+            let mean = started.elapsed().as_secs_f64() * 1e6 / args.repeat.max(1) as f64;
+            let wrapped = serde_json::json!({"response": value, "calls": args.repeat.max(1), "meanMicros": mean});
+            out.write_all(wrapped.to_string().as_bytes())?;
+        }
+    }
     out.write_all(b"\n")?;
     Ok(())
 }

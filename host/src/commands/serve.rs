@@ -41,6 +41,9 @@ pub struct Args {
     /// Serve /metrics without the admin credential (for a Prometheus that scrapes without one).
     #[arg(long)]
     open_metrics: bool,
+    /// How the listening address is printed on stdout: `text` or `json`.
+    #[arg(long, short = 'o', default_value = "text")]
+    output: super::Output,
     /// Threads that run the HTTP server and quick model calls (default: one per core).
     #[arg(long, env = "PLINTH_WORKERS")]
     workers: Option<usize>,
@@ -104,10 +107,16 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
             .with_max_body_bytes(args.max_body_bytes),
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
-    println!(
-        "plinth listening on {scheme}://{addr} (workspace {})",
-        ws.root().display()
-    );
+    match args.output {
+        super::Output::Text => println!(
+            "plinth listening on {scheme}://{addr} (workspace {})",
+            ws.root().display()
+        ),
+        super::Output::Json => println!(
+            "{}",
+            serde_json::json!({"listening": format!("{scheme}://{addr}"), "workspace": ws.root().display().to_string()})
+        ),
+    }
     tracing::info!(%addr, scheme, "listening");
     plinth::serve(listener, host, tls, plinth::server::shutdown_signal()).await?;
     // Every request has been answered: write what data collection accepted, then exit.
