@@ -49,6 +49,7 @@ pub struct Decision {
     pub current: u32,
     pub desired: u32,
     pub utilization: f64,
+    pub target: f64,
     pub reason: &'static str,
 }
 
@@ -60,6 +61,7 @@ impl Policy {
             current,
             desired,
             utilization,
+            target: self.target,
             reason,
         };
         if current == 0 {

@@ -51,12 +51,13 @@ impl LogHub {
     }
 }
 
-/// Captures `plinth::script` events (fields `script` = service, `request_id`) into a [`LogHub`].
+/// Captures `plinth::script` events (fields `script` = service, `request_id`) and `plinth::event` events
+/// (field `service`: scaling decisions and the like) into a [`LogHub`].
 pub struct ScriptLogLayer(pub std::sync::Arc<LogHub>);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ScriptLogLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != "plinth::script" {
+        if !is_service_event(event.metadata().target()) {
             return;
         }
         let mut v = Fields::default();
@@ -70,6 +71,11 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ScriptLogLayer {
     }
 }
 
+/// Targets whose events belong in a service's log.
+pub fn is_service_event(target: &str) -> bool {
+    target == "plinth::script" || target == "plinth::event"
+}
+
 #[derive(Default)]
 struct Fields {
     script: Option<String>,
@@ -80,7 +86,7 @@ struct Fields {
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
-            "script" => self.script = Some(value.to_string()),
+            "script" | "service" => self.script = Some(value.to_string()),
             "request_id" => self.request_id = Some(value.to_string()),
             "message" => self.message.push_str(value),
             _ => {}
@@ -92,7 +98,7 @@ impl Visit for Fields {
             "message" => {
                 let _ = write!(self.message, "{value:?}");
             }
-            "script" => self.script = Some(format!("{value:?}").trim_matches('"').to_string()),
+            "script" | "service" => self.script = Some(format!("{value:?}").trim_matches('"').to_string()),
             "request_id" => self.request_id = Some(format!("{value:?}").trim_matches('"').to_string()),
             _ => {}
         }

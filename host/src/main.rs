@@ -99,7 +99,7 @@ fn init_logging(format: LogFormat, logs: Arc<LogHub>) {
     });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // The script log layer sees only script events, so every other disabled event stays free.
-    let scripts = tracing_subscriber::filter::filter_fn(|m| m.target() == "plinth::script");
+    let scripts = tracing_subscriber::filter::filter_fn(|m| plinth::logs::is_service_event(m.target()));
     let registry = tracing_subscriber::registry().with(ScriptLogLayer(logs).with_filter(scripts));
     match format {
         LogFormat::Text => registry.with(fmt.with_filter(filter)).init(),

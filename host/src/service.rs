@@ -537,13 +537,25 @@ impl Version {
         }
     }
 
+    /// Counts a scaling decision and writes it, with its inputs, to the service's log.
     pub(crate) fn note_scaling(&self, direction: &str, d: &crate::autoscale::Decision, placed: u32) {
         if let Some(m) = &self.metrics {
             m.scaling_decisions
                 .with_label_values(&[&self.service, &self.name, direction])
                 .inc();
         }
-        let _ = (d, placed);
+        tracing::info!(
+            target: "plinth::event",
+            service = %self.service,
+            "scale {direction}: version {} from {} to {} replicas (wanted {}; utilization {:.2}, target {}: {})",
+            self.name,
+            d.current,
+            placed,
+            d.desired,
+            d.utilization,
+            d.target,
+            d.reason
+        );
     }
 
     /// Runs `f` on a replica's package on a blocking thread, holding one of its slots, within the version's
