@@ -96,7 +96,10 @@ fn replicas_grow_under_load_and_shrink_when_idle() {
     assert_eq!(replicas(&host, "adv"), 1, "replicas shrink after the idle window");
     let logs = host.run(&["service", "logs", "adv"]);
     assert!(logs.contains("REQ"), "request log lines: {logs}");
-    assert!(logs.contains("scale up: version 1 from 1 to"), "scaling decisions with their inputs: {logs}");
+    assert!(
+        logs.contains("scale up: version 1 from 1 to"),
+        "scaling decisions with their inputs: {logs}"
+    );
     assert!(logs.contains("scale down: version 1"), "{logs}");
     let show = host.run_json(&["service", "show", "adv"]);
     assert!(show["versions"][0]["utilization"].is_number(), "{show}");
