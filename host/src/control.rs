@@ -246,13 +246,6 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Waits until no deployment is loading.
-    pub async fn wait_idle(&self) {
-        while !self.transitioning().is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     pub async fn admin(
         self: &Arc<Self>,
         parts: &http::request::Parts,

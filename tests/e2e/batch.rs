@@ -30,16 +30,8 @@ fn batched_results_equal_unbatched_bit_for_bit_and_a_bad_request_fails_alone() {
         &json!({"authEnabled": false, "numReplicas": 1, "maxConcurrentRequestsPerContainer": 1,
                 "maxBatchSize": 32, "maxBatchDelayMicros": 20000, "maxQueueWaitMs": 10000}),
     );
-    host.run(&["deploy", "-m", "mlp:1", "-n", "plain", "--dc", plain.to_str().unwrap()]);
-    host.run(&[
-        "deploy",
-        "-m",
-        "mlp:1",
-        "-n",
-        "batched",
-        "--dc",
-        batched.to_str().unwrap(),
-    ]);
+    host.deploy("mlp:1", "plain", &plain);
+    host.deploy("mlp:1", "batched", &batched);
     let logs = host.run(&["service", "logs", "batched"]);
     assert!(logs.contains("dynamic batching on"), "{logs}");
 

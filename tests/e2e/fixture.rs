@@ -113,6 +113,11 @@ impl TestHost {
         serde_json::from_str(&self.run(&all)).unwrap()
     }
 
+    /// `plinth deploy -m MODEL -n NAME --dc DC`, no-code; returns stdout.
+    pub fn deploy(&self, model: &str, name: &str, dc: &Path) -> String {
+        self.run(&["deploy", "-m", model, "-n", name, "--dc", dc.to_str().unwrap()])
+    }
+
     /// `(primary, secondary)` keys of a service.
     pub fn keys(&self, service: &str) -> (String, String) {
         let k = self.run_json(&["service", "keys", service]);

@@ -40,15 +40,7 @@ fn register_deploy_keys_score_regen_token_restart() {
         "deploymentconfig.json",
         &json!({"authEnabled": true, "tokenAuthEnabled": true}),
     );
-    let out = host.run(&[
-        "deploy",
-        "-m",
-        "diabetes:1",
-        "-n",
-        "ridge",
-        "--dc",
-        dc.to_str().unwrap(),
-    ]);
+    let out = host.deploy("diabetes:1", "ridge", &dc);
     assert!(
         out.contains("Healthy") && out.contains("/api/v1/service/ridge/score"),
         "{out}"
@@ -311,15 +303,7 @@ fn redeploying_under_load_fails_no_request() {
     let host = TestHost::start(&dir.join("ws"), &[]);
     register_diabetes(&host);
     let dc = write_json(&dir, "dc.json", &json!({"authEnabled": false, "numReplicas": 2}));
-    host.run(&[
-        "deploy",
-        "-m",
-        "diabetes:1",
-        "-n",
-        "ridge",
-        "--dc",
-        dc.to_str().unwrap(),
-    ]);
+    host.deploy("diabetes:1", "ridge", &dc);
     let url = host.score_url("ridge");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..2)
@@ -336,15 +320,7 @@ fn redeploying_under_load_fails_no_request() {
         })
         .collect();
     for _ in 0..3 {
-        host.run(&[
-            "deploy",
-            "-m",
-            "diabetes:1",
-            "-n",
-            "ridge",
-            "--dc",
-            dc.to_str().unwrap(),
-        ]);
+        host.deploy("diabetes:1", "ridge", &dc);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses: Vec<u16> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();

@@ -189,15 +189,7 @@ fn data_collection_writes_every_accepted_record_before_exit() {
         "dc.json",
         &json!({"authEnabled": false, "numReplicas": 2, "dataCollection": {"storageEnabled": true}}),
     );
-    host.run(&[
-        "deploy",
-        "-m",
-        "diabetes:1",
-        "-n",
-        "ridge",
-        "--dc",
-        dc.to_str().unwrap(),
-    ]);
+    host.deploy("diabetes:1", "ridge", &dc);
     let n_threads = 4;
     let per_thread = 150;
     let threads: Vec<_> = (0..n_threads)

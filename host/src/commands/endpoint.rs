@@ -287,12 +287,7 @@ fn show(s: &Value) -> String {
         "VERSION", "STATE", "TRAFFIC", "EFFECTIVE", "MIRROR", "TYPE", "DEFAULT", "REQUESTS", "FAILED"
     ));
     for v in s["versions"].as_array().into_iter().flatten() {
-        let models: Vec<&str> = v["models"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let models = super::strings(&v["models"]);
         out.push_str(&format!(
             "\n{:<16} {:<12} {:>6}% {:>8}% {:>6}% {:<10} {:<8} {:>9} {:>8}  {}",
             v["name"].as_str().unwrap_or(""),
@@ -307,12 +302,7 @@ fn show(s: &Value) -> String {
             models.join(",")
         ));
     }
-    let events: Vec<&str> = s["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let events = super::strings(&s["events"]);
     if !events.is_empty() {
         out.push_str("\nevents:");
         for e in events {

@@ -80,6 +80,11 @@ impl HostArgs {
     }
 }
 
+/// The strings of a JSON array (anything else, and non-strings in it, count as none).
+pub fn strings(v: &Value) -> Vec<&str> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
 /// A single-threaded runtime for a command.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

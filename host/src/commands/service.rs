@@ -49,12 +49,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 host.print(&list, |l| {
                     let mut out = format!("{:<28} {:<14} {:<24} SCORING URI", "NAME", "STATE", "MODELS");
                     for s in l.as_array().into_iter().flatten() {
-                        let models: Vec<&str> = s["models"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_str)
-                            .collect();
+                        let models = super::strings(&s["models"]);
                         out.push_str(&format!(
                             "\n{:<28} {:<14} {:<24} {}{}",
                             s["name"].as_str().unwrap_or(""),
@@ -150,11 +145,5 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
 }
 
 fn lines(v: &Value) -> Vec<String> {
-    v["lines"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_string)
-        .collect()
+    super::strings(&v["lines"]).into_iter().map(str::to_string).collect()
 }
