@@ -1,16 +1,27 @@
 //! A loopback load generator (fixed concurrency, fixed duration, keep-alive connections) and the bare
 //! hyper server that is the HTTP ceiling every Plinth route is measured against.
+//!
+//! The generator is as light as `wrk`: one thread with its own single-threaded event loop, every
+//! connection a task that writes a request prepared once and parses only the response head
+//! (`httparse`) and `content-length`. A heavier client (a hyper client whose connection runs as a
+//! separate task on a multi-threaded runtime) adds its own thread hand-offs to every round trip and
+//! hides the server's latency behind them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, bail};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use plinth_runtime::Package;
+use plinth_runtime::wasm::CallContext;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// What one run measured.
@@ -31,19 +42,44 @@ pub struct Target {
     pub body: Bytes,
 }
 
-/// Runs `concurrency` connections for `duration`, after a short warm-up.
+impl Target {
+    /// The whole request on the wire, built once.
+    fn wire(&self) -> Bytes {
+        let mut head = format!(
+            "POST {} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            self.path,
+            self.body.len()
+        );
+        for (k, v) in &self.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut wire = head.into_bytes();
+        wire.extend_from_slice(&self.body);
+        Bytes::from(wire)
+    }
+}
+
+/// Runs `concurrency` connections for `duration`, after a short warm-up, on a thread of its own.
 pub async fn run(target: &Target, concurrency: usize, duration: Duration) -> anyhow::Result<Run> {
-    let _ = drive(target, concurrency, Duration::from_millis(300)).await?;
-    drive(target, concurrency, duration).await
+    let target = target.clone();
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let _ = drive(&target, concurrency, Duration::from_millis(300)).await?;
+            drive(&target, concurrency, duration).await
+        })
+    })
+    .await?
 }
 
 async fn drive(target: &Target, concurrency: usize, duration: Duration) -> anyhow::Result<Run> {
+    let wire = target.wire();
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let t = target.clone();
-        tasks.push(tokio::spawn(async move { connection(t, deadline).await }));
+        tasks.push(tokio::spawn(connection(target.addr, wire.clone(), deadline)));
     }
     let mut latencies: Vec<u32> = Vec::new();
     let mut errors = 0;
@@ -68,39 +104,79 @@ async fn drive(target: &Target, concurrency: usize, duration: Duration) -> anyho
     })
 }
 
-async fn connection(t: Target, deadline: Instant) -> anyhow::Result<(Vec<u32>, u64)> {
-    let stream = TcpStream::connect(t.addr).await?;
+async fn connection(addr: SocketAddr, wire: Bytes, deadline: Instant) -> anyhow::Result<(Vec<u32>, u64)> {
+    let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
     let mut latencies = Vec::with_capacity(100_000);
     let mut errors = 0;
+    let mut buf = vec![0u8; 64 * 1024];
     while Instant::now() < deadline {
-        let mut req = Request::post(&t.path).header(http::header::HOST, "bench");
-        for (k, v) in &t.headers {
-            req = req.header(k, v);
-        }
-        let req = req.body(Full::new(t.body.clone()))?;
         let sent = Instant::now();
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        let ok = status.is_success();
-        let body = resp.into_body().collect().await?.to_bytes();
-        if ok {
+        stream.write_all(&wire).await?;
+        let (status, body) = read_response(&mut stream, &mut buf).await?;
+        if (200..300).contains(&status) {
             latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
         } else {
             errors += 1;
             if errors == 1 {
-                eprintln!("{} {}: HTTP {status}", t.path, String::from_utf8_lossy(&body));
+                eprintln!("HTTP {status}: {}", String::from_utf8_lossy(&body));
             }
         }
     }
     Ok((latencies, errors))
 }
 
-/// The bare hyper server: reads the body, answers a fixed small JSON.
-pub async fn bare_server() -> anyhow::Result<SocketAddr> {
+/// Reads one response with a `content-length` body; returns its status and (for errors) its body.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            bail!("connection closed by the server");
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head_len) = resp.parse(&buf[..filled])? else {
+            continue;
+        };
+        let status = resp.code.context("no status")?;
+        let len: usize = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .context("response without content-length")
+            .and_then(|h| Ok(std::str::from_utf8(h.value)?.trim().parse()?))?;
+        let total = head_len + len;
+        if buf.len() < total {
+            buf.resize(total, 0);
+        }
+        while filled < total {
+            let n = stream.read(&mut buf[filled..total]).await?;
+            if n == 0 {
+                bail!("connection closed inside a response body");
+            }
+            filled += n;
+        }
+        if filled > total {
+            bail!("more bytes than one response (the generator sends one request at a time)");
+        }
+        let body = if (200..300).contains(&status) {
+            Vec::new()
+        } else {
+            buf[head_len..total].to_vec()
+        };
+        return Ok((status, body));
+    }
+}
+
+/// The bare hyper server: reads the body and answers a fixed small JSON, or, given a package, the
+/// package's answer (the runtime call with nothing around it: no auth, no router, no split, no queue, no
+/// metrics, no logs).
+pub async fn bare_server(package: Option<Arc<Package>>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -109,15 +185,31 @@ pub async fn bare_server() -> anyhow::Result<SocketAddr> {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let package = package.clone();
             tokio::spawn(async move {
-                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    let mut r = Response::new(Full::new(Bytes::from_static(br#"{"variable":[[152.1]]}"#)));
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, Infallible>(r)
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let package = package.clone();
+                    async move {
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let answer = match &package {
+                            None => Bytes::from_static(br#"{"variable":[[152.1]]}"#),
+                            Some(p) => match p.score(&body, &CallContext::default()) {
+                                Ok(out) => Bytes::from(out),
+                                Err(e) => Bytes::from(e.to_string()),
+                            },
+                        };
+                        let mut r = Response::new(Full::new(answer));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(r)
+                    }
                 });
                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });

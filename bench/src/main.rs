@@ -19,25 +19,68 @@ fn main() -> anyhow::Result<()> {
         "runtime" => runtime(),
         "http" => {
             let secs = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+            let rounds = std::env::args().nth(3).and_then(|s| s.parse().ok()).unwrap_or(3);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(suite::suite(&repo(), secs))
+            rt.block_on(suite::suite(&repo(), secs, rounds))
         }
         "bare" => {
-            // The HTTP ceiling as a process of its own, like the host under test.
+            // The HTTP ceiling as a process of its own, like the host under test; with a model path, the
+            // runtime call on that model with nothing around it.
+            let package = match std::env::args().nth(2) {
+                Some(model) => Some(Arc::new(Package::load(
+                    &PackageSpec {
+                        models: vec![ModelSource {
+                            name: "model".into(),
+                            path: model.into(),
+                        }],
+                        ..PackageSpec::default()
+                    },
+                    None,
+                )?)),
+                None => None,
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let addr = load::bare_server().await?;
+                let addr = load::bare_server(package).await?;
                 println!("{addr}");
                 std::future::pending::<anyhow::Result<()>>().await
             })
         }
-        other => bail!("unknown benchmark '{other}' (known: runtime, http, bare)"),
+        "load" => {
+            // One scenario by hand: `plinth-bench load ADDR PATH CONCURRENCY SECONDS [BODY ["NAME: VALUE"...]]`.
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let [addr, path, c, secs, rest @ ..] = args.as_slice() else {
+                bail!("usage: plinth-bench load ADDR PATH CONCURRENCY SECONDS [BODY [\"NAME: VALUE\"...]]");
+            };
+            let mut headers = vec![];
+            for h in rest.iter().skip(1) {
+                let (k, v) = h.split_once(':').context("a header is NAME: VALUE")?;
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+            let target = load::Target {
+                addr: addr.parse().context("ADDR")?,
+                path: path.clone(),
+                headers,
+                body: bytes::Bytes::from(rest.first().cloned().unwrap_or_else(|| "{}".into())),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(load::run(&target, c.parse()?, Duration::from_secs(secs.parse()?)))?;
+            println!(
+                "{}",
+                serde_json::json!({"rps": r.rps, "p50_us": r.p50_us, "p99_us": r.p99_us, "errors": r.errors})
+            );
+            Ok(())
+        }
+        other => bail!("unknown benchmark '{other}' (known: runtime, http, bare, load)"),
     }
 }
 

@@ -413,7 +413,7 @@ impl ControlPlane {
                     let window = ver.rollback.as_ref().map(|p| p.window_secs).unwrap_or(60);
                     let stats = running.as_ref().map(|(_, x)| {
                         let (requests, failures) = x.stats().totals();
-                        json!({"requests": requests, "failures": failures, "window": x.stats().window(Duration::from_secs(window))})
+                        json!({"requests": requests, "failures": failures, "rejected": x.stats().rejected(), "window": x.stats().window(Duration::from_secs(window))})
                     });
                     json!({
                         "name": ver.name,

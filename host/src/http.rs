@@ -73,28 +73,61 @@ impl Host {
     }
 
     /// Counts and logs one scoring request.
-    fn observe(&self, service: &str, version: &str, status: StatusCode, started: Instant, request_id: &str) {
+    fn observe(
+        &self,
+        service: &str,
+        version: Option<&Version>,
+        status: StatusCode,
+        started: Instant,
+        request_id: &str,
+    ) {
         let latency = started.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[service, version, status.as_str()])
-            .inc();
-        self.metrics
-            .request_seconds
-            .with_label_values(&[service, version])
-            .observe(latency.as_secs_f64());
-        let latency_us = latency.as_micros() as u64;
-        tracing::info!(target: "plinth::request", request_id, service, version, status = status.as_u16(), latency_us, "request");
-        if let Some(c) = &self.control {
-            c.logs().push(
-                service,
-                format!(
-                    "{} REQ   [{request_id}] version={version} status={} latency_us={latency_us}",
-                    crate::logs::timestamp(),
-                    status.as_u16()
-                ),
-            );
+        let version_name = version.map(|v| v.name()).unwrap_or("-");
+        match version.and_then(|v| v.series(&self.metrics, service)) {
+            Some(series) => {
+                if status == StatusCode::OK {
+                    series.ok.inc();
+                } else {
+                    self.metrics
+                        .requests
+                        .with_label_values(&[service, version_name, status.as_str()])
+                        .inc();
+                }
+                series.seconds.observe(latency.as_secs_f64());
+            }
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&[service, version_name, status.as_str()])
+                    .inc();
+                self.metrics
+                    .request_seconds
+                    .with_label_values(&[service, version_name])
+                    .observe(latency.as_secs_f64());
+            }
         }
+        let latency_us = latency.as_micros() as u64;
+        tracing::info!(target: "plinth::request", request_id, service, version = version_name, status = status.as_u16(), latency_us, "request");
+        if let Some(c) = &self.control {
+            let shared;
+            let name = match version {
+                Some(v) => v.shared_name(),
+                None => {
+                    shared = Arc::from("-");
+                    &shared
+                }
+            };
+            c.logs().request(service, request_id, name, status.as_u16(), latency_us);
+        }
+    }
+
+    /// Counts a request of `version` in flight until the guard drops (also when the client leaves).
+    fn in_flight<'v>(&self, service: &str, version: &'v Version) -> InFlight<'v> {
+        let gauge = version.series(&self.metrics, service).map(|s| &s.in_flight);
+        if let Some(g) = gauge {
+            g.inc();
+        }
+        InFlight(gauge)
     }
 
     /// Adds the admin API and token auth of a control plane.
@@ -116,15 +149,18 @@ impl Host {
         let request_id = self.ids.for_request(&req);
         let result = self.route(req, &request_id).await;
         let mut response = result.unwrap_or_else(|e| error_response(&e));
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        // The id's bytes move into the header (checked, not copied).
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
             response.headers_mut().insert(REQUEST_ID, v);
         }
         response
     }
 
     async fn route(&self, req: Request<Incoming>, request_id: &str) -> Result<Response<Body>> {
-        let path = req.uri().path().to_string();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // The path is shared with the request (no copy); its segments fit on the stack.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let segments: smallvec::SmallVec<[&str; 8]> = path.trim_matches('/').split('/').collect();
         match (req.method(), segments.as_slice()) {
             (&Method::GET, [""] | ["healthz"] | ["health"]) => {
                 Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
@@ -258,10 +294,15 @@ impl Host {
                 let ctx = CallContext {
                     request_id: Some(request_id.into()),
                 };
-                let script_body = Bytes::from(oip::to_script_json(&decoded));
-                let version = service.route(pinned, &script_body, &ctx)?;
+                let (version, copies) = service.route(pinned)?;
+                if !copies.is_empty() {
+                    mirror_oip(copies, &decoded, &ctx);
+                }
+                let _in_flight = self.in_flight(name, version);
                 let input = body.clone();
                 let result = if version.info().has_script {
+                    // An entry script reads OIP JSON whatever the request's encoding.
+                    let script_body = Bytes::from(oip::to_script_json(&decoded));
                     version.run(move |p| p.score(&script_body, &ctx)).await.map(|out| {
                         version.collect(request_id, input, &out);
                         let mut response = Response::new(Full::new(Bytes::from(out)));
@@ -285,8 +326,8 @@ impl Host {
                     }
                 };
                 let response = result.unwrap_or_else(|e| error_response(&e));
-                self.observe(name, version.name(), response.status(), started, request_id);
-                Ok(tag_version(response, &version))
+                self.observe(name, Some(version), response.status(), started, request_id);
+                Ok(tag_version(response, version))
             }
             (method, _) => Err(Error::NotFound(format!(
                 "no route {method} /v2/models/{name}/{}",
@@ -326,16 +367,22 @@ impl Host {
         };
         let pinned = header_str(&parts.headers, VERSION_HEADER);
         let started = Instant::now();
-        let in_flight = self.metrics.in_flight.with_label_values(&[service.name(), "all"]);
-        in_flight.inc();
+        let (version, copies) = match service.route(pinned) {
+            Ok(routed) => routed,
+            Err(e) => {
+                let response = error_response(&e);
+                self.observe(service.name(), None, response.status(), started, request_id);
+                return Ok(response);
+            }
+        };
+        Service::mirror(copies, &body, &ctx);
+        let in_flight = self.in_flight(service.name(), version);
         let input = body.clone();
-        let (version, result) = service.score(body, ctx, pinned).await;
-        in_flight.dec();
+        let result = version.score(body, ctx).await;
+        drop(in_flight);
         let response = match result {
             Ok(out) => {
-                if let Some(v) = &version {
-                    v.collect(request_id, input, &out);
-                }
+                version.collect(request_id, input, &out);
                 let mut response = Response::new(Full::new(Bytes::from(out)));
                 response
                     .headers_mut()
@@ -344,12 +391,41 @@ impl Host {
             }
             Err(e) => error_response(&e),
         };
-        let version_name = version.as_ref().map(|v| v.name()).unwrap_or("-");
-        self.observe(service.name(), version_name, response.status(), started, request_id);
-        Ok(match version {
-            Some(v) => tag_version(response, &v),
-            None => response,
-        })
+        self.observe(service.name(), Some(version), response.status(), started, request_id);
+        Ok(tag_version(response, version))
+    }
+}
+
+/// Holds a version's in-flight gauge up while a request is served.
+struct InFlight<'v>(Option<&'v prometheus::IntGauge>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.dec();
+        }
+    }
+}
+
+/// Copies an OIP request to mirror versions: decoded tensors to a model, OIP JSON to an entry script.
+/// Fire and forget, on free slots only; the answers are dropped.
+fn mirror_oip(copies: Vec<Arc<Version>>, decoded: &oip::Request, ctx: &CallContext) {
+    let mut script_body: Option<Bytes> = None;
+    for mirror in copies {
+        if mirror.info().has_script {
+            let body = script_body
+                .get_or_insert_with(|| Bytes::from(oip::to_script_json(decoded)))
+                .clone();
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let _ = mirror.try_run(move |p| p.score(&body, &ctx)).await;
+            });
+        } else {
+            let inputs = decoded.inputs.clone();
+            tokio::spawn(async move {
+                let _ = mirror.try_infer(inputs).await;
+            });
+        }
     }
 }
 
@@ -395,11 +471,35 @@ async fn read_body(headers: &http::HeaderMap, body: Incoming, limit: usize) -> R
     {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(Error::BadRequest(format!("reading the request body: {e}"))),
+    let mut body = Limited::new(body, limit);
+    // Most bodies arrive as one frame: keep it as it is; join several only when there are several.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
+            Some(Err(e)) => return Err(Error::BadRequest(format!("reading the request body: {e}"))),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        match (&mut joined, first.take()) {
+            (Some(all), _) => all.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(head)) => {
+                let mut all = bytes::BytesMut::with_capacity(head.len() + data.len());
+                all.extend_from_slice(&head);
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+        }
     }
+    Ok(match joined {
+        Some(all) => all.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -492,6 +592,35 @@ impl RequestIds {
         {
             return v.to_string();
         }
-        format!("{:016x}{:08x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // 24 hex digits: the host's random prefix, then a counter (what `format!("{:016x}{:08x}")` writes).
+        let mut id = String::with_capacity(24);
+        push_hex(&mut id, self.prefix, 16);
+        push_hex(&mut id, n, 8.max(16 - n.leading_zeros() as usize / 4));
+        id
+    }
+}
+
+fn push_hex(out: &mut String, v: u64, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_hex() {
+        let ids = super::RequestIds::new();
+        let a = ids.for_request(&http::Request::new(()));
+        let b = ids.for_request(&http::Request::new(()));
+        assert_eq!(a, format!("{:016x}{:08x}", ids.prefix, 1));
+        assert_eq!(b, format!("{:016x}{:08x}", ids.prefix, 2));
+        for n in [0u64, 0xabc, 0xffff_ffff, 0x1_0000_0000, u64::MAX] {
+            let mut hex = String::new();
+            super::push_hex(&mut hex, n, 8.max(16 - n.leading_zeros() as usize / 4));
+            assert_eq!(hex, format!("{n:08x}"));
+        }
     }
 }

@@ -3,18 +3,66 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 
-/// Lines kept per service.
+/// Lines kept per service: this many event and script lines, and as many request lines (kept apart, so
+/// heavy traffic never pushes a script's output or a scaling decision out of the log).
 pub const LINES_KEPT: usize = 2000;
+
+/// Request lines are kept in shards, one per thread seat, so two requests ending at once on two
+/// threads never wait for each other.
+const SHARDS: usize = 4;
 
 #[derive(Default)]
 pub struct LogHub {
-    services: DashMap<String, Mutex<VecDeque<String>>>,
+    services: DashMap<String, ServiceLog>,
+}
+
+#[derive(Default)]
+struct ServiceLog {
+    text: Mutex<VecDeque<(u128, String)>>,
+    requests: [Mutex<VecDeque<RequestLine>>; SHARDS],
+}
+
+/// A request, kept as its fields and written out only when somebody reads the log.
+struct RequestLine {
+    at_ns: u128,
+    request_id: String,
+    version: Arc<str>,
+    status: u16,
+    latency_us: u64,
+}
+
+impl RequestLine {
+    fn render(&self) -> String {
+        format!(
+            "{} REQ   [{}] version={} status={} latency_us={}",
+            format_timestamp((self.at_ns / 1_000_000_000) as u64),
+            self.request_id,
+            self.version,
+            self.status,
+            self.latency_us
+        )
+    }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn keep<T>(lines: &Mutex<VecDeque<T>>, cap: usize, line: T) {
+    let mut lines = lines.lock().unwrap_or_else(|p| p.into_inner());
+    if lines.len() >= cap {
+        lines.pop_front();
+    }
+    lines.push_back(line);
 }
 
 impl LogHub {
@@ -22,13 +70,28 @@ impl LogHub {
         LogHub::default()
     }
 
-    pub fn push(&self, service: &str, line: String) {
-        let entry = self.services.entry(service.to_string()).or_default();
-        let mut lines = entry.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.len() == LINES_KEPT {
-            lines.pop_front();
+    fn with_log(&self, service: &str, f: impl FnOnce(&ServiceLog)) {
+        match self.services.get(service) {
+            Some(log) => f(&log),
+            None => f(&self.services.entry(service.to_string()).or_default()),
         }
-        lines.push_back(line);
+    }
+
+    pub fn push(&self, service: &str, line: String) {
+        self.with_log(service, |log| keep(&log.text, LINES_KEPT, (now_ns(), line)));
+    }
+
+    /// One scoring request, kept cheaply (the line is written when read).
+    pub fn request(&self, service: &str, request_id: &str, version: &Arc<str>, status: u16, latency_us: u64) {
+        let line = RequestLine {
+            at_ns: now_ns(),
+            request_id: request_id.to_string(),
+            version: version.clone(),
+            status,
+            latency_us,
+        };
+        let shard = crate::service::thread_seat() % SHARDS;
+        self.with_log(service, |log| keep(&log.requests[shard], LINES_KEPT / SHARDS, line));
     }
 
     /// An event line with a timestamp.
@@ -36,14 +99,26 @@ impl LogHub {
         self.push(service, format!("{} {level:<5} {message}", timestamp()));
     }
 
-    /// The last `tail` lines (all when `None`).
+    /// The last `tail` lines (all when `None`), oldest first.
     pub fn lines(&self, service: &str, tail: Option<usize>) -> Vec<String> {
-        let Some(entry) = self.services.get(service) else {
+        let Some(log) = self.services.get(service) else {
             return Vec::new();
         };
-        let lines = entry.lock().unwrap_or_else(|p| p.into_inner());
-        let skip = tail.map(|t| lines.len().saturating_sub(t)).unwrap_or(0);
-        lines.iter().skip(skip).cloned().collect()
+        let mut all: Vec<(u128, String)> = log
+            .text
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for shard in &log.requests {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            all.extend(shard.iter().map(|r| (r.at_ns, r.render())));
+        }
+        // Stable: lines from one writer with the same timestamp keep their order.
+        all.sort_by_key(|(at, _)| *at);
+        let skip = tail.map(|t| all.len().saturating_sub(t)).unwrap_or(0);
+        all.into_iter().skip(skip).map(|(_, line)| line).collect()
     }
 
     pub fn remove(&self, service: &str) {
@@ -107,7 +182,10 @@ impl Visit for Fields {
 
 /// RFC 3339 UTC with seconds, without pulling in a date crate.
 pub fn timestamp() -> String {
-    let secs = crate::auth::now();
+    format_timestamp(crate::auth::now())
+}
+
+fn format_timestamp(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -141,6 +219,12 @@ mod tests {
             vec![format!("{}", LINES_KEPT + 3), format!("{}", LINES_KEPT + 4)]
         );
         assert!(hub.lines("other", None).is_empty());
+        hub.request("other", "abc", &Arc::from("blue"), 200, 42);
+        let line = &hub.lines("other", None)[0];
+        assert!(
+            line.ends_with(" REQ   [abc] version=blue status=200 latency_us=42"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -1,8 +1,18 @@
 //! Prometheus metrics: `plinth_<noun>_<unit>` with small, fixed label sets, in a registry per host.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
+
+/// The series a request of one version touches.
+pub struct VersionSeries {
+    /// `plinth_requests_total` with status 200 (other statuses are looked up when they happen).
+    pub ok: IntCounter,
+    pub seconds: Histogram,
+    pub in_flight: IntGauge,
+    pub queue_wait: Histogram,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -133,6 +143,16 @@ impl Metrics {
         r.register(Box::new(m.batch_size.clone())).unwrap();
         r.register(Box::new(m.batch_queue_seconds.clone())).unwrap();
         m
+    }
+
+    /// One version's request series, resolved once so that a request touches no label map.
+    pub fn series(&self, service: &str, version: &str) -> VersionSeries {
+        VersionSeries {
+            ok: self.requests.with_label_values(&[service, version, "200"]),
+            seconds: self.request_seconds.with_label_values(&[service, version]),
+            in_flight: self.in_flight.with_label_values(&[service, version]),
+            queue_wait: self.queue_wait_seconds.with_label_values(&[service, version]),
+        }
     }
 
     /// The Prometheus text exposition of every metric.

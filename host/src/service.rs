@@ -2,22 +2,23 @@
 //! the traffic split between them, and the service's credentials. The [`Router`] maps names to
 //! services; replacing an entry never disturbs requests already holding the old one.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use plinth_runtime::wasm::CallContext;
 use plinth_runtime::{Package, Tensor};
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use crate::auth::{TokenIssuer, key_matches};
 use crate::batch::{BatchConfig, Batcher};
 use crate::collect::{Collector, Record, Sampling};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, VersionSeries};
 use crate::split::{Split, effective};
 use crate::{Error, Result};
 
@@ -131,11 +132,12 @@ pub struct VersionInfo {
 
 /// One version of a service: its replicas, the slots that bound them, and how it is scaled.
 pub struct Version {
-    name: String,
+    name: Arc<str>,
     service: String,
     info: VersionInfo,
     config: VersionConfig,
-    replicas: RwLock<Vec<Arc<Replica>>>,
+    /// A snapshot read without locks by every request; replaced whole when replicas come or go.
+    replicas: ArcSwap<Vec<Arc<Replica>>>,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     factory: Option<Factory>,
@@ -148,6 +150,8 @@ pub struct Version {
     collection: Option<(Arc<Collector>, Sampling)>,
     batcher: std::sync::OnceLock<Batcher>,
     service_time: ServiceTime,
+    /// The request series of this version in one registry (keyed by the registry's address).
+    series: OnceLock<(usize, VersionSeries)>,
 }
 
 /// Calls shorter than this (on average, for a version without an entry script) run on the calling task.
@@ -266,11 +270,11 @@ impl Version {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         Version {
-            name,
+            name: name.into(),
             service,
             info,
             config,
-            replicas: RwLock::new(Vec::new()),
+            replicas: ArcSwap::from_pointee(Vec::new()),
             permits: Arc::new(Semaphore::new(0)),
             waiting: AtomicUsize::new(0),
             factory,
@@ -283,6 +287,7 @@ impl Version {
             collection: None,
             batcher: std::sync::OnceLock::new(),
             service_time: ServiceTime::default(),
+            series: OnceLock::new(),
         }
     }
 
@@ -313,24 +318,21 @@ impl Version {
         if let Some(b) = self.batcher.get() {
             return b.infer(inputs).await;
         }
-        let name = self.name.clone();
-        self.run(move |p| match p.models().iter().next() {
-            Some(model) => model.infer(&inputs),
-            None => Err(plinth_runtime::Error::UnknownModel {
-                model: name,
-                known: String::new(),
-            }),
-        })
-        .await
+        self.run(move |p| infer_on(p, &inputs)).await
+    }
+
+    /// Like [`Version::infer`] for a mirrored copy: only on a free slot, never through the batching queue.
+    pub async fn try_infer(&self, inputs: Vec<Tensor>) -> Option<Result<Vec<Tensor>>> {
+        self.try_run(move |p| infer_on(p, &inputs)).await
     }
 
     pub(crate) fn observe_batch(&self, rows: usize, waited: Duration) {
         if let Some(m) = &self.metrics {
             m.batch_size
-                .with_label_values(&[&self.service, &self.name])
+                .with_label_values(&[self.service.as_str(), &self.name])
                 .observe(rows as f64);
             m.batch_queue_seconds
-                .with_label_values(&[&self.service, &self.name])
+                .with_label_values(&[self.service.as_str(), &self.name])
                 .observe(waited.as_secs_f64());
         }
     }
@@ -350,7 +352,7 @@ impl Version {
                 service: self.service.clone(),
                 model: sampling.model.clone(),
                 model_version: sampling.model_version.clone(),
-                version: self.name.clone(),
+                version: self.name.to_string(),
                 request_id: request_id.to_string(),
                 input,
                 output: output.to_vec(),
@@ -360,6 +362,31 @@ impl Version {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The name, shared (for log entries that outlive the request).
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// This version's request series in `metrics`, resolved on first use; `None` when the version already
+    /// reports to another registry (a version served by two hosts), whose callers look series up by label.
+    pub fn series(&self, metrics: &Arc<Metrics>, service: &str) -> Option<&VersionSeries> {
+        let key = Arc::as_ptr(metrics) as usize;
+        let (k, series) = self.series.get_or_init(|| (key, metrics.series(service, &self.name)));
+        (*k == key).then_some(series)
+    }
+
+    /// Scores one request body: through the batching queue when batching is on.
+    pub async fn score(&self, body: Bytes, ctx: CallContext) -> Result<Vec<u8>> {
+        if self.batching() {
+            let inputs = plinth_runtime::json::decode_request(&self.info.inputs, &body).map_err(Error::Runtime)?;
+            return self
+                .infer(inputs)
+                .await
+                .map(|out| plinth_runtime::json::encode_outputs(&out));
+        }
+        self.run(move |package| package.score(&body, &ctx)).await
     }
 
     pub fn service(&self) -> &str {
@@ -379,7 +406,7 @@ impl Version {
     }
 
     pub fn replica_count(&self) -> u32 {
-        self.replicas.read().unwrap_or_else(|p| p.into_inner()).len() as u32
+        self.replicas.load().len() as u32
     }
 
     /// The last mean utilization the autoscaler saw (0..; above 1 when requests wait).
@@ -388,13 +415,15 @@ impl Version {
     }
 
     fn add_replica(&self, package: Arc<Package>) {
-        self.replicas
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::new(Replica {
-                package,
-                in_flight: AtomicU32::new(0),
-            }));
+        let replica = Arc::new(Replica {
+            package,
+            in_flight: AtomicU32::new(0),
+        });
+        self.replicas.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(replica.clone());
+            next
+        });
         self.permits.add_permits(self.config.max_concurrent.max(1) as usize);
     }
 
@@ -472,11 +501,13 @@ impl Version {
                     break;
                 };
                 permit.forget();
-                let mut replicas = self.replicas.write().unwrap_or_else(|p| p.into_inner());
-                if let Some(i) = (0..replicas.len()).min_by_key(|&i| replicas[i].in_flight.load(Ordering::Relaxed)) {
-                    replicas.remove(i);
-                }
-                drop(replicas);
+                self.replicas.rcu(|current| {
+                    let mut next = Vec::clone(current);
+                    if let Some(i) = (0..next.len()).min_by_key(|&i| next[i].in_flight.load(Ordering::Relaxed)) {
+                        next.remove(i);
+                    }
+                    next
+                });
                 self.unreserve();
             }
         }
@@ -492,7 +523,7 @@ impl Version {
     /// (current replicas, utilization, whether requests wait): busy replicas plus waiting requests,
     /// over current replicas.
     pub fn utilization_sample(&self) -> (u32, f64, bool) {
-        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        let replicas = self.replicas.load();
         let busy = replicas
             .iter()
             .filter(|r| r.in_flight.load(Ordering::Relaxed) > 0)
@@ -516,7 +547,7 @@ impl Version {
                 i64::MAX
             };
             m.utilization_percent
-                .with_label_values(&[&self.service, &self.name])
+                .with_label_values(&[self.service.as_str(), &self.name])
                 .set(pct);
         }
     }
@@ -524,7 +555,7 @@ impl Version {
     fn report_replicas(&self) {
         if let Some(m) = &self.metrics {
             m.replicas
-                .with_label_values(&[&self.service, &self.name])
+                .with_label_values(&[self.service.as_str(), &self.name])
                 .set(self.replica_count() as i64);
         }
     }
@@ -532,7 +563,7 @@ impl Version {
     fn observe_load(&self, took: Duration) {
         if let Some(m) = &self.metrics {
             m.model_load_seconds
-                .with_label_values(&[&self.service, &self.name])
+                .with_label_values(&[self.service.as_str(), &self.name])
                 .observe(took.as_secs_f64());
         }
     }
@@ -541,7 +572,7 @@ impl Version {
     pub(crate) fn note_scaling(&self, direction: &str, d: &crate::autoscale::Decision, placed: u32) {
         if let Some(m) = &self.metrics {
             m.scaling_decisions
-                .with_label_values(&[&self.service, &self.name, direction])
+                .with_label_values(&[self.service.as_str(), &self.name, direction])
                 .inc();
         }
         tracing::info!(
@@ -576,10 +607,13 @@ impl Version {
         } else {
             self.config.max_queue_wait
         };
-        // A free slot right away needs no timer.
-        let acquired = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => Ok(Ok(p)),
-            Err(_) => tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await,
+        // A free slot right away needs no timer (and no clock: it waited for nothing).
+        let (acquired, started) = match self.permits.try_acquire() {
+            Ok(p) => (Ok(Ok(p)), queued),
+            Err(_) => {
+                let acquired = tokio::time::timeout(wait, self.permits.acquire()).await;
+                (acquired, Instant::now())
+            }
         };
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         let permit = match acquired {
@@ -590,97 +624,149 @@ impl Version {
                     self.name,
                     wait.as_millis()
                 )));
-                self.stats.record(queued.elapsed(), false);
+                self.stats.record(started, started - queued, false);
                 return failed;
             }
         };
         if let Some(m) = &self.metrics {
-            m.queue_wait_seconds
-                .with_label_values(&[&self.service, &self.name])
-                .observe(queued.elapsed().as_secs_f64());
+            let waited = (started - queued).as_secs_f64();
+            match self.series(m, &self.service) {
+                Some(series) => series.queue_wait.observe(waited),
+                None => m
+                    .queue_wait_seconds
+                    .with_label_values(&[self.service.as_str(), &self.name])
+                    .observe(waited),
+            }
         }
-        self.run_with(permit, f).await
+        self.run_with(permit, started, f).await
     }
 
     /// Like [`Version::run`], but only if a slot is free right now (for mirrored copies).
-    async fn try_run<T, F>(&self, f: F) -> Option<Result<T>>
+    pub async fn try_run<T, F>(&self, f: F) -> Option<Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Package) -> plinth_runtime::Result<T> + Send + 'static,
     {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some(self.run_with(permit, f).await)
+        let permit = self.permits.try_acquire().ok()?;
+        Some(self.run_with(permit, Instant::now(), f).await)
     }
 
-    /// The replica with the fewest requests in flight; a held permit guarantees it has a free slot.
-    fn pick(&self) -> Option<Arc<Replica>> {
-        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
-        replicas
-            .iter()
+    /// The replica with the fewest requests in flight; a held permit guarantees it has a free slot. Among
+    /// idle replicas a thread keeps to the same one, so a model's working memory stays in one core's cache.
+    fn pick(replicas: &[Arc<Replica>]) -> Option<&Arc<Replica>> {
+        let n = replicas.len();
+        if n == 0 {
+            return None;
+        }
+        let first = thread_seat() % n;
+        (0..n)
+            .map(|i| &replicas[(first + i) % n])
             .min_by_key(|r| r.in_flight.load(Ordering::Relaxed))
-            .cloned()
     }
 
-    async fn run_with<T, F>(&self, permit: tokio::sync::OwnedSemaphorePermit, f: F) -> Result<T>
+    async fn run_with<T, F>(&self, permit: SemaphorePermit<'_>, started: Instant, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Package) -> plinth_runtime::Result<T> + Send + 'static,
     {
-        let started = Instant::now();
-        let Some(replica) = self.pick() else {
-            return Err(Error::Overloaded(format!("version {}: no replica", self.name)));
-        };
-        replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = if self.inline() {
-            // Short, bounded work (an ONNX model measured fast): run it right here. Handing it to the blocking
-            // pool would cost more than the call itself.
-            let result = f(&replica.package).map_err(Error::from);
-            replica.in_flight.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-            result
-        } else {
-            // The permit moves into the task: after a 504 the replica stays busy until the call really ends.
-            let task = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let result = f(&replica.package);
+        let replica = {
+            let replicas = self.replicas.load();
+            let Some(replica) = Version::pick(&replicas) else {
+                return Err(Error::Overloaded(format!("version {}: no replica", self.name)));
+            };
+            replica.in_flight.fetch_add(1, Ordering::Relaxed);
+            if self.inline() {
+                // Short, bounded work (an ONNX model measured fast): run it right here, on the snapshot.
+                // Handing it to the blocking pool would cost more than the call itself.
+                let result = f(&replica.package).map_err(Error::from);
                 replica.in_flight.fetch_sub(1, Ordering::Relaxed);
-                result
-            });
-            // The runtime stops an entry script at the deadline itself and says why; this is the backstop for
-            // work that cannot be interrupted (an ONNX Runtime call), a little later so the precise error wins.
-            match tokio::time::timeout(self.config.scoring_timeout + TIMEOUT_GRACE, task).await {
-                Ok(Ok(result)) => result.map_err(Error::from),
-                Ok(Err(join)) => Err(Error::Internal(format!(
-                    "version {}: scoring task failed: {join}",
-                    self.name
-                ))),
-                Err(_) => Err(Error::Timeout(format!(
-                    "version {}: no answer within scoringTimeoutMs ({} ms)",
-                    self.name,
-                    self.config.scoring_timeout.as_millis()
-                ))),
+                drop(permit);
+                return self.finish(started, result);
             }
+            replica.clone()
         };
-        self.service_time.observe(started.elapsed());
+        // The slot moves into the task: after a 504 the replica stays busy until the call really ends.
+        permit.forget();
+        let slot = Slot(self.permits.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let result = f(&replica.package);
+            replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+            result
+        });
+        // The runtime stops an entry script at the deadline itself and says why; this is the backstop for
+        // work that cannot be interrupted (an ONNX Runtime call), a little later so the precise error wins.
+        let result = match tokio::time::timeout(self.config.scoring_timeout + TIMEOUT_GRACE, task).await {
+            Ok(Ok(result)) => result.map_err(Error::from),
+            Ok(Err(join)) => Err(Error::Internal(format!(
+                "version {}: scoring task failed: {join}",
+                self.name
+            ))),
+            Err(_) => Err(Error::Timeout(format!(
+                "version {}: no answer within scoringTimeoutMs ({} ms)",
+                self.name,
+                self.config.scoring_timeout.as_millis()
+            ))),
+        };
+        self.finish(started, result)
+    }
+
+    /// Records how a call went.
+    fn finish<T>(&self, started: Instant, result: Result<T>) -> Result<T> {
+        let ended = Instant::now();
+        self.service_time.observe(ended - started);
         if let (Some(m), Err(Error::Runtime(e))) = (&self.metrics, &result)
             && matches!(e.kind(), "deadline" | "memory" | "trap")
         {
             m.script_traps
-                .with_label_values(&[&self.service, &self.name, e.kind()])
+                .with_label_values(&[self.service.as_str(), &self.name, e.kind()])
                 .inc();
         }
-        let failed = result.as_ref().err().is_some_and(|e| e.status().is_server_error());
-        self.stats.record(started.elapsed(), failed);
+        let status = result.as_ref().err().map(|e| e.status());
+        if status.is_some_and(|s| s.is_client_error()) {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        let failed = status.is_some_and(|s| s.is_server_error());
+        self.stats.record(ended, ended - started, failed);
         result
+    }
+}
+
+/// A slot given back when dropped (held by a call on the blocking pool).
+struct Slot(Arc<Semaphore>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
     }
 }
 
 impl Drop for Version {
     fn drop(&mut self) {
-        let n = self.replicas.get_mut().map(|r| r.len()).unwrap_or(0);
+        let n = self.replicas.load().len();
         for _ in 0..n {
             self.unreserve();
         }
+    }
+}
+
+thread_local! {
+    static THREAD_SEAT: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
+}
+
+/// A small number per thread, to spread threads over replicas or shards without them meeting.
+pub fn thread_seat() -> usize {
+    THREAD_SEAT.with(|s| *s)
+}
+
+/// Runs a package's (first) model on tensors.
+fn infer_on(p: &Package, inputs: &[Tensor]) -> plinth_runtime::Result<Vec<Tensor>> {
+    match p.models().iter().next() {
+        Some(model) => model.infer(inputs),
+        None => Err(plinth_runtime::Error::Config("this version has no model".into())),
     }
 }
 
@@ -693,12 +779,38 @@ fn info_of(package: &Package) -> VersionInfo {
     }
 }
 
-/// Recent outcomes of a version: latency and whether the host or model failed (5xx).
-#[derive(Default)]
+/// Recent outcomes of a version: latency and whether the host or model failed (5xx). A ring of slots
+/// written without locks: two requests ending at once never wait for each other.
 pub struct Stats {
-    recent: Mutex<VecDeque<(Instant, u32, bool)>>,
+    epoch: Instant,
+    slots: Box<[Outcome]>,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Calls the version refused as bad input (4xx): for a mirror, requests it could not score.
+    rejected: AtomicU64,
+}
+
+/// One outcome: when it ended (ms since the epoch, plus one; 0 is an empty slot) and its latency in µs
+/// with the failure flag in the top bit. A reader racing a writer may pair a new time with an old latency,
+/// which moves a statistic by one sample at most.
+#[derive(Default)]
+struct Outcome {
+    at_ms: AtomicU64,
+    latency: AtomicU32,
+}
+
+const FAILED: u32 = 1 << 31;
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            epoch: Instant::now(),
+            slots: (0..OUTCOMES_KEPT).map(|_| Outcome::default()).collect(),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A summary of [`Stats`] over a window.
@@ -711,17 +823,17 @@ pub struct Window {
 }
 
 impl Stats {
-    fn record(&self, latency: Duration, failed: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    fn record(&self, ended: Instant, latency: Duration, failed: bool) {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        let micros = latency.as_micros().min(u32::MAX as u128) as u32;
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.len() == OUTCOMES_KEPT {
-            recent.pop_front();
-        }
-        recent.push_back((Instant::now(), micros, failed));
+        let micros = latency.as_micros().min((FAILED - 1) as u128) as u32;
+        let slot = &self.slots[(n % OUTCOMES_KEPT as u64) as usize];
+        slot.latency
+            .store(micros | if failed { FAILED } else { 0 }, Ordering::Relaxed);
+        slot.at_ms
+            .store((ended - self.epoch).as_millis() as u64 + 1, Ordering::Relaxed);
     }
 
     /// Totals since the version started: (requests, failures).
@@ -732,20 +844,26 @@ impl Stats {
         )
     }
 
+    /// Calls refused as bad input (4xx) since the version started.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
     /// Requests that ended within the last `window`.
     pub fn window(&self, window: Duration) -> Window {
-        let since = Instant::now().checked_sub(window);
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let since = now.saturating_sub(window.as_millis() as u64);
         let mut latencies: Vec<u32> = Vec::new();
         let mut failures = 0;
-        for &(at, micros, failed) in recent.iter().rev() {
-            if since.is_some_and(|s| at < s) {
-                break;
+        for slot in self.slots.iter() {
+            let at = slot.at_ms.load(Ordering::Relaxed);
+            if at == 0 || at < since {
+                continue;
             }
-            latencies.push(micros);
-            failures += failed as usize;
+            let outcome = slot.latency.load(Ordering::Relaxed);
+            latencies.push(outcome & !FAILED);
+            failures += (outcome & FAILED != 0) as usize;
         }
-        drop(recent);
         let requests = latencies.len();
         latencies.sort_unstable();
         let p99 = if requests == 0 {
@@ -907,8 +1025,8 @@ impl Service {
     }
 
     pub fn version(&self, name: &str) -> Result<&Arc<Version>> {
-        self.versions.iter().find(|v| v.name == name).ok_or_else(|| {
-            let known: Vec<&str> = self.versions.iter().map(|v| v.name.as_str()).collect();
+        self.versions.iter().find(|v| *v.name == *name).ok_or_else(|| {
+            let known: Vec<&str> = self.versions.iter().map(|v| v.name()).collect();
             Error::NotFound(format!(
                 "service {} has no version {name} (versions: {})",
                 self.name,
@@ -960,22 +1078,27 @@ impl Service {
         )))
     }
 
-    /// The version for a request (`pinned` by name, or by the split), and starts mirrored copies.
-    pub fn route(&self, pinned: Option<&str>, body: &Bytes, ctx: &CallContext) -> Result<Arc<Version>> {
+    /// The version for a request (`pinned` by name, or by the split), and the versions that get a copy of
+    /// it (see [`Service::mirror`]). No copies for a pinned request.
+    pub fn route(&self, pinned: Option<&str>) -> Result<(&Arc<Version>, Vec<Arc<Version>>)> {
         if let Some(name) = pinned {
-            return self.version(name).cloned();
+            return Ok((self.version(name)?, Vec::new()));
         }
         let (serving, copies) = self.split.next();
-        for i in copies {
-            let mirror = self.versions[i].clone();
+        let copies = copies.map(|i| self.versions[i].clone()).collect();
+        Ok((&self.versions[serving], copies))
+    }
+
+    /// Sends copies of a JSON request body to mirror versions. Fire and forget: a copy runs only on a free
+    /// slot of its own version and its answer is dropped.
+    pub fn mirror(copies: Vec<Arc<Version>>, body: &Bytes, ctx: &CallContext) {
+        for mirror in copies {
             let body = body.clone();
             let ctx = ctx.clone();
-            // Fire and forget: a copy runs only on a free slot of its own version and its answer is dropped.
             tokio::spawn(async move {
                 let _ = mirror.try_run(move |p| p.score(&body, &ctx)).await;
             });
         }
-        Ok(self.versions[serving].clone())
     }
 
     /// Scores one request body on the version the split (or `pinned`) picks; returns that version too.
@@ -985,29 +1108,23 @@ impl Service {
         ctx: CallContext,
         pinned: Option<&str>,
     ) -> (Option<Arc<Version>>, Result<Vec<u8>>) {
-        let version = match self.route(pinned, &body, &ctx) {
-            Ok(v) => v,
+        let (version, copies) = match self.route(pinned) {
+            Ok(routed) => routed,
             Err(e) => return (None, Err(e)),
         };
-        let result = if version.batching() {
-            match plinth_runtime::json::decode_request(&version.info().inputs, &body) {
-                Ok(inputs) => version
-                    .infer(inputs)
-                    .await
-                    .map(|out| plinth_runtime::json::encode_outputs(&out)),
-                Err(e) => Err(Error::Runtime(e)),
-            }
-        } else {
-            version.run(move |package| package.score(&body, &ctx)).await
-        };
-        (Some(version), result)
+        Service::mirror(copies, &body, &ctx);
+        let result = version.score(body, ctx).await;
+        (Some(version.clone()), result)
     }
 }
 
-/// Services by name. Reads are lock-free snapshots per entry; a deploy swaps in a new `Arc<Service>`.
+/// Services by name. A request reads a snapshot without taking a lock; a deploy builds the next map and
+/// swaps it in, so requests already holding an `Arc<Service>` are never disturbed.
 #[derive(Default)]
 pub struct Router {
-    services: DashMap<String, Arc<Service>>,
+    services: ArcSwap<HashMap<String, Arc<Service>>>,
+    /// Serialises writers (each copies the map).
+    write: Mutex<()>,
 }
 
 impl Router {
@@ -1015,21 +1132,29 @@ impl Router {
         Router::default()
     }
 
+    fn update<T>(&self, f: impl FnOnce(&mut HashMap<String, Arc<Service>>) -> T) -> T {
+        let _one_writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = HashMap::clone(&self.services.load());
+        let out = f(&mut next);
+        self.services.store(Arc::new(next));
+        out
+    }
+
     /// Adds or replaces a service; returns the one it replaced.
     pub fn insert(&self, service: Service) -> Option<Arc<Service>> {
-        self.services.insert(service.name.clone(), Arc::new(service))
+        self.update(|m| m.insert(service.name.clone(), Arc::new(service)))
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Service>> {
-        self.services.get(name).map(|s| s.value().clone())
+        self.services.load().get(name).cloned()
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<Service>> {
-        self.services.remove(name).map(|(_, s)| s)
+        self.update(|m| m.remove(name))
     }
 
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.services.iter().map(|e| e.key().clone()).collect();
+        let mut names: Vec<String> = self.services.load().keys().cloned().collect();
         names.sort();
         names
     }

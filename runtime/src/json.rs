@@ -11,6 +11,15 @@ use crate::{DataType, Error, Result, Tensor, TensorData, TensorSpec, with_tensor
 /// one key per input. A row given without its batch dimension (`{"data": [1, 2, 3]}` for an input of
 /// shape `[-1, 3]`) is taken as a batch of one.
 pub fn decode_request(inputs: &[TensorSpec], body: &[u8]) -> Result<Vec<Tensor>> {
+    // The common case (numbers in nested arrays) goes straight from the bytes into typed tensors; anything
+    // else, and every mistake, takes the general path below, which names the problem.
+    match fast::decode(inputs, body) {
+        Some(tensors) => Ok(tensors),
+        None => decode_general(inputs, body),
+    }
+}
+
+fn decode_general(inputs: &[TensorSpec], body: &[u8]) -> Result<Vec<Tensor>> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Error::InvalidInput(format!("request body is not valid JSON: {e}")))?;
     let Value::Object(mut fields) = value else {
@@ -166,6 +175,259 @@ fn walk<'v>(name: &str, value: &'v Value, shape: &[i64], at: &mut Vec<usize>, ou
     }
 }
 
+/// A single pass from JSON bytes to typed tensor data: no `Value` tree, no per-element boxing. It gives up
+/// (returns `None`) on anything unusual, so it never needs an error message of its own.
+mod fast {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    use crate::{DataType, Tensor, TensorData, TensorSpec};
+
+    pub(super) fn decode(inputs: &[TensorSpec], body: &[u8]) -> Option<Vec<Tensor>> {
+        if inputs.is_empty() || inputs.iter().any(|s| s.datatype == DataType::Bytes) {
+            return None;
+        }
+        let mut found: Vec<Option<Nested>> = inputs.iter().map(|_| None).collect();
+        let mut de = serde_json::Deserializer::from_slice(body);
+        Request {
+            inputs,
+            found: &mut found,
+        }
+        .deserialize(&mut de)
+        .ok()?;
+        de.end().ok()?;
+        let mut tensors = Vec::with_capacity(inputs.len());
+        for (spec, nested) in inputs.iter().zip(found) {
+            let nested = nested?;
+            let mut shape = nested.shape()?;
+            if shape.len() + 1 == spec.shape.len() && spec.shape[0] < 0 {
+                shape.insert(0, 1);
+            }
+            let tensor = Tensor {
+                name: spec.name.clone(),
+                shape,
+                data: nested.data,
+            };
+            spec.check(&tensor).ok()?;
+            tensors.push(tensor);
+        }
+        Some(tensors)
+    }
+
+    /// Gives up: the general path will say what is wrong.
+    fn give_up<E: de::Error>() -> E {
+        E::custom("not the simple case")
+    }
+
+    struct Request<'a> {
+        inputs: &'a [TensorSpec],
+        found: &'a mut [Option<Nested>],
+    }
+
+    impl<'de> DeserializeSeed<'de> for Request<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Request<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of tensors")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<&'de str>()? {
+                let at = match self.inputs.iter().position(|s| s.name == key) {
+                    Some(i) => i,
+                    None if key == "data" && self.inputs.len() == 1 => 0,
+                    None => return Err(give_up()),
+                };
+                if self.found[at].is_some() {
+                    return Err(give_up());
+                }
+                let mut nested = Nested::new(self.inputs[at].datatype);
+                map.next_value_seed(Level {
+                    nested: &mut nested,
+                    depth: 0,
+                })?;
+                self.found[at] = Some(nested);
+            }
+            Ok(())
+        }
+    }
+
+    /// Elements in order, the length seen at each depth, and the depth of the leaves.
+    struct Nested {
+        data: TensorData,
+        dims: Vec<i64>,
+        leaf_depth: Option<usize>,
+    }
+
+    impl Nested {
+        fn new(datatype: DataType) -> Self {
+            let data = match datatype {
+                DataType::Bool => TensorData::Bool(Vec::new()),
+                DataType::Uint8 => TensorData::Uint8(Vec::new()),
+                DataType::Uint16 => TensorData::Uint16(Vec::new()),
+                DataType::Uint32 => TensorData::Uint32(Vec::new()),
+                DataType::Uint64 => TensorData::Uint64(Vec::new()),
+                DataType::Int8 => TensorData::Int8(Vec::new()),
+                DataType::Int16 => TensorData::Int16(Vec::new()),
+                DataType::Int32 => TensorData::Int32(Vec::new()),
+                DataType::Int64 => TensorData::Int64(Vec::new()),
+                DataType::Fp16 => TensorData::Fp16(Vec::new()),
+                DataType::Fp32 => TensorData::Fp32(Vec::new()),
+                DataType::Fp64 => TensorData::Fp64(Vec::new()),
+                DataType::Bytes => TensorData::Bytes(Vec::new()),
+            };
+            Nested {
+                data,
+                dims: Vec::new(),
+                leaf_depth: None,
+            }
+        }
+
+        /// The shape, when every leaf sits at the same depth under non-empty arrays.
+        fn shape(&self) -> Option<Vec<i64>> {
+            (self.leaf_depth? == self.dims.len() && self.dims.iter().all(|&d| d > 0)).then(|| self.dims.clone())
+        }
+
+        fn leaf(&mut self, depth: usize) -> bool {
+            match self.leaf_depth {
+                None => {
+                    self.leaf_depth = Some(depth);
+                    true
+                }
+                Some(d) => d == depth,
+            }
+        }
+
+        /// One number, as the general path converts it (`as_f64`/`as_i64`/`as_u64` then a cast).
+        fn number(&mut self, n: Number) -> bool {
+            fn int<T: TryFrom<i64> + TryFrom<u64>>(n: Number) -> Option<T> {
+                match n {
+                    Number::I(i) => i.try_into().ok(),
+                    Number::U(u) => u.try_into().ok(),
+                    Number::F(_) => None,
+                }
+            }
+            let f = match n {
+                Number::I(i) => i as f64,
+                Number::U(u) => u as f64,
+                Number::F(f) => f,
+            };
+            match &mut self.data {
+                TensorData::Fp32(v) => v.push(f as f32),
+                TensorData::Fp64(v) => v.push(f),
+                TensorData::Fp16(v) => v.push(half::f16::from_f64(f)),
+                TensorData::Int64(v) => return int(n).map(|x| v.push(x)).is_some(),
+                TensorData::Int32(v) => return int(n).map(|x| v.push(x)).is_some(),
+                TensorData::Int16(v) => return int(n).map(|x| v.push(x)).is_some(),
+                TensorData::Int8(v) => return int(n).map(|x| v.push(x)).is_some(),
+                TensorData::Uint64(v) => return int(n).map(|x| v.push(x)).is_some(),
+                TensorData::Uint32(v) => return int(n).map(|x| v.push(x)).is_some(),
+                TensorData::Uint16(v) => return int(n).map(|x| v.push(x)).is_some(),
+                TensorData::Uint8(v) => return int(n).map(|x| v.push(x)).is_some(),
+                TensorData::Bool(_) | TensorData::Bytes(_) => return false,
+            }
+            true
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    enum Number {
+        I(i64),
+        U(u64),
+        F(f64),
+    }
+
+    struct Level<'a> {
+        nested: &'a mut Nested,
+        depth: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Level<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl Level<'_> {
+        fn number<E: de::Error>(self, n: Number) -> Result<(), E> {
+            if self.nested.leaf(self.depth) && self.nested.number(n) {
+                Ok(())
+            } else {
+                Err(give_up())
+            }
+        }
+    }
+
+    impl<'de> Visitor<'de> for Level<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("numbers in nested arrays")
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+            self.number(Number::I(v))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+            self.number(Number::U(v))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+            self.number(Number::F(v))
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+            match &mut self.nested.data {
+                TensorData::Bool(out) if self.nested.leaf_depth.is_none_or(|d| d == self.depth) => {
+                    self.nested.leaf_depth = Some(self.depth);
+                    out.push(v);
+                    Ok(())
+                }
+                _ => Err(give_up()),
+            }
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let depth = self.depth;
+            if self.nested.leaf_depth.is_some_and(|d| d <= depth) {
+                return Err(give_up());
+            }
+            let mut len = 0i64;
+            while seq
+                .next_element_seed(Level {
+                    nested: &mut *self.nested,
+                    depth: depth + 1,
+                })?
+                .is_some()
+            {
+                len += 1;
+            }
+            let dims = &mut self.nested.dims;
+            if dims.len() <= depth {
+                dims.resize(depth + 1, -1);
+            }
+            match dims[depth] {
+                -1 => dims[depth] = len,
+                seen if seen == len => {}
+                _ => return Err(give_up()),
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Encodes outputs as `{"<name>": nested arrays, ...}`.
 pub fn encode_outputs(outputs: &[Tensor]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + outputs.iter().map(|t| t.data.len() * 12).sum::<usize>());
@@ -247,6 +509,73 @@ mod tests {
         assert!(err(br#"{"data": [[1.5, 2]]}"#).contains("not a valid INT64"));
         assert!(err(br#"{"data": [[1, 2, 3]]}"#).contains("expected shape"));
         assert!(err(br#"{"y": [[1, 2]]}"#).contains("unknown field 'y'"));
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_general_one() {
+        let cases: &[(&[TensorSpec], &[u8])] = &[
+            (
+                &[spec("x", DataType::Fp32, &[-1, 3])],
+                br#"{"data": [[1, -2.5, 3e-3], [4, 5, 6]]}"#,
+            ),
+            (
+                &[spec("x", DataType::Fp32, &[-1, 3])],
+                br#"{"x": [0.1, 0.2, 0.30000001]}"#,
+            ),
+            (
+                &[spec("x", DataType::Fp64, &[2, 2])],
+                br#"{"x": [[1e300, -0.0], [2, 18446744073709551615]]}"#,
+            ),
+            (&[spec("x", DataType::Fp16, &[-1, 1])], br#"{"data": [[65504], [0.1]]}"#),
+            (
+                &[spec("x", DataType::Int64, &[-1])],
+                br#"{"data": [-9223372036854775808, 9223372036854775807]}"#,
+            ),
+            (&[spec("x", DataType::Uint8, &[2])], br#"{"data": [0, 255]}"#),
+            (&[spec("x", DataType::Bool, &[-1, 2])], br#"{"data": [[true, false]]}"#),
+            (&[spec("x", DataType::Fp32, &[])], br#"{"x": 7}"#),
+            (
+                &[spec("a", DataType::Int32, &[-1, 1]), spec("b", DataType::Fp32, &[-1])],
+                br#" { "b" : [ 1.5 ] , "a" : [[ -3 ]] } "#,
+            ),
+        ];
+        for (inputs, body) in cases {
+            let fast = fast::decode(inputs, body).unwrap_or_else(|| panic!("fast path gave up on {body:?}"));
+            assert_eq!(
+                fast,
+                decode_general(inputs, body).unwrap(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Everything unusual or wrong is left to the general path (which names the problem).
+        let one = [spec("x", DataType::Int64, &[-1, 2])];
+        let left: &[&[u8]] = &[
+            b"{nope",
+            b"[1,2]",
+            br#"{"data": [[1, 2], [3]]}"#,
+            br#"{"data": [[1, 2], 3]}"#,
+            br#"{"data": [1, [2, 3]]}"#,
+            br#"{"data": [[1, "a"]]}"#,
+            br#"{"data": [[1.5, 2]]}"#,
+            br#"{"data": [[1, 2, 3]]}"#,
+            br#"{"data": [[1, 2]], "x": [[1, 2]]}"#,
+            br#"{"y": [[1, 2]]}"#,
+            br#"{"data": []}"#,
+            br#"{"data": [[1, null]]}"#,
+            br#"{"data": [[1, 2]]} trailing"#,
+            br#"{}"#,
+        ];
+        for body in left {
+            assert!(fast::decode(&one, body).is_none(), "{}", String::from_utf8_lossy(body));
+            assert!(decode_request(&one, body).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+        let words = [spec("s", DataType::Bytes, &[-1])];
+        assert!(fast::decode(&words, br#"{"data": ["a"]}"#).is_none());
+        assert_eq!(
+            decode_request(&words, br#"{"data": ["a"]}"#).unwrap()[0].data,
+            TensorData::Bytes(vec!["a".into()])
+        );
     }
 
     #[test]

@@ -331,3 +331,73 @@ fn a_failing_treatment_is_rolled_back_and_a_healthy_one_is_not() {
     let counts = r.spread(200, "maybe-fail");
     assert!(!counts.contains_key("broken"), "{counts:?}");
 }
+
+#[test]
+fn a_model_mirror_gets_copies_of_oip_and_json_requests_it_can_score() {
+    let dir = temp_dir("mirror-oip");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    host.run(&[
+        "model",
+        "register",
+        "--name",
+        "diabetes",
+        "--path",
+        "examples/diabetes/model",
+    ]);
+    let dc = write_json(
+        &dir,
+        "dc.json",
+        &json!({"keys": {"primaryKey": KEY, "secondaryKey": format!("{KEY}-2")}, "maxConcurrentRequestsPerContainer": 4}),
+    );
+    let dc = dc.to_str().unwrap();
+    host.run(&[
+        "endpoint",
+        "create",
+        "ep",
+        "--version-name",
+        "v1",
+        "-m",
+        "diabetes:1",
+        "--dc",
+        dc,
+    ]);
+    host.run(&[
+        "endpoint",
+        "version",
+        "add",
+        "ep",
+        "v2",
+        "-m",
+        "diabetes:1",
+        "--dc",
+        dc,
+        "--traffic",
+        "0",
+        "--mirror",
+        "100",
+    ]);
+    let mut client = KeepAlive::connect(&host.url);
+    let auth = format!("Bearer {KEY}");
+    let row = "[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.01]";
+    let oip = format!(r#"{{"inputs": [{{"name": "X", "shape": [1, 10], "datatype": "FP32", "data": {row}}}]}}"#);
+    let plain = format!(r#"{{"data": [{row}]}}"#);
+    for _ in 0..50 {
+        let r = client.post("/v2/models/ep/infer", &[("Authorization", &auth)], oip.as_bytes());
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-plinth-version"), Some("v1"));
+        let r = client.post(
+            "/api/v1/service/ep/score",
+            &[("Authorization", &auth)],
+            plain.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let show = host.run_json(&["endpoint", "show", "ep"]);
+    let stats = &show["versions"][1]["stats"];
+    assert_eq!(show["versions"][1]["name"], "v2");
+    assert!(stats["requests"].as_u64().unwrap() >= 50, "{stats}");
+    // Copies of OIP requests reach the model as the tensors they carry, not as JSON it cannot read.
+    assert_eq!(stats["rejected"], 0, "{stats}");
+    assert_eq!(stats["failures"], 0, "{stats}");
+}
