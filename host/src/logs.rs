@@ -90,7 +90,7 @@ impl LogHub {
             status,
             latency_us,
         };
-        let shard = crate::service::thread_seat() % SHARDS;
+        let shard = plinth_runtime::thread_seat() % SHARDS;
         self.with_log(service, |log| keep(&log.requests[shard], LINES_KEPT / SHARDS, line));
     }
 

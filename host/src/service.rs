@@ -658,7 +658,7 @@ impl Version {
         if n == 0 {
             return None;
         }
-        let first = thread_seat() % n;
+        let first = plinth_runtime::thread_seat() % n;
         (0..n)
             .map(|i| &replicas[(first + i) % n])
             .min_by_key(|r| r.in_flight.load(Ordering::Relaxed))
@@ -748,18 +748,6 @@ impl Drop for Version {
             self.unreserve();
         }
     }
-}
-
-thread_local! {
-    static THREAD_SEAT: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    };
-}
-
-/// A small number per thread, to spread threads over replicas or shards without them meeting.
-pub fn thread_seat() -> usize {
-    THREAD_SEAT.with(|s| *s)
 }
 
 /// Runs a package's (first) model on tensors.

@@ -15,3 +15,17 @@ pub mod wasm;
 pub use self::error::{Error, Result, TrapKind};
 pub use self::package::{MAX_MODELS, ModelSet, ModelSource, Package, PackageSpec};
 pub use self::tensor::{DataType, Tensor, TensorData, TensorSpec};
+
+thread_local! {
+    static THREAD_SEAT: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    };
+}
+
+/// A small number per thread, so that threads sharing a pool (replicas, sessions, log shards) each keep
+/// to their own member when it is free: its memory stays in that thread's cache, and no two threads
+/// fight over one lock.
+pub fn thread_seat() -> usize {
+    THREAD_SEAT.with(|s| *s)
+}

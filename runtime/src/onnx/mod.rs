@@ -4,7 +4,6 @@ mod library;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use ort::session::{Session, SessionInputValue};
@@ -73,7 +72,6 @@ pub struct OnnxModel {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     sessions: Box<[Mutex<Session>]>,
-    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -137,7 +135,6 @@ impl OnnxModel {
             inputs,
             outputs,
             sessions: sessions.into_boxed_slice(),
-            next: AtomicUsize::new(0),
         })
     }
 
@@ -213,10 +210,11 @@ impl OnnxModel {
             .join(", ")
     }
 
-    /// A free session, or the next one in turn when all are busy.
+    /// A free session, looked for from this thread's own (so a thread keeps reusing a warm session and
+    /// threads do not contend for one lock), or this thread's own when all are busy.
     fn session(&self) -> MutexGuard<'_, Session> {
         let n = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = crate::thread_seat();
         for i in 0..n {
             if let Ok(guard) = self.sessions[(start + i) % n].try_lock() {
                 return guard;
