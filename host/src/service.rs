@@ -674,7 +674,7 @@ impl Version {
             let Some(replica) = Version::pick(&replicas) else {
                 return Err(Error::Overloaded(format!("version {}: no replica", self.name)));
             };
-            replica.in_flight.fetch_add(1, Ordering::Relaxed);
+            let busy = replica.in_flight.fetch_add(1, Ordering::Relaxed);
             if self.inline() {
                 // Short, bounded work (an ONNX model measured fast): run it right here, on the snapshot.
                 // Handing it to the blocking pool would cost more than the call itself.
@@ -683,8 +683,19 @@ impl Version {
                 drop(permit);
                 return self.finish(started, result);
             }
-            replica.clone()
+            (replica.clone(), busy == 0 && self.waiting.load(Ordering::Relaxed) == 0)
         };
+        let (replica, quiet) = replica;
+        if quiet && self.info.has_script && multi_threaded() {
+            // A lone entry-script call runs on this thread, which first hands its other work to another
+            // thread: no hand-off on the request's path, and a script that spins until its deadline (the
+            // runtime stops it there) holds up only its own request. Under load, calls go to the blocking
+            // pool, where many of them share the cores with a better tail.
+            let result = tokio::task::block_in_place(|| f(&replica.package)).map_err(Error::from);
+            replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            return self.finish(started, result);
+        }
         // The slot moves into the task: after a 504 the replica stays busy until the call really ends.
         permit.forget();
         let slot = Slot(self.permits.clone());
@@ -730,6 +741,12 @@ impl Version {
         self.stats.record(ended, ended - started, failed);
         result
     }
+}
+
+/// Whether this task runs on a multi-threaded runtime (where a call may block its thread in place).
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// A slot given back when dropped (held by a call on the blocking pool).
