@@ -412,3 +412,37 @@ fn tls_with_curl_openssl_and_the_cli() {
         .unwrap();
     assert!(!out.status.success() || out.stdout.is_empty());
 }
+
+#[test]
+fn a_spinning_script_holds_up_only_its_own_request() {
+    let dc = json!({"scoringTimeoutMs": 3000, "maxConcurrentRequestsPerContainer": 2, "numReplicas": 2});
+    let (host, key) = adversary_host("spin", dc, &[]);
+    let url = host.score_url("adv");
+    // Warm both replicas first, so the timings below are only about the spinning call.
+    for _ in 0..4 {
+        assert_eq!(score(&url, Some(&key), "warm").status, 200);
+    }
+    let (spin_url, spin_key) = (url.clone(), key.clone());
+    let spinning = std::thread::spawn(move || score(&spin_url, Some(&spin_key), "loop"));
+    std::thread::sleep(Duration::from_millis(200));
+    // The spinning call runs until its 3 s deadline; meanwhile every other request is answered at once.
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let t = std::time::Instant::now();
+        let r = score(&url, Some(&key), &format!("hello-{i}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "request {i} took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(curl(&format!("{}/healthz", host.url), &[]).status, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = spinning.join().unwrap();
+    assert_eq!(r.status, 504, "{}", r.body);
+}
