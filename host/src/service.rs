@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
@@ -167,16 +167,23 @@ struct ServiceTime {
 impl ServiceTime {
     /// Calls measured before the average is trusted; until then every call goes to the blocking pool.
     const WARM: u64 = 16;
+    const SAMPLE: u64 = 8;
 
-    fn observe(&self, took: Duration) {
+    /// Takes call number `n` of the version into the average: every call while warming up, then one call
+    /// in [`ServiceTime::SAMPLE`] (the average moves slowly anyway, and a shared line written by every
+    /// call costs every core a cache miss).
+    fn observe(&self, n: u64, took: Duration) {
+        let calls = self.calls.load(Ordering::Relaxed);
+        if calls >= Self::WARM && n % Self::SAMPLE != 0 {
+            return;
+        }
         let ns = took.as_nanos().min(u64::MAX as u128) as u64;
         let old = self.ewma_ns.load(Ordering::Relaxed);
-        let new = if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
-            ns
-        } else {
-            old - old / 8 + ns / 8
-        };
+        let new = if calls == 0 { ns } else { old - old / 8 + ns / 8 };
         self.ewma_ns.store(new, Ordering::Relaxed);
+        if calls < Self::WARM {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -597,25 +604,24 @@ impl Version {
         F: FnOnce(&Package) -> plinth_runtime::Result<T> + Send + 'static,
     {
         let queued = Instant::now();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let cold = self.replica_count() == 0;
-        if cold {
-            self.cold_start.notify_one();
-        }
-        let wait = if cold {
-            self.config.max_queue_wait.max(COLD_START_WAIT)
-        } else {
-            self.config.max_queue_wait
-        };
-        // A free slot right away needs no timer (and no clock: it waited for nothing).
-        let (acquired, started) = match self.permits.try_acquire() {
-            Ok(p) => (Ok(Ok(p)), queued),
+        // A free slot right away needs no timer, no clock and no shared counter: it waited for nothing.
+        let (acquired, started, wait) = match self.permits.try_acquire() {
+            Ok(p) => (Ok(Ok(p)), queued, Duration::ZERO),
             Err(_) => {
+                let _waiting = Waiting::enter(&self.waiting);
+                let cold = self.replica_count() == 0;
+                if cold {
+                    self.cold_start.notify_one();
+                }
+                let wait = if cold {
+                    self.config.max_queue_wait.max(COLD_START_WAIT)
+                } else {
+                    self.config.max_queue_wait
+                };
                 let acquired = tokio::time::timeout(wait, self.permits.acquire()).await;
-                (acquired, Instant::now())
+                (acquired, Instant::now(), wait)
             }
         };
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
         let permit = match acquired {
             Ok(Ok(p)) => p,
             _ => {
@@ -725,7 +731,6 @@ impl Version {
     /// Records how a call went.
     fn finish<T>(&self, started: Instant, result: Result<T>) -> Result<T> {
         let ended = Instant::now();
-        self.service_time.observe(ended - started);
         if let (Some(m), Err(Error::Runtime(e))) = (&self.metrics, &result)
             && matches!(e.kind(), "deadline" | "memory" | "trap")
         {
@@ -738,8 +743,25 @@ impl Version {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         }
         let failed = status.is_some_and(|s| s.is_server_error());
-        self.stats.record(ended, ended - started, failed);
+        let n = self.stats.record(ended, ended - started, failed);
+        self.service_time.observe(n, ended - started);
         result
+    }
+}
+
+/// Counts a request waiting for a slot while it waits (also when its client leaves mid-wait).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -828,7 +850,8 @@ pub struct Window {
 }
 
 impl Stats {
-    fn record(&self, ended: Instant, latency: Duration, failed: bool) {
+    /// Records one outcome; returns its number.
+    fn record(&self, ended: Instant, latency: Duration, failed: bool) -> u64 {
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
@@ -839,6 +862,7 @@ impl Stats {
             .store(micros | if failed { FAILED } else { 0 }, Ordering::Relaxed);
         slot.at_ms
             .store((ended - self.epoch).as_millis() as u64 + 1, Ordering::Relaxed);
+        n
     }
 
     /// Totals since the version started: (requests, failures).
@@ -946,7 +970,7 @@ pub struct Routed {
 pub struct Service {
     name: String,
     auth: Auth,
-    keys: RwLock<(String, String)>,
+    keys: ArcSwap<(String, String)>,
     versions: Vec<Arc<Version>>,
     weights: Vec<u32>,
     default: usize,
@@ -1000,7 +1024,7 @@ impl Service {
             .filter(|(_, r)| r.mirror > 0)
             .map(|(i, r)| (i, r.mirror))
             .collect();
-        let keys = RwLock::new((auth.primary_key.clone(), auth.secondary_key.clone()));
+        let keys = ArcSwap::from_pointee((auth.primary_key.clone(), auth.secondary_key.clone()));
         Ok(Service {
             name: name.into(),
             auth,
@@ -1042,7 +1066,7 @@ impl Service {
 
     /// Replaces the keys; nothing restarts.
     pub fn set_keys(&self, primary: String, secondary: String) {
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = (primary, secondary);
+        self.keys.store(Arc::new((primary, secondary)));
     }
 
     /// Checks a bearer credential: a service key, a token for this service, or the host's admin token.
@@ -1062,7 +1086,7 @@ impl Service {
             return Ok(());
         }
         if self.auth.auth_enabled {
-            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            let keys = self.keys.load();
             // Both comparisons always run, so timing does not tell which key matched.
             let primary = key_matches(given, &keys.0);
             let secondary = key_matches(given, &keys.1);

@@ -53,13 +53,17 @@ pub struct Split {
     /// (version index, percent) of versions that get a copy of traffic.
     mirrors: Vec<(usize, u32)>,
     counter: AtomicU64,
+    /// Every slot names the same version and nothing is mirrored.
+    single: bool,
 }
 
 impl Split {
     /// `weights` are effective percentages (summing to 100); `mirrors` are (index, percent).
     pub fn new(weights: &[u32], mirrors: Vec<(usize, u32)>) -> Self {
+        let slots = table(weights);
         Split {
-            slots: table(weights),
+            single: mirrors.is_empty() && slots.iter().all(|&v| v == slots[0]),
+            slots,
             mirrors,
             counter: AtomicU64::new(0),
         }
@@ -67,7 +71,12 @@ impl Split {
 
     /// The version for the next request, and the versions that get a copy of it.
     pub fn next(&self) -> (usize, impl Iterator<Item = usize> + '_) {
-        let s = self.counter.fetch_add(1, Ordering::Relaxed) % 100;
+        // One version and no mirror (the common case): nothing to count.
+        let s = if self.single {
+            0
+        } else {
+            self.counter.fetch_add(1, Ordering::Relaxed) % 100
+        };
         let serving = self.slots[s as usize] as usize;
         let copies = self
             .mirrors
