@@ -174,7 +174,7 @@ impl ServiceTime {
     /// call costs every core a cache miss).
     fn observe(&self, n: u64, took: Duration) {
         let calls = self.calls.load(Ordering::Relaxed);
-        if calls >= Self::WARM && n % Self::SAMPLE != 0 {
+        if calls >= Self::WARM && !n.is_multiple_of(Self::SAMPLE) {
             return;
         }
         let ns = took.as_nanos().min(u64::MAX as u128) as u64;

@@ -151,6 +151,8 @@ fn metrics_pass_promtool_and_count_requests() {
         r#"plinth_script_traps_total{kind="trap",service="adv",version="1"} 1"#,
         r#"plinth_script_traps_total{kind="deadline",service="adv",version="1"} 1"#,
         r#"plinth_replicas{service="adv",version="1"} 2"#,
+        // Per version, and back to zero once every request has ended.
+        r#"plinth_in_flight_requests{service="adv",version="1"} 0"#,
         "plinth_request_duration_seconds_bucket",
         "plinth_queue_wait_seconds_count",
         "plinth_model_load_seconds_count",
