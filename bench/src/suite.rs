@@ -171,6 +171,10 @@ pub async fn suite(repo: &Path, secs: u64, rounds: usize) -> anyhow::Result<()> 
     std::fs::write(dir.join("dc-ridge.json"), dc(2, 16, None))?;
     std::fs::write(dir.join("dc-ridge-batch.json"), dc(1, 4, Some((32, 0))))?;
     std::fs::write(dir.join("dc-mlp.json"), dc(2, 1, None))?;
+    std::fs::write(
+        dir.join("dc-ridge-open.json"),
+        r#"{"numReplicas": 2, "maxConcurrentRequestsPerContainer": 16, "authEnabled": false}"#,
+    )?;
     std::fs::write(dir.join("dc-mlp-batch.json"), dc(2, 1, Some((32, 1000))))?;
     std::fs::copy(&script, dir.join("diabetes_script.wasm"))?;
     std::fs::write(dir.join("ic-rust.json"), r#"{"entryScript": "diabetes_script.wasm"}"#)?;
@@ -190,6 +194,7 @@ pub async fn suite(repo: &Path, secs: u64, rounds: usize) -> anyhow::Result<()> 
         ("diabetes:1", "ridge-rust", Some("ic-rust.json"), "dc-ridge.json"),
         ("mlp:1", "mlp", None, "dc-mlp.json"),
         ("mlp:1", "mlp-batch", None, "dc-mlp-batch.json"),
+        ("diabetes:1", "ridge-open", None, "dc-ridge-open.json"),
     ] {
         let dc = p(dir.join(dc));
         let mut args = vec!["deploy", "-m", model, "-n", name, "--dc", &dc];
@@ -199,6 +204,34 @@ pub async fn suite(repo: &Path, secs: u64, rounds: usize) -> anyhow::Result<()> 
         }
         host.cli(&args)?;
     }
+    // The same model as an endpoint of two versions, 90/10: the split in the path.
+    let dc_ridge = p(dir.join("dc-ridge.json"));
+    host.cli(&[
+        "endpoint",
+        "create",
+        "ridge-split",
+        "--version-name",
+        "a",
+        "-m",
+        "diabetes:1",
+        "--dc",
+        &dc_ridge,
+        "--traffic",
+        "90",
+    ])?;
+    host.cli(&[
+        "endpoint",
+        "version",
+        "add",
+        "ridge-split",
+        "b",
+        "-m",
+        "diabetes:1",
+        "--dc",
+        &dc_ridge,
+        "--traffic",
+        "10",
+    ])?;
 
     let auth = vec![("Authorization".to_string(), format!("Bearer {KEY}"))];
     let target = |addr: SocketAddr, path: &str, headers: &[(String, String)], body: &str| Target {
@@ -245,10 +278,18 @@ pub async fn suite(repo: &Path, secs: u64, rounds: usize) -> anyhow::Result<()> 
     // One request at a time, two ways: as the machine schedules it (client and server on different
     // vCPUs: every round trip pays two cross-vCPU wake-ups), and with the load generator and the server on
     // one core (a wake-up is a context switch): the second shows the server's own latency.
-    let singles: [(&str, Target); 6] = [
+    let singles: [(&str, Target); 8] = [
         ("bare hyper server", bare_t.clone()),
         ("bare hyper + no-code Ridge call, nothing else", bare_score_t.clone()),
         ("Ridge `/score` JSON, key auth", score("ridge", &ridge_body)),
+        (
+            "Ridge `/score` JSON, no auth",
+            target(host.addr, "/api/v1/service/ridge-open/score", &[], &ridge_body),
+        ),
+        (
+            "Ridge `/score` JSON, key auth, endpoint of two versions split 90/10",
+            score("ridge-split", &ridge_body),
+        ),
         (
             "Ridge via Rust entry script `/score`, key auth",
             score("ridge-rust", &ridge_body),
@@ -332,11 +373,11 @@ pub async fn suite(repo: &Path, secs: u64, rounds: usize) -> anyhow::Result<()> 
     );
     println!("no-code Ridge JSON→JSON p50 {no_code_p50:.1} µs; Rust entry script around it p50 {script_p50:.1} µs.");
     println!();
-    let [_, bare_score1, ridge1, rust1, bare_mlp1, mlp1] = &free[..] else {
-        bail!("six single-request scenarios");
+    let [_, bare_score1, ridge1, open1, split1, rust1, bare_mlp1, mlp1] = &free[..] else {
+        bail!("eight single-request scenarios");
     };
-    let [_, bare_score1p, ridge1p, rust1p, bare_mlp1p, mlp1p] = &pinned[..] else {
-        bail!("six single-request scenarios");
+    let [_, bare_score1p, ridge1p, open1p, split1p, rust1p, bare_mlp1p, mlp1p] = &pinned[..] else {
+        bail!("eight single-request scenarios");
     };
     println!("| goal | measured | pinned | target |");
     println!("|---|---:|---:|---:|");
@@ -377,6 +418,16 @@ pub async fn suite(repo: &Path, secs: u64, rounds: usize) -> anyhow::Result<()> 
         "| router + auth + split + queue + metrics + logs, p50 added (Ridge − bare hyper with the same call) | {:.0} µs | {:.0} µs | ≤ 30 µs |",
         ridge1.p50_us - bare_score1.p50_us,
         ridge1p.p50_us - bare_score1p.p50_us
+    );
+    println!(
+        "| of which key auth (key auth − no auth), p50 | {:.0} µs | {:.0} µs | — |",
+        ridge1.p50_us - open1.p50_us,
+        ridge1p.p50_us - open1p.p50_us
+    );
+    println!(
+        "| of which a 90/10 split over two versions (split − one version), p50 | {:.0} µs | {:.0} µs | — |",
+        split1.p50_us - ridge1.p50_us,
+        split1p.p50_us - ridge1p.p50_us
     );
     println!(
         "| Rust entry script added over no-code, in process p50 | {:.1} µs | — | ≤ 50 µs |",

@@ -123,11 +123,12 @@ impl Host {
 
     /// Counts a request of `version` in flight until the guard drops (also when the client leaves).
     fn in_flight<'v>(&self, service: &str, version: &'v Version) -> InFlight<'v> {
-        let gauge = version.series(&self.metrics, service).map(|s| &s.in_flight);
-        if let Some(g) = gauge {
-            g.inc();
-        }
-        InFlight(gauge)
+        let gauge = match version.series(&self.metrics, service) {
+            Some(series) => InFlight::Series(&series.in_flight),
+            None => InFlight::Looked(self.metrics.in_flight.with_label_values(&[service, version.name()])),
+        };
+        gauge.gauge().inc();
+        gauge
     }
 
     /// Adds the admin API and token auth of a control plane.
@@ -396,14 +397,25 @@ impl Host {
     }
 }
 
-/// Holds a version's in-flight gauge up while a request is served.
-struct InFlight<'v>(Option<&'v prometheus::IntGauge>);
+/// Holds a version's in-flight gauge up while a request is served: the version's own series, or (for a
+/// version that reports to another registry too) the one looked up by label.
+enum InFlight<'v> {
+    Series(&'v prometheus::IntGauge),
+    Looked(prometheus::IntGauge),
+}
+
+impl InFlight<'_> {
+    fn gauge(&self) -> &prometheus::IntGauge {
+        match self {
+            InFlight::Series(g) => g,
+            InFlight::Looked(g) => g,
+        }
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(g) = self.0 {
-            g.dec();
-        }
+        self.gauge().dec();
     }
 }
 

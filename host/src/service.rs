@@ -150,8 +150,9 @@ pub struct Version {
     collection: Option<(Arc<Collector>, Sampling)>,
     batcher: std::sync::OnceLock<Batcher>,
     service_time: ServiceTime,
-    /// The request series of this version in one registry (keyed by the registry's address).
-    series: OnceLock<(usize, VersionSeries)>,
+    /// The request series of this version in one registry (held weakly: while it is held, no other
+    /// registry can take its address).
+    series: OnceLock<(std::sync::Weak<Metrics>, VersionSeries)>,
 }
 
 /// Calls shorter than this (on average, for a version without an entry script) run on the calling task.
@@ -379,9 +380,10 @@ impl Version {
     /// This version's request series in `metrics`, resolved on first use; `None` when the version already
     /// reports to another registry (a version served by two hosts), whose callers look series up by label.
     pub fn series(&self, metrics: &Arc<Metrics>, service: &str) -> Option<&VersionSeries> {
-        let key = Arc::as_ptr(metrics) as usize;
-        let (k, series) = self.series.get_or_init(|| (key, metrics.series(service, &self.name)));
-        (*k == key).then_some(series)
+        let (registry, series) = self
+            .series
+            .get_or_init(|| (Arc::downgrade(metrics), metrics.series(service, &self.name)));
+        std::ptr::eq(registry.as_ptr(), Arc::as_ptr(metrics)).then_some(series)
     }
 
     /// Scores one request body: through the batching queue when batching is on.
