@@ -447,14 +447,17 @@ fn us(d: Duration) -> f64 {
 }
 
 /// The run with the median requests/s.
-fn median(mut runs: Vec<Run>) -> Run {
-    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    runs.swap_remove(runs.len() / 2)
+fn median(runs: Vec<Run>) -> Run {
+    median_by(runs, |r| r.rps)
 }
 
 /// The run with the median p50.
-fn median_p50(mut runs: Vec<Run>) -> Run {
-    runs.sort_by(|a, b| a.p50_us.total_cmp(&b.p50_us));
+fn median_p50(runs: Vec<Run>) -> Run {
+    median_by(runs, |r| r.p50_us)
+}
+
+fn median_by(mut runs: Vec<Run>, key: impl Fn(&Run) -> f64) -> Run {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
     runs.swap_remove(runs.len() / 2)
 }
 

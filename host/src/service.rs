@@ -1131,22 +1131,6 @@ impl Service {
             });
         }
     }
-
-    /// Scores one request body on the version the split (or `pinned`) picks; returns that version too.
-    pub async fn score(
-        &self,
-        body: Bytes,
-        ctx: CallContext,
-        pinned: Option<&str>,
-    ) -> (Option<Arc<Version>>, Result<Vec<u8>>) {
-        let (version, copies) = match self.route(pinned) {
-            Ok(routed) => routed,
-            Err(e) => return (None, Err(e)),
-        };
-        Service::mirror(copies, &body, &ctx);
-        let result = version.score(body, ctx).await;
-        (Some(version.clone()), result)
-    }
 }
 
 /// Services by name. A request reads a snapshot without taking a lock; a deploy builds the next map and

@@ -336,14 +336,7 @@ fn a_failing_treatment_is_rolled_back_and_a_healthy_one_is_not() {
 fn a_model_mirror_gets_copies_of_oip_and_json_requests_it_can_score() {
     let dir = temp_dir("mirror-oip");
     let host = TestHost::start(&dir.join("ws"), &[]);
-    host.run(&[
-        "model",
-        "register",
-        "--name",
-        "diabetes",
-        "--path",
-        "examples/diabetes/model",
-    ]);
+    host.register_diabetes();
     let dc = write_json(
         &dir,
         "dc.json",

@@ -113,6 +113,18 @@ impl TestHost {
         serde_json::from_str(&self.run(&all)).unwrap()
     }
 
+    /// Registers the diabetes example's model as `diabetes` (version 1 on a fresh host).
+    pub fn register_diabetes(&self) {
+        self.run(&[
+            "model",
+            "register",
+            "--name",
+            "diabetes",
+            "--path",
+            "examples/diabetes/model",
+        ]);
+    }
+
     /// `plinth deploy -m MODEL -n NAME --dc DC`, no-code; returns stdout.
     pub fn deploy(&self, model: &str, name: &str, dc: &Path) -> String {
         self.run(&["deploy", "-m", model, "-n", name, "--dc", dc.to_str().unwrap()])

@@ -178,14 +178,7 @@ fn metrics_pass_promtool_and_count_requests() {
 fn data_collection_writes_every_accepted_record_before_exit() {
     let dir = temp_dir("collect");
     let mut host = TestHost::start(&dir.join("ws"), &[]);
-    host.run(&[
-        "model",
-        "register",
-        "--name",
-        "diabetes",
-        "--path",
-        "examples/diabetes/model",
-    ]);
+    host.register_diabetes();
     let dc = write_json(
         &dir,
         "dc.json",

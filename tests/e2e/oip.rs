@@ -12,14 +12,7 @@ const KEY: &str = "oip-test-key-0123456789abcdef";
 fn oip_host() -> (TestHost, std::path::PathBuf) {
     let dir = temp_dir("oip");
     let host = TestHost::start(&dir.join("ws"), &[]);
-    host.run(&[
-        "model",
-        "register",
-        "--name",
-        "diabetes",
-        "--path",
-        "examples/diabetes/model",
-    ]);
+    host.register_diabetes();
     host.run(&[
         "model",
         "register",
