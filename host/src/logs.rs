@@ -28,7 +28,14 @@ struct ServiceLog {
     requests: [Mutex<VecDeque<RequestLine>>; SHARDS],
 }
 
+/// A line on its way out of [`LogHub::lines`].
+enum Kept {
+    Text(String),
+    Request(RequestLine),
+}
+
 /// A request, kept as its fields and written out only when somebody reads the log.
+#[derive(Clone)]
 struct RequestLine {
     at_ns: u128,
     request_id: String,
@@ -104,21 +111,28 @@ impl LogHub {
         let Some(log) = self.services.get(service) else {
             return Vec::new();
         };
-        let mut all: Vec<(u128, String)> = log
+        // Requests are written out only for the lines that are returned (`--follow` asks for a short tail).
+        let mut all: Vec<(u128, Kept)> = log
             .text
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .cloned()
+            .map(|(at, line)| (*at, Kept::Text(line.clone())))
             .collect();
         for shard in &log.requests {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            all.extend(shard.iter().map(|r| (r.at_ns, r.render())));
+            all.extend(shard.iter().map(|r| (r.at_ns, Kept::Request(r.clone()))));
         }
         // Stable: lines from one writer with the same timestamp keep their order.
         all.sort_by_key(|(at, _)| *at);
         let skip = tail.map(|t| all.len().saturating_sub(t)).unwrap_or(0);
-        all.into_iter().skip(skip).map(|(_, line)| line).collect()
+        all.into_iter()
+            .skip(skip)
+            .map(|(_, kept)| match kept {
+                Kept::Text(line) => line,
+                Kept::Request(r) => r.render(),
+            })
+            .collect()
     }
 
     pub fn remove(&self, service: &str) {
