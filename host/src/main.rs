@@ -1,6 +1,10 @@
-//! The `plinth` command: one file per subcommand under `commands/`.
+//! The `plinth` command: the node host (`plinth serve`) and the CLI, one file per subcommand under
+//! `commands/`; `client.rs` speaks to a host's admin API, `logging.rs` routes script output into
+//! service logs.
 
+mod client;
 mod commands;
+mod logging;
 
 // Many small allocations from many threads per request: glibc's arena locks showed up in profiles.
 #[global_allocator]
@@ -10,7 +14,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use plinth::logs::{LogHub, ScriptLogLayer};
+use logging::ScriptLogLayer;
+use plinth_router::LogHub;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -95,11 +100,13 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat, logs: Arc<LogHub>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLINTH_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,plinth=info,plinth_runtime=info,plinth::request=warn")
+        tracing_subscriber::EnvFilter::new(
+            "warn,plinth=info,plinth_router=info,plinth_control=info,plinth_runtime=info,plinth::request=warn",
+        )
     });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // The script log layer sees only script events, so every other disabled event stays free.
-    let scripts = tracing_subscriber::filter::filter_fn(|m| plinth::logs::is_service_event(m.target()));
+    let scripts = tracing_subscriber::filter::filter_fn(|m| plinth_router::is_service_event(m.target()));
     let registry = tracing_subscriber::registry().with(ScriptLogLayer(logs).with_filter(scripts));
     match format {
         LogFormat::Text => registry.with(fmt.with_filter(filter)).init(),

@@ -19,17 +19,15 @@ fn batched_results_equal_unbatched_bit_for_bit_and_a_bad_request_fails_alone() {
     let dir = temp_dir("batch");
     let host = TestHost::start(&dir.join("ws"), &["--open-metrics"]);
     host.run(&["model", "register", "--name", "mlp", "--path", "tests/models/small_mlp"]);
-    let plain = write_json(
-        &dir,
-        "plain.json",
-        &json!({"authEnabled": false, "numReplicas": 1, "maxConcurrentRequestsPerContainer": 4}),
-    );
-    let batched = write_json(
-        &dir,
-        "batched.json",
-        &json!({"authEnabled": false, "numReplicas": 1, "maxConcurrentRequestsPerContainer": 1,
-                "maxBatchSize": 32, "maxBatchDelayMicros": 20000, "maxQueueWaitMs": 10000}),
-    );
+    let plain = Dc::test().no_auth().replicas(1).concurrency(4).write(&dir, "plain.json");
+    let batched = Dc::test()
+        .no_auth()
+        .replicas(1)
+        .concurrency(1)
+        .with("maxBatchSize", 32.into())
+        .with("maxBatchDelayMicros", 20000.into())
+        .with("maxQueueWaitMs", 10000.into())
+        .write(&dir, "batched.json");
     host.deploy("mlp:1", "plain", &plain);
     host.deploy("mlp:1", "batched", &batched);
     let logs = host.run(&["service", "logs", "batched"]);

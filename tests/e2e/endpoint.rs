@@ -24,11 +24,7 @@ impl Rollout {
         let host = TestHost::start(&dir.join("ws"), &[]);
         std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
         write_json(&dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
-        write_json(
-            &dir,
-            "dc.json",
-            &json!({"keys": {"primaryKey": KEY, "secondaryKey": format!("{KEY}-2")}, "numReplicas": 2}),
-        );
+        Dc::test().keys(KEY).replicas(2).write(&dir, "dc.json");
         for (model, file) in [("healthy", "ok.txt"), ("broken", "fail")] {
             let m = dir.join(model);
             std::fs::create_dir_all(&m).unwrap();
@@ -337,11 +333,7 @@ fn a_model_mirror_gets_copies_of_oip_and_json_requests_it_can_score() {
     let dir = temp_dir("mirror-oip");
     let host = TestHost::start(&dir.join("ws"), &[]);
     host.register_diabetes();
-    let dc = write_json(
-        &dir,
-        "dc.json",
-        &json!({"keys": {"primaryKey": KEY, "secondaryKey": format!("{KEY}-2")}, "maxConcurrentRequestsPerContainer": 4}),
-    );
+    let dc = Dc::test().keys(KEY).concurrency(4).write(&dir, "dc.json");
     let dc = dc.to_str().unwrap();
     host.run(&[
         "endpoint",
@@ -393,4 +385,78 @@ fn a_model_mirror_gets_copies_of_oip_and_json_requests_it_can_score() {
     // Copies of OIP requests reach the model as the tensors they carry, not as JSON it cannot read.
     assert_eq!(stats["rejected"], 0, "{stats}");
     assert_eq!(stats["failures"], 0, "{stats}");
+}
+
+#[test]
+fn a_regenerated_key_survives_a_concurrent_rollback_and_a_redeploy_that_names_no_keys() {
+    let r = Rollout::new("keys");
+    r.create("v1", &[]);
+    r.add(
+        "broken",
+        "broken:1",
+        &[
+            "--traffic",
+            "50",
+            "--treatment",
+            "--rollback-error-rate",
+            "0.2",
+            "--rollback-min-requests",
+            "10",
+        ],
+    );
+    // Failing requests make the monitor roll the treatment back while the secondary key is regenerated
+    // again and again: every regeneration is its own write, none is undone by the rollback's.
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = r.host.url.clone();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut client = KeepAlive::connect(&url);
+            let auth = format!("Bearer {KEY}");
+            while !stop.load(Ordering::Relaxed) {
+                client.post("/api/v1/service/ep/score", &[("Authorization", &auth)], b"maybe-fail");
+            }
+        })
+    };
+    let mut last = String::new();
+    let mut rolled_back = false;
+    for _ in 0..200 {
+        let keys = r
+            .host
+            .run_json(&["service", "regen-key", "ep", "--key", "secondary"]);
+        last = keys["secondaryKey"].as_str().unwrap().to_string();
+        if r.show()["versions"][1]["traffic"] == 0 {
+            rolled_back = true;
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(rolled_back, "the broken treatment was never rolled back");
+    let stored = r.host.run_json(&["service", "keys", "ep"]);
+    assert_eq!(stored["secondaryKey"], last.as_str(), "the last regenerated key is the stored one");
+    assert_eq!(stored["primaryKey"], KEY);
+    let url = r.host.score_url("ep");
+    assert_eq!(score(&url, Some(&last), "ok").status, 200, "the router takes it");
+    assert_eq!(score(&url, Some(&format!("{KEY}-2")), "ok").status, 401);
+
+    // Redeploying the default version with a config that names no keys keeps them all.
+    let dc = Dc::test().replicas(2).write(&r.dir, "dc-nokeys.json");
+    let ic = r.file("ic.json");
+    r.endpoint(&[
+        "version",
+        "add",
+        "ep",
+        "v1",
+        "-m",
+        "healthy:1",
+        "--ic",
+        &ic,
+        "--dc",
+        dc.to_str().unwrap(),
+    ]);
+    let after = r.host.run_json(&["service", "keys", "ep"]);
+    assert_eq!(after, stored, "a redeploy without keys keeps the keys");
+    assert_eq!(score(&url, Some(&last), "ok").status, 200);
+    assert_eq!(score(&url, Some(KEY), "ok").status, 200);
 }

@@ -315,3 +315,53 @@ impl KeepAlive {
         Raw { status, headers, body }
     }
 }
+
+/// A `deploymentconfig.json` for a test, built field by field; Azure's defaults for the rest.
+///
+/// ```ignore
+/// let dc = Dc::test().keys(KEY).replicas(2).write(&dir, "dc.json");
+/// ```
+#[derive(Clone, Default)]
+pub struct Dc(serde_json::Map<String, serde_json::Value>);
+
+impl Dc {
+    pub fn test() -> Dc {
+        Dc::default()
+    }
+
+    /// Any field, by its Azure name.
+    pub fn with(mut self, field: &str, value: serde_json::Value) -> Dc {
+        self.0.insert(field.into(), value);
+        self
+    }
+
+    /// Fixed keys: `primary` and `primary-2`.
+    pub fn keys(self, primary: &str) -> Dc {
+        self.with(
+            "keys",
+            serde_json::json!({"primaryKey": primary, "secondaryKey": format!("{primary}-2")}),
+        )
+    }
+
+    pub fn no_auth(self) -> Dc {
+        self.with("authEnabled", false.into())
+    }
+
+    /// A fixed replica count (no autoscaling).
+    pub fn replicas(self, n: u32) -> Dc {
+        self.with("numReplicas", n.into())
+    }
+
+    /// `maxConcurrentRequestsPerContainer`.
+    pub fn concurrency(self, n: u32) -> Dc {
+        self.with("maxConcurrentRequestsPerContainer", n.into())
+    }
+
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.0.clone())
+    }
+
+    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        write_json(dir, name, &self.value())
+    }
+}

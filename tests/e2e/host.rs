@@ -35,11 +35,10 @@ fn register_deploy_keys_score_regen_token_restart() {
     let dir = temp_dir("flow");
     let mut host = TestHost::start(&dir.join("ws"), &[]);
     register_diabetes(&host);
-    let dc = write_json(
-        &dir,
-        "deploymentconfig.json",
-        &json!({"authEnabled": true, "tokenAuthEnabled": true}),
-    );
+    let dc = Dc::test()
+        .with("authEnabled", true.into())
+        .with("tokenAuthEnabled", true.into())
+        .write(&dir, "deploymentconfig.json");
     let out = host.deploy("diabetes:1", "ridge", &dc);
     assert!(
         out.contains("Healthy") && out.contains("/api/v1/service/ridge/score"),
@@ -160,12 +159,12 @@ fn python_score_py_deployed_from_azure_configs() {
 }
 
 /// A host with the adversary script deployed as `adv`, with the given deployment config.
-fn adversary_host(tag: &str, dc: serde_json::Value, extra: &[&str]) -> (TestHost, String) {
+fn adversary_host(tag: &str, dc: Dc, extra: &[&str]) -> (TestHost, String) {
     let dir = temp_dir(tag);
     let host = TestHost::start(&dir.join("ws"), extra);
     std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
     let ic = write_json(&dir, "inferenceconfig.json", &json!({"entryScript": "adversary.wasm"}));
-    let dc = write_json(&dir, "deploymentconfig.json", &dc);
+    let dc = dc.write(&dir, "deploymentconfig.json");
     host.run(&[
         "deploy",
         "-n",
@@ -181,7 +180,11 @@ fn adversary_host(tag: &str, dc: serde_json::Value, extra: &[&str]) -> (TestHost
 
 #[test]
 fn limits_and_client_mistakes_get_clear_answers() {
-    let dc = json!({"scoringTimeoutMs": 1000, "maxConcurrentRequestsPerContainer": 1, "maxQueueWaitMs": 50, "numReplicas": 1});
+    let dc = Dc::test()
+        .with("scoringTimeoutMs", 1000.into())
+        .concurrency(1)
+        .with("maxQueueWaitMs", 50.into())
+        .replicas(1);
     let (host, key) = adversary_host("limits", dc, &["--max-body-bytes", "1000"]);
     let url = host.score_url("adv");
 
@@ -283,7 +286,7 @@ fn bad_configs_fail_before_anything_is_deployed() {
 
 #[test]
 fn sigterm_drains_requests_in_flight_and_exits_zero() {
-    let (mut host, key) = adversary_host("drain", json!({"numReplicas": 1}), &[]);
+    let (mut host, key) = adversary_host("drain", Dc::test().replicas(1), &[]);
     let url = host.score_url("adv");
     let slow = std::thread::spawn(move || score(&url, Some(&key), "sleep"));
     std::thread::sleep(Duration::from_millis(150));
@@ -302,7 +305,7 @@ fn redeploying_under_load_fails_no_request() {
     let dir = temp_dir("redeploy");
     let host = TestHost::start(&dir.join("ws"), &[]);
     register_diabetes(&host);
-    let dc = write_json(&dir, "dc.json", &json!({"authEnabled": false, "numReplicas": 2}));
+    let dc = Dc::test().no_auth().replicas(2).write(&dir, "dc.json");
     host.deploy("diabetes:1", "ridge", &dc);
     let url = host.score_url("ridge");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -415,7 +418,7 @@ fn tls_with_curl_openssl_and_the_cli() {
 
 #[test]
 fn a_spinning_script_holds_up_only_its_own_request() {
-    let dc = json!({"scoringTimeoutMs": 3000, "maxConcurrentRequestsPerContainer": 2, "numReplicas": 2});
+    let dc = Dc::test().with("scoringTimeoutMs", 3000.into()).concurrency(2).replicas(2);
     let (host, key) = adversary_host("spin", dc, &[]);
     let url = host.score_url("adv");
     // Warm both replicas first, so the timings below are only about the spinning call.

@@ -18,12 +18,10 @@ fn replicas(host: &TestHost, service: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn adversary(host: &TestHost, dir: &std::path::Path, name: &str, dc: serde_json::Value) {
+fn adversary(host: &TestHost, dir: &std::path::Path, name: &str, dc: Dc) {
     std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
     let ic = write_json(dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
-    let mut dc = dc;
-    dc["keys"] = json!({"primaryKey": KEY, "secondaryKey": format!("{KEY}-2")});
-    let dc = write_json(dir, &format!("dc-{name}.json"), &dc);
+    let dc = dc.keys(KEY).write(dir, &format!("dc-{name}.json"));
     host.run(&[
         "deploy",
         "-n",
@@ -39,12 +37,14 @@ fn adversary(host: &TestHost, dir: &std::path::Path, name: &str, dc: serde_json:
 fn replicas_grow_under_load_and_shrink_when_idle() {
     let dir = temp_dir("autoscale");
     let host = TestHost::start(&dir.join("ws"), &["--scale-down-window-secs", "2"]);
-    let dc = json!({
-        "autoScaler": {"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 4, "targetUtilization": 70, "refreshPeriodInSeconds": 1},
-        "maxConcurrentRequestsPerContainer": 1,
-        "maxQueueWaitMs": 5000,
-        "containerResourceRequirements": {"cpu": 0.1, "memoryInGB": 0.25}
-    });
+    let dc = Dc::test()
+        .with(
+            "autoScaler",
+            json!({"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 4, "targetUtilization": 70, "refreshPeriodInSeconds": 1}),
+        )
+        .concurrency(1)
+        .with("maxQueueWaitMs", 5000.into())
+        .with("containerResourceRequirements", json!({"cpu": 0.1, "memoryInGB": 0.25}));
     adversary(&host, &dir, "adv", dc);
     assert_eq!(replicas(&host, "adv"), 1);
 
@@ -109,7 +109,10 @@ fn replicas_grow_under_load_and_shrink_when_idle() {
 fn scale_to_zero_buffers_the_first_request() {
     let dir = temp_dir("zero");
     let host = TestHost::start(&dir.join("ws"), &["--scale-down-window-secs", "1"]);
-    let dc = json!({"autoScaler": {"autoscaleEnabled": true, "minReplicas": 0, "maxReplicas": 2}});
+    let dc = Dc::test().with(
+        "autoScaler",
+        json!({"autoscaleEnabled": true, "minReplicas": 0, "maxReplicas": 2}),
+    );
     adversary(&host, &dir, "adv", dc);
     let started = Instant::now();
     while replicas(&host, "adv") > 0 && started.elapsed() < Duration::from_secs(20) {
@@ -129,7 +132,7 @@ fn scale_to_zero_buffers_the_first_request() {
 fn metrics_pass_promtool_and_count_requests() {
     let dir = temp_dir("metrics");
     let host = TestHost::start(&dir.join("ws"), &[]);
-    adversary(&host, &dir, "adv", json!({"numReplicas": 2, "scoringTimeoutMs": 500}));
+    adversary(&host, &dir, "adv", Dc::test().replicas(2).with("scoringTimeoutMs", 500.into()));
     for body in ["a", "b", "panic", "loop"] {
         score(&host.score_url("adv"), Some(KEY), body);
     }
@@ -182,7 +185,11 @@ fn data_collection_writes_every_accepted_record_before_exit() {
     let dc = write_json(
         &dir,
         "dc.json",
-        &json!({"authEnabled": false, "numReplicas": 2, "dataCollection": {"storageEnabled": true}}),
+        &Dc::test()
+            .no_auth()
+            .replicas(2)
+            .with("dataCollection", json!({"storageEnabled": true}))
+            .value(),
     );
     host.deploy("diabetes:1", "ridge", &dc);
     let n_threads = 4;

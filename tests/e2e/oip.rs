@@ -21,11 +21,7 @@ fn oip_host() -> (TestHost, std::path::PathBuf) {
         "--path",
         "tests/models/all_types",
     ]);
-    let dc = write_json(
-        &dir,
-        "dc.json",
-        &json!({"keys": {"primaryKey": KEY, "secondaryKey": format!("{KEY}-2")}, "numReplicas": 2}),
-    );
+    let dc = Dc::test().keys(KEY).replicas(2).write(&dir, "dc.json");
     for m in ["diabetes", "alltypes"] {
         host.run(&["deploy", "-m", &format!("{m}:1"), "-n", m, "--dc", dc.to_str().unwrap()]);
     }
@@ -194,11 +190,7 @@ fn entry_scripts_get_the_request_as_oip_json() {
     let host = TestHost::start(&dir.join("ws"), &[]);
     std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
     let ic = write_json(&dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
-    let dc = write_json(
-        &dir,
-        "dc.json",
-        &json!({"keys": {"primaryKey": KEY, "secondaryKey": format!("{KEY}-2")}}),
-    );
+    let dc = Dc::test().keys(KEY).write(&dir, "dc.json");
     host.run(&[
         "deploy",
         "-n",

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use http::Method;
-use plinth::config::{DeploymentConfig, InferenceConfig};
+use plinth_control::api::DeployRequest;
+use plinth_control::config::{DeploymentConfig, InferenceConfig};
 use serde_json::{Value, json};
 
-use plinth::client::Client;
+use crate::client::Client;
 
 use super::{HostArgs, block_on, pack, upload};
 
@@ -160,15 +161,22 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
     let client = host.client()?;
     block_on(async {
         let source = upload(&client, &content.files).await?;
-        let body = json!({
-            "name": args.name,
-            "models": args.models,
-            "inference_config": content.ic,
-            "deployment_config": content.dc,
-            "source": source,
-            "entry_script": content.entry_script,
-        });
-        let accepted = client.json(Method::POST, "/api/v1/admin/services", Some(&body)).await?;
+        let body = DeployRequest {
+            name: args.name.clone(),
+            models: args.models.clone(),
+            inference_config: content.ic,
+            deployment_config: content.dc,
+            source,
+            entry_script: content.entry_script,
+            ..DeployRequest::default()
+        };
+        let accepted = client
+            .json(
+                Method::POST,
+                "/api/v1/admin/services",
+                Some(&serde_json::to_value(&body)?),
+            )
+            .await?;
         let uri = format!("{}/api/v1/service/{}/score", host.host.trim_end_matches('/'), args.name);
         if args.no_wait {
             host.print(&accepted, |_| format!("Transitioning\nScoring URI: {uri}"));

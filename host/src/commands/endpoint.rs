@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use http::Method;
-use serde_json::{Map, Value, json};
+use plinth_control::api::{DeployRequest, RollbackPolicy, UpdateRequest, VersionSettings};
+use serde_json::Value;
 
 use super::deploy::{content, wait};
 use super::{HostArgs, block_on, upload};
@@ -51,48 +52,36 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn to_json(&self) -> anyhow::Result<Map<String, Value>> {
-        let mut m = Map::new();
-        if let Some(t) = self.traffic {
-            m.insert("traffic".into(), json!(t));
+    fn to_api(&self) -> anyhow::Result<VersionSettings> {
+        let mut tags = BTreeMap::new();
+        for t in &self.tags {
+            let (k, v) = t
+                .split_once('=')
+                .with_context(|| format!("tag '{t}' is not KEY=VALUE"))?;
+            tags.insert(k.to_string(), v.to_string());
         }
-        if self.is_default {
-            m.insert("is_default".into(), json!(true));
-        }
-        if self.control {
-            m.insert("control".into(), json!(true));
-        }
-        if self.treatment {
-            m.insert("control".into(), json!(false));
-        }
-        if let Some(p) = self.mirror {
-            m.insert("mirror".into(), json!(p));
-        }
-        if let Some(d) = &self.description {
-            m.insert("description".into(), json!(d));
-        }
-        if !self.tags.is_empty() {
-            let mut tags = BTreeMap::new();
-            for t in &self.tags {
-                let (k, v) = t
-                    .split_once('=')
-                    .with_context(|| format!("tag '{t}' is not KEY=VALUE"))?;
-                tags.insert(k.to_string(), v.to_string());
-            }
-            m.insert("tags".into(), json!(tags));
-        }
-        if self.rollback_error_rate.is_some() || self.rollback_p99_ms.is_some() {
-            m.insert(
-                "rollback".into(),
-                json!({
-                    "max_error_rate": self.rollback_error_rate,
-                    "max_p99_ms": self.rollback_p99_ms,
-                    "window_secs": self.rollback_window_secs,
-                    "min_requests": self.rollback_min_requests,
-                }),
-            );
-        }
-        Ok(m)
+        let rollback =
+            (self.rollback_error_rate.is_some() || self.rollback_p99_ms.is_some()).then_some(RollbackPolicy {
+                max_error_rate: self.rollback_error_rate,
+                max_p99_ms: self.rollback_p99_ms,
+                window_secs: self.rollback_window_secs,
+                min_requests: self.rollback_min_requests,
+            });
+        Ok(VersionSettings {
+            traffic: self.traffic,
+            is_default: self.is_default.then_some(true),
+            control: if self.control {
+                Some(true)
+            } else if self.treatment {
+                Some(false)
+            } else {
+                None
+            },
+            mirror: self.mirror,
+            description: self.description.clone(),
+            tags: (!tags.is_empty()).then_some(tags),
+            rollback,
+        })
     }
 }
 
@@ -178,7 +167,13 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 settings,
             } => {
                 let body = deploy_body(&client, &c, &settings, Some(&name), &version_name, true).await?;
-                let r = client.json(Method::POST, "/api/v1/admin/services", Some(&body)).await?;
+                let r = client
+                    .json(
+                        Method::POST,
+                        "/api/v1/admin/services",
+                        Some(&serde_json::to_value(&body)?),
+                    )
+                    .await?;
                 (name, version_name, r)
             }
             Command::Version {
@@ -195,7 +190,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                     .json(
                         Method::POST,
                         &format!("/api/v1/admin/services/{name}/versions"),
-                        Some(&body),
+                        Some(&serde_json::to_value(&body)?),
                     )
                     .await?;
                 (name, version, r)
@@ -209,21 +204,22 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                         settings,
                     },
             } => {
-                let mut body = settings.to_json()?;
+                let mut body = UpdateRequest {
+                    settings: settings.to_api()?,
+                    ..UpdateRequest::default()
+                };
                 if c.given() {
                     let full = deploy_body(&client, &c, &Settings::default(), None, &version, false).await?;
-                    for key in [
-                        "models",
-                        "inference_config",
-                        "deployment_config",
-                        "source",
-                        "entry_script",
-                    ] {
-                        body.insert(key.into(), full[key].clone());
-                    }
+                    body.models = Some(full.models);
+                    body.inference_config = Some(full.inference_config);
+                    body.deployment_config = Some(full.deployment_config);
+                    body.source = Some(full.source);
+                    body.entry_script = full.entry_script;
                 }
                 let path = format!("/api/v1/admin/services/{name}/versions/{version}");
-                let r = client.json(Method::PATCH, &path, Some(&Value::Object(body))).await?;
+                let r = client
+                    .json(Method::PATCH, &path, Some(&serde_json::to_value(&body)?))
+                    .await?;
                 if !c.given() {
                     host.print(&r, show);
                     return Ok(());
@@ -250,29 +246,26 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
 }
 
 async fn deploy_body(
-    client: &plinth::client::Client,
+    client: &crate::client::Client,
     c: &Content,
     settings: &Settings,
     name: Option<&str>,
     version: &str,
     create: bool,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<DeployRequest> {
     let content = content(c.inference_config.as_deref(), c.deployment_config.as_deref())?;
     let source = upload(client, &content.files).await?;
-    let mut body = settings.to_json()?;
-    body.insert("version".into(), json!(version));
-    body.insert("models".into(), json!(c.models));
-    body.insert("inference_config".into(), content.ic);
-    body.insert("deployment_config".into(), content.dc);
-    body.insert("source".into(), json!(source));
-    body.insert("entry_script".into(), json!(content.entry_script));
-    if let Some(n) = name {
-        body.insert("name".into(), json!(n));
-    }
-    if create {
-        body.insert("create".into(), json!(true));
-    }
-    Ok(Value::Object(body))
+    Ok(DeployRequest {
+        name: name.unwrap_or_default().to_string(),
+        version: Some(version.to_string()),
+        models: c.models.clone(),
+        inference_config: content.ic,
+        deployment_config: content.dc,
+        source,
+        entry_script: content.entry_script,
+        create,
+        settings: settings.to_api()?,
+    })
 }
 
 /// A table of versions, then the rollout events.

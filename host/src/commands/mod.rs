@@ -11,8 +11,10 @@ pub mod service;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use plinth::client::Client;
+use plinth_control::api::FileRef;
 use serde_json::Value;
+
+use crate::client::Client;
 use sha2::{Digest, Sha256};
 
 /// Options every command that talks to a host takes.
@@ -95,7 +97,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// Uploads `files` (relative path → local path) as blobs the host does not have yet; returns the refs.
-pub async fn upload(client: &Client, files: &[(String, PathBuf)]) -> anyhow::Result<Vec<Value>> {
+pub async fn upload(client: &Client, files: &[(String, PathBuf)]) -> anyhow::Result<Vec<FileRef>> {
     let mut refs = Vec::with_capacity(files.len());
     for (rel, path) in files {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -122,7 +124,11 @@ pub async fn upload(client: &Client, files: &[(String, PathBuf)]) -> anyhow::Res
         } else if !status.is_success() {
             anyhow::bail!("checking {} on the host: HTTP {}", path.display(), status.as_u16());
         }
-        refs.push(serde_json::json!({"path": rel, "sha256": sha, "size": bytes.len()}));
+        refs.push(FileRef {
+            path: rel.clone(),
+            sha256: sha,
+            size: bytes.len() as u64,
+        });
     }
     Ok(refs)
 }

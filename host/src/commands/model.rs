@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use http::Method;
-use serde_json::{Value, json};
+use plinth_control::api::RegisterModel;
 
 use super::{HostArgs, block_on, pack, upload};
 
@@ -41,20 +41,31 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 description,
                 tags,
             } => {
-                let mut tag_map = serde_json::Map::new();
+                let mut tag_map = std::collections::BTreeMap::new();
                 for t in &tags {
                     let (k, v) = t
                         .split_once('=')
                         .with_context(|| format!("tag '{t}' is not KEY=VALUE"))?;
-                    tag_map.insert(k.to_string(), Value::String(v.to_string()));
+                    tag_map.insert(k.to_string(), v.to_string());
                 }
                 let files = pack(&path).with_context(|| format!("model path {}", path.display()))?;
                 if files.is_empty() {
                     bail!("model path {} holds no files", path.display());
                 }
                 let refs = upload(&client, &files).await?;
-                let body = json!({"name": name, "description": description, "tags": tag_map, "files": refs});
-                let record = client.json(Method::POST, "/api/v1/admin/models", Some(&body)).await?;
+                let body = RegisterModel {
+                    name,
+                    description,
+                    tags: tag_map,
+                    files: refs,
+                };
+                let record = client
+                    .json(
+                        Method::POST,
+                        "/api/v1/admin/models",
+                        Some(&serde_json::to_value(&body)?),
+                    )
+                    .await?;
                 host.print(&record, |r| {
                     format!("{}:{}", r["name"].as_str().unwrap_or(""), r["version"])
                 });

@@ -58,14 +58,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cache_dir = args
         .cache_dir
         .clone()
-        .unwrap_or_else(plinth::scripts::default_cache_dir);
+        .unwrap_or_else(plinth_control::scripts::default_cache_dir);
     let models = args
         .models
         .iter()
         .map(|m| parse_model(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let entry_script = match &args.script {
-        Some(path) => Some(plinth::scripts::prepare(path, &cache_dir)?),
+        Some(path) => Some(plinth_control::scripts::prepare(path, &cache_dir)?),
         None => None,
     };
     let body = read_body(&args)?;

@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use plinth::control::{ControlOptions, ControlPlane};
-use plinth::logs::LogHub;
-use plinth::store::Workspace;
-use plinth::{Host, Router};
+use plinth_control::{ControlOptions, ControlPlane, Workspace};
+use plinth_router::{Collector, Host, LogHub, Metrics, Router};
 use plinth_runtime::wasm::{EngineConfig, WasmEngine};
 
 #[derive(clap::Args)]
@@ -27,7 +25,7 @@ pub struct Args {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Largest request body, in bytes (larger ones get 413).
-    #[arg(long, default_value_t = plinth::http::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = plinth_router::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Lifetime of service tokens, in seconds (they should be refreshed after half of it).
     #[arg(long, default_value_t = 3600)]
@@ -66,7 +64,7 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
         Workspace::open(&args.workspace).with_context(|| format!("opening workspace {}", args.workspace.display()))?,
     );
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(plinth::server::tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(plinth_router::tls_acceptor(cert, key)?),
         _ => None,
     };
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| ws.root().join("cache"));
@@ -75,16 +73,14 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
         ..EngineConfig::default()
     })?);
     let router = Arc::new(Router::new());
-    let metrics = Arc::new(plinth::metrics::Metrics::new());
-    let collector = Arc::new(
-        plinth::collect::Collector::start(ws.root().join("modeldata"), metrics.clone())
-            .context("starting data collection")?,
-    );
-    let control = Arc::new(ControlPlane::new(
+    let metrics = Arc::new(Metrics::new());
+    let collector =
+        Arc::new(Collector::start(ws.root().join("modeldata"), metrics.clone()).context("starting data collection")?);
+    let control = ControlPlane::new(
         ws.clone(),
         router.clone(),
         engine,
-        logs,
+        logs.clone(),
         metrics.clone(),
         ControlOptions {
             token_lifetime: Duration::from_secs(args.token_lifetime_secs),
@@ -93,15 +89,17 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
             scale_down_after: Duration::from_secs(args.scale_down_window_secs),
             collector: Some(collector.clone()),
         },
-    ));
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    control.restore()?;
+    control.restore().await?;
     let host = Arc::new(
         Host::new(router)
-            .with_control(control)
+            .with_auth(control.host_auth())
+            .with_admin(plinth_control::admin(control))
+            .with_logs(logs)
             .with_metrics(metrics)
             .with_open_metrics(args.open_metrics)
             .with_max_body_bytes(args.max_body_bytes),
@@ -118,7 +116,7 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
         ),
     }
     tracing::info!(%addr, scheme, "listening");
-    plinth::serve(listener, host, tls, plinth::server::shutdown_signal()).await?;
+    plinth_router::serve(listener, host, tls, plinth_router::shutdown_signal()).await?;
     // Every request has been answered: write what data collection accepted, then exit.
     tokio::task::spawn_blocking(move || collector.shutdown()).await?;
     tracing::info!("stopped");

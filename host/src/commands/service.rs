@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use http::Method;
+use plinth_control::api::RegenKey;
 use serde_json::Value;
 
 use super::{HostArgs, block_on};
@@ -114,7 +115,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 });
             }
             Command::RegenKey { name, key } => {
-                let body = serde_json::json!({"key": key});
+                let body = serde_json::to_value(RegenKey { key: key.clone() })?;
                 let k = client
                     .json(
                         Method::POST,

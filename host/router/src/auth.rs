@@ -1,26 +1,27 @@
-//! Service credentials: primary and secondary keys (compared in constant time) and JWTs.
+//! Where every credential is checked: service keys (primary and secondary, compared in constant time,
+//! replaced live), service tokens (HS256 JWTs scoped to one service) and the host's admin token.
+//! Nothing else in the router compares a credential.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::time::unix_seconds;
 use crate::{Error, Result};
 
 /// A new random key: 32 bytes from the OS, hex-encoded.
 pub fn generate_key() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    hex(&bytes)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `given` equals `key`, in time that depends only on the lengths.
-pub fn key_matches(given: &[u8], key: &str) -> bool {
+fn key_matches(given: &[u8], key: &str) -> bool {
     !key.is_empty() && given.ct_eq(key.as_bytes()).into()
 }
 
@@ -30,6 +31,130 @@ pub fn bearer(header: Option<&http::HeaderValue>) -> Option<&[u8]> {
     let rest = v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))?;
     let rest = rest.trim_ascii();
     (!rest.is_empty()).then_some(rest)
+}
+
+/// How a service is reached: which kinds of credential it takes, and its keys (replaced live).
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    /// Key auth: `Authorization: Bearer <primary or secondary key>`.
+    pub auth_enabled: bool,
+    /// Token auth: `Authorization: Bearer <JWT from plinth service token>`.
+    pub token_auth_enabled: bool,
+    pub primary_key: String,
+    pub secondary_key: String,
+}
+
+/// A service's credentials as requests see them: the keys are a snapshot swapped whole.
+#[derive(Debug)]
+pub(crate) struct ServiceCredentials {
+    auth_enabled: bool,
+    token_auth_enabled: bool,
+    keys: ArcSwap<(String, String)>,
+}
+
+impl ServiceCredentials {
+    pub(crate) fn new(auth: Auth) -> Self {
+        ServiceCredentials {
+            auth_enabled: auth.auth_enabled,
+            token_auth_enabled: auth.token_auth_enabled,
+            keys: ArcSwap::from_pointee((auth.primary_key, auth.secondary_key)),
+        }
+    }
+
+    pub(crate) fn set_keys(&self, primary: String, secondary: String) {
+        self.keys.store(Arc::new((primary, secondary)));
+    }
+
+    pub(crate) fn keys(&self) -> (String, String) {
+        let keys = self.keys.load();
+        (keys.0.clone(), keys.1.clone())
+    }
+}
+
+/// The host's own credentials: the admin token (admin API, `/metrics`, and every service) and the
+/// issuer that checks service tokens. An embedder without them serves services by their keys alone.
+#[derive(Default)]
+pub struct HostAuth {
+    admin_token: Option<String>,
+    tokens: Option<Arc<TokenIssuer>>,
+}
+
+impl std::fmt::Debug for HostAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostAuth")
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostAuth {
+    pub fn new(admin_token: Option<String>, tokens: Option<Arc<TokenIssuer>>) -> Self {
+        HostAuth { admin_token, tokens }
+    }
+
+    fn is_admin(&self, given: &[u8]) -> bool {
+        self.admin_token
+            .as_deref()
+            .is_some_and(|admin| key_matches(given, admin))
+    }
+
+    /// Checks the admin token for `what` (a route family, named in the error). Without an admin token
+    /// (an embedder's host) nothing is admin.
+    pub fn authorize_admin(&self, header: Option<&http::HeaderValue>, what: &str) -> Result<()> {
+        match bearer(header) {
+            Some(given) if self.is_admin(given) => Ok(()),
+            _ => Err(Error::Unauthorized(format!(
+                "{what} needs 'Authorization: Bearer <admin token>' (the workspace's admin-token file)"
+            ))),
+        }
+    }
+
+    /// Whether `/metrics` may be read: open when the host has no admin token, else with it.
+    pub fn authorize_metrics(&self, header: Option<&http::HeaderValue>) -> Result<()> {
+        if self.admin_token.is_none() {
+            return Ok(());
+        }
+        self.authorize_admin(header, "/metrics (or plinth serve --open-metrics)")
+    }
+
+    /// Checks a bearer credential for `service`: one of its keys, a token for it, or the admin token.
+    pub(crate) fn authorize_service(
+        &self,
+        service: &str,
+        credentials: &ServiceCredentials,
+        header: Option<&http::HeaderValue>,
+    ) -> Result<()> {
+        if !credentials.auth_enabled && !credentials.token_auth_enabled {
+            return Ok(());
+        }
+        let Some(given) = bearer(header) else {
+            return Err(Error::Unauthorized(format!(
+                "service {service} needs an 'Authorization: Bearer <key or token>' header"
+            )));
+        };
+        if self.is_admin(given) {
+            return Ok(());
+        }
+        if credentials.auth_enabled {
+            let keys = credentials.keys.load();
+            // Both comparisons always run, so timing does not tell which key matched.
+            let primary = key_matches(given, &keys.0);
+            let secondary = key_matches(given, &keys.1);
+            if primary | secondary {
+                return Ok(());
+            }
+        }
+        if credentials.token_auth_enabled
+            && let Some(tokens) = &self.tokens
+        {
+            return tokens
+                .verify(given, service)
+                .map_err(|e| Error::Unauthorized(format!("invalid credentials for service {service}: {e}")));
+        }
+        Err(Error::Unauthorized(format!(
+            "invalid credentials for service {service}"
+        )))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,7 +201,7 @@ impl TokenIssuer {
     }
 
     pub fn issue(&self, service: &str) -> Result<Token> {
-        let now = now();
+        let now = unix_seconds();
         let exp = now + self.lifetime.as_secs().max(1);
         let refresh_by = now + self.lifetime.as_secs() / 2;
         let claims = Claims {
@@ -87,8 +212,12 @@ impl TokenIssuer {
             exp,
             refresh_by,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| Error::Internal(format!("signing token: {e}")))?;
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| {
+            Error::Backend {
+                what: "signing a token".into(),
+                source: Box::new(e),
+            }
+        })?;
         Ok(Token {
             access_token: token,
             token_type: "Bearer".into(),
@@ -112,13 +241,6 @@ impl TokenIssuer {
 
 fn audience(service: &str) -> String {
     format!("plinth:{service}")
-}
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -3,12 +3,26 @@
 //! below it, they are removed only after a sustained quiet window; always within min..max.
 //!
 //! [`Policy::decide`] is a pure function of time and samples, so it is tested with a simulated clock;
-//! [`run`] drives it for one version with the real clock.
+//! [`run`] drives it with the real clock for anything [`Scalable`] (a version).
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::service::Version;
+/// What the scaling driver needs of a version.
+pub trait Scalable: Send + Sync + 'static {
+    /// (current replicas, utilization, whether requests wait): busy replicas plus waiting requests,
+    /// over current replicas.
+    fn sample(&self) -> (u32, f64, bool);
+    /// Resolves when a request waits and there is no replica at all.
+    fn cold_start_wanted(&self) -> impl Future<Output = ()> + Send;
+    /// Scales to `n` replicas, within what the host holds; returns the count reached.
+    fn scale_to(self: Arc<Self>, n: u32) -> impl Future<Output = u32> + Send;
+    /// The mean utilization since the last decision.
+    fn report(&self, utilization: f64);
+    /// A decision that changed the count, with the count reached.
+    fn note_scaling(&self, direction: &str, decision: &Decision, placed: u32);
+}
 
 /// How often utilization is sampled between decisions.
 pub const SAMPLE: Duration = Duration::from_millis(100);
@@ -115,19 +129,19 @@ impl Policy {
 }
 
 /// Drives `policy` for one version until the version is dropped.
-pub async fn run(version: Weak<Version>, policy: Policy) {
+pub async fn run<S: Scalable>(target: Weak<S>, policy: Policy) {
     let started = Instant::now();
     let mut state = State::default();
     let mut samples = 0.0;
     let mut count = 0u32;
     let mut last = Instant::now();
     loop {
-        let Some(v) = version.upgrade() else { return };
+        let Some(v) = target.upgrade() else { return };
         let woken = tokio::select! {
             _ = tokio::time::sleep(SAMPLE) => false,
             _ = v.cold_start_wanted() => true,
         };
-        let (current, utilization, waiting) = v.utilization_sample();
+        let (current, utilization, waiting) = v.sample();
         samples += if utilization.is_finite() { utilization } else { 1e9 };
         count += 1;
         if !woken && last.elapsed() < policy.refresh {
@@ -138,27 +152,24 @@ pub async fn run(version: Weak<Version>, policy: Policy) {
         count = 0;
         last = Instant::now();
         let decision = policy.decide(&mut state, started.elapsed(), current, mean, waiting);
-        v.report_utilization(mean);
+        v.report(mean);
         if decision.desired != decision.current {
-            apply(&v, decision).await;
+            apply(v, decision).await;
         }
     }
 }
 
-async fn apply(v: &Arc<Version>, d: Decision) {
+async fn apply<S: Scalable>(v: Arc<S>, d: Decision) {
     let direction = if d.desired > d.current { "up" } else { "down" };
-    let placed = v.scale_to(d.desired).await;
-    let capped = placed != d.desired;
+    let placed = v.clone().scale_to(d.desired).await;
     tracing::info!(
-        service = v.service(),
-        version = v.name(),
         direction,
         current = d.current,
         desired = d.desired,
         placed,
         utilization = format!("{:.2}", d.utilization),
         reason = d.reason,
-        capped,
+        capped = placed != d.desired,
         "scaling decision"
     );
     v.note_scaling(direction, &d, placed);

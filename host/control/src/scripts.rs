@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-const WIT: &str = include_str!("../../plugins/wit/scoring.wit");
-const SDK_PLINTH: &str = include_str!("../../plugins/sdk-python/plinth.py");
-const SDK_APP: &str = include_str!("../../plugins/sdk-python/plinth_app.py");
+use crate::{Error, Result};
+
+const WIT: &str = include_str!("../../../plugins/wit/scoring.wit");
+const SDK_PLINTH: &str = include_str!("../../../plugins/sdk-python/plinth.py");
+const SDK_APP: &str = include_str!("../../../plugins/sdk-python/plinth_app.py");
 
 /// `$PLINTH_WORKSPACE/cache`, else `./.plinth/cache`.
 pub fn default_cache_dir() -> PathBuf {
@@ -21,33 +22,36 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// Returns the path of a component for `script`, compiling a `.py` first if needed.
-pub fn prepare(script: &Path, cache_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn prepare(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
     if !script.is_file() {
-        bail!("entry script {} does not exist", script.display());
+        return Err(Error::Script(format!(
+            "entry script {} does not exist",
+            script.display()
+        )));
     }
     match script.extension().and_then(|e| e.to_str()) {
         Some("wasm") => Ok(script.to_path_buf()),
         Some("py") => compile_python(script, cache_dir),
-        _ => bail!(
+        _ => Err(Error::Script(format!(
             "entry script {}: expected a .py file or a .wasm component",
             script.display()
-        ),
+        ))),
     }
 }
 
-fn compile_python(script: &Path, cache_dir: &Path) -> anyhow::Result<PathBuf> {
+fn compile_python(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
     let module = script
         .file_stem()
         .and_then(|s| s.to_str())
-        .context("entry script name is not UTF-8")?
+        .ok_or_else(|| Error::Script(format!("entry script {}: the name is not UTF-8", script.display())))?
         .to_string();
     if !module.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         || module.starts_with(|c: char| c.is_ascii_digit())
     {
-        bail!(
+        return Err(Error::Script(format!(
             "entry script {}: the file name must be a Python module name",
             script.display()
-        );
+        )));
     }
     let source_dir = script
         .parent()
@@ -65,11 +69,16 @@ fn compile_python(script: &Path, cache_dir: &Path) -> anyhow::Result<PathBuf> {
     let work = cache_dir
         .join("python")
         .join(format!("build-{hash}-{}", std::process::id()));
-    std::fs::create_dir_all(work.join("wit")).with_context(|| format!("creating {}", work.display()))?;
-    std::fs::create_dir_all(work.join("sdk"))?;
-    std::fs::write(work.join("wit/scoring.wit"), WIT)?;
-    std::fs::write(work.join("sdk/plinth.py"), SDK_PLINTH)?;
-    std::fs::write(work.join("sdk/plinth_app.py"), app)?;
+    for (path, text) in [
+        (work.join("wit/scoring.wit"), WIT),
+        (work.join("sdk/plinth.py"), SDK_PLINTH),
+        (work.join("sdk/plinth_app.py"), &app),
+    ] {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        }
+        std::fs::write(&path, text).map_err(Error::io(&path))?;
+    }
     eprintln!(
         "compiling {} to a WebAssembly component (first time only)...",
         script.display()
@@ -85,7 +94,7 @@ fn compile_python(script: &Path, cache_dir: &Path) -> anyhow::Result<PathBuf> {
         .arg("-o")
         .arg(&tmp_out)
         .output()
-        .with_context(|| format!("running {}", tool.display()))?;
+        .map_err(Error::io(&tool))?;
     if !output.status.success() {
         let _ = std::fs::remove_dir_all(&work);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -95,20 +104,20 @@ fn compile_python(script: &Path, cache_dir: &Path) -> anyhow::Result<PathBuf> {
             .chain(stdout.lines())
             .rfind(|l| !l.trim().is_empty())
             .unwrap_or("no output");
-        bail!(
+        return Err(Error::Script(format!(
             "componentize-py could not compile {}: {}",
             script.display(),
             detail.trim()
-        );
+        )));
     }
-    std::fs::rename(&tmp_out, &out).with_context(|| format!("storing {}", out.display()))?;
+    std::fs::rename(&tmp_out, &out).map_err(Error::io(&out))?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(out)
 }
 
 /// sha256 over the SDK parts and every file under `dir` (relative path and contents, in sorted order).
 /// Caches and virtual environments are left out.
-fn source_hash(dir: &Path, parts: &[&str]) -> anyhow::Result<String> {
+fn source_hash(dir: &Path, parts: &[&str]) -> Result<String> {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
@@ -118,7 +127,8 @@ fn source_hash(dir: &Path, parts: &[&str]) -> anyhow::Result<String> {
     collect_files(dir, dir, &mut files)?;
     files.sort();
     for rel in files {
-        let bytes = std::fs::read(dir.join(&rel)).with_context(|| format!("reading {}", dir.join(&rel).display()))?;
+        let path = dir.join(&rel);
+        let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
         h.update(rel.to_string_lossy().as_bytes());
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(&bytes);
@@ -126,16 +136,16 @@ fn source_hash(dir: &Path, parts: &[&str]) -> anyhow::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry?;
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let entry = entry.map_err(Error::io(dir))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with('.') || name == "__pycache__" || name == "target" {
             continue;
         }
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
+        if entry.file_type().map_err(Error::io(&path))?.is_dir() {
             collect_files(root, &path, out)?;
         } else if let Ok(rel) = path.strip_prefix(root) {
             out.push(rel.to_path_buf());
@@ -145,7 +155,7 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Res
 }
 
 /// `componentize-py` from `$PLINTH_COMPONENTIZE_PY`, a `.venv` here or above, beside the binary, or PATH.
-fn componentize_py() -> anyhow::Result<PathBuf> {
+fn componentize_py() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("PLINTH_COMPONENTIZE_PY") {
         return Ok(PathBuf::from(p));
     }
@@ -173,7 +183,8 @@ fn componentize_py() -> anyhow::Result<PathBuf> {
             }
         }
     }
-    bail!(
+    Err(Error::Script(
         "componentize-py not found: install it with `.venv/bin/pip install componentize-py` (scripts/setup does this)"
-    )
+            .into(),
+    ))
 }

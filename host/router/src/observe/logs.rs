@@ -1,13 +1,12 @@
-//! Per-service logs kept in memory for `plinth service logs`: deployment events and every line an
+//! Request logs, and per-service logs kept in memory for `plinth service logs`: deployment events and every line an
 //! entry script writes (its `log` calls, stdout and stderr), tagged with the request id.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::Context;
+
+use crate::time::{format_timestamp, timestamp, unix_nanos};
 
 /// Lines kept per service: this many event and script lines, and as many request lines (kept apart, so
 /// heavy traffic never pushes a script's output or a scaling decision out of the log).
@@ -57,13 +56,6 @@ impl RequestLine {
     }
 }
 
-fn now_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
 fn keep<T>(lines: &Mutex<VecDeque<T>>, cap: usize, line: T) {
     let mut lines = lines.lock().unwrap_or_else(|p| p.into_inner());
     if lines.len() >= cap {
@@ -85,13 +77,13 @@ impl LogHub {
     }
 
     pub fn push(&self, service: &str, line: String) {
-        self.with_log(service, |log| keep(&log.text, LINES_KEPT, (now_ns(), line)));
+        self.with_log(service, |log| keep(&log.text, LINES_KEPT, (unix_nanos(), line)));
     }
 
     /// One scoring request, kept cheaply (the line is written when read).
     pub fn request(&self, service: &str, request_id: &str, version: &Arc<str>, status: u16, latency_us: u64) {
         let line = RequestLine {
-            at_ns: now_ns(),
+            at_ns: unix_nanos(),
             request_id: request_id.to_string(),
             version: version.clone(),
             status,
@@ -140,79 +132,9 @@ impl LogHub {
     }
 }
 
-/// Captures `plinth::script` events (fields `script` = service, `request_id`) and `plinth::event` events
-/// (field `service`: scaling decisions and the like) into a [`LogHub`].
-pub struct ScriptLogLayer(pub std::sync::Arc<LogHub>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ScriptLogLayer {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if !is_service_event(event.metadata().target()) {
-            return;
-        }
-        let mut v = Fields::default();
-        event.record(&mut v);
-        if let Some(service) = v.script {
-            let level = event.metadata().level().as_str();
-            let rid = v.request_id.as_deref().unwrap_or("-");
-            self.0
-                .push(&service, format!("{} {level:<5} [{rid}] {}", timestamp(), v.message));
-        }
-    }
-}
-
-/// Targets whose events belong in a service's log.
+/// Targets whose events belong in a service's log (the binary's log layer feeds them to [`LogHub::push`]).
 pub fn is_service_event(target: &str) -> bool {
     target == "plinth::script" || target == "plinth::event"
-}
-
-#[derive(Default)]
-struct Fields {
-    script: Option<String>,
-    request_id: Option<String>,
-    message: String,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "script" | "service" => self.script = Some(value.to_string()),
-            "request_id" => self.request_id = Some(value.to_string()),
-            "message" => self.message.push_str(value),
-            _ => {}
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "message" => {
-                let _ = write!(self.message, "{value:?}");
-            }
-            "script" | "service" => self.script = Some(format!("{value:?}").trim_matches('"').to_string()),
-            "request_id" => self.request_id = Some(format!("{value:?}").trim_matches('"').to_string()),
-            _ => {}
-        }
-    }
-}
-
-/// RFC 3339 UTC with seconds, without pulling in a date crate.
-pub fn timestamp() -> String {
-    format_timestamp(crate::auth::now())
-}
-
-fn format_timestamp(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
 #[cfg(test)]
@@ -239,12 +161,5 @@ mod tests {
             line.ends_with(" REQ   [abc] version=blue status=200 latency_us=42"),
             "{line}"
         );
-    }
-
-    #[test]
-    fn timestamps_look_right() {
-        let t = timestamp();
-        assert_eq!(t.len(), 20, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }
 }

@@ -16,28 +16,44 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::Host;
+use crate::{Error, Result};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// A TLS acceptor for the PEM certificate chain and private key.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    use anyhow::Context;
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    let tls = |what: String| {
+        move |e: rustls_pki_types::pem::Error| Error::Tls {
+            what,
+            source: Box::new(e),
+        }
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading TLS certificate {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing TLS certificate {}", cert.display()))?;
+        .map_err(tls(format!("reading TLS certificate {}", cert.display())))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(tls(format!("parsing TLS certificate {}", cert.display())))?;
     if certs.is_empty() {
-        anyhow::bail!("TLS certificate {}: no certificate in the file", cert.display());
+        return Err(Error::Tls {
+            what: format!("TLS certificate {}", cert.display()),
+            source: "no certificate in the file".into(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading TLS key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(tls(format!("reading TLS key {}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let rustls_error = |what: &str| {
+        let what = what.to_string();
+        move |e: rustls::Error| Error::Tls {
+            what,
+            source: Box::new(e),
+        }
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
+        .map_err(rustls_error("TLS protocol versions"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("TLS certificate and key do not match")?;
+        .map_err(rustls_error("TLS certificate and key do not match"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -11,7 +11,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{generate_key, hex, now};
+use plinth_router::generate_key;
+use plinth_router::time::unix_seconds as now;
+
 use crate::config::{DeploymentConfig, InferenceConfig};
 use crate::{Error, Result};
 
@@ -196,9 +198,8 @@ impl std::fmt::Debug for Workspace {
 
 impl Workspace {
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root.join("blobs/sha256"))
-            .map_err(|e| Error::Storage(format!("creating {}: {e}", root.display())))?;
-        let db = Connection::open(root.join("plinth.db"))?;
+        std::fs::create_dir_all(root.join("blobs/sha256")).map_err(Error::io(root.join("blobs/sha256")))?;
+        let db = Connection::open(root.join("plinth.db")).map_err(Error::db("opening plinth.db"))?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -206,7 +207,8 @@ impl Workspace {
                  name TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL,
                  PRIMARY KEY (name, version));
              CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY, record TEXT NOT NULL);",
-        )?;
+        )
+        .map_err(Error::db("creating the tables"))?;
         let admin_token = secret_file(&root.join("admin-token"))?;
         let jwt_secret = secret_file(&root.join("jwt-secret"))?.into_bytes();
         Ok(Workspace {
@@ -263,7 +265,7 @@ impl Workspace {
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        write().map_err(|e| Error::Storage(format!("writing blob {sha256}: {e}")))
+        write().map_err(Error::io(path))
     }
 
     /// Checks that every file is a stored blob with a safe relative path.
@@ -295,12 +297,14 @@ impl Workspace {
         }
         self.check_files(&files)?;
         let mut db = self.db();
-        let tx = db.transaction()?;
-        let version: u32 = tx.query_row(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1",
-            params![name],
-            |r| r.get(0),
-        )?;
+        let tx = db.transaction().map_err(Error::db("registering a model"))?;
+        let version: u32 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .map_err(Error::db("registering a model"))?;
         let record = ModelRecord {
             name: name.into(),
             version,
@@ -311,21 +315,22 @@ impl Workspace {
         };
         tx.execute(
             "INSERT INTO models (name, version, record) VALUES (?1, ?2, ?3)",
-            params![
-                name,
-                version,
-                serde_json::to_string(&record).map_err(|e| Error::Internal(e.to_string()))?
-            ],
-        )?;
-        tx.commit()?;
+            params![name, version, serde_json::to_string(&record).map_err(Error::Corrupt)?],
+        )
+        .map_err(Error::db("registering a model"))?;
+        tx.commit().map_err(Error::db("registering a model"))?;
         Ok(record)
     }
 
     pub fn models(&self) -> Result<Vec<ModelRecord>> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT record FROM models ORDER BY name, version")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|r| decode(&r?)).collect()
+        let mut stmt = db
+            .prepare("SELECT record FROM models ORDER BY name, version")
+            .map_err(Error::db("listing models"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(Error::db("listing models"))?;
+        rows.map(|r| decode(&r.map_err(Error::db("listing models"))?)).collect()
     }
 
     /// `name:version`, or `name` for the latest version.
@@ -339,14 +344,16 @@ impl Workspace {
                     params![name, v],
                     |r| r.get(0),
                 )
-                .optional()?,
+                .optional()
+                .map_err(Error::db("reading a model"))?,
             None => db
                 .query_row(
                     "SELECT record FROM models WHERE name = ?1 ORDER BY version DESC LIMIT 1",
                     params![name],
                     |r| r.get(0),
                 )
-                .optional()?,
+                .optional()
+                .map_err(Error::db("reading a model"))?,
         };
         match record {
             Some(r) => decode(&r),
@@ -367,29 +374,37 @@ impl Workspace {
                 svc.name
             )));
         }
-        self.db().execute(
-            "DELETE FROM models WHERE name = ?1 AND version = ?2",
-            params![model.name, model.version],
-        )?;
+        self.db()
+            .execute(
+                "DELETE FROM models WHERE name = ?1 AND version = ?2",
+                params![model.name, model.version],
+            )
+            .map_err(Error::db("deleting a model"))?;
         Ok(())
     }
 
     // --- services
 
     pub fn put_service(&self, record: &ServiceRecord) -> Result<()> {
-        let json = serde_json::to_string(record).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_string(record).map_err(Error::Corrupt)?;
         self.db().execute(
             "INSERT INTO services (name, record) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
             params![record.name, json],
-        )?;
+        )
+        .map_err(Error::db("storing a service"))?;
         Ok(())
     }
 
     pub fn services(&self) -> Result<Vec<ServiceRecord>> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT record FROM services ORDER BY name")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|r| decode(&r?)).collect()
+        let mut stmt = db
+            .prepare("SELECT record FROM services ORDER BY name")
+            .map_err(Error::db("listing services"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(Error::db("listing services"))?;
+        rows.map(|r| decode(&r.map_err(Error::db("listing services"))?))
+            .collect()
     }
 
     pub fn service(&self, name: &str) -> Result<ServiceRecord> {
@@ -398,7 +413,8 @@ impl Workspace {
             .query_row("SELECT record FROM services WHERE name = ?1", params![name], |r| {
                 r.get(0)
             })
-            .optional()?;
+            .optional()
+            .map_err(Error::db("reading a service"))?;
         match record {
             Some(r) => decode(&r),
             None => Err(Error::NotFound(format!("service {name} not found"))),
@@ -408,7 +424,8 @@ impl Workspace {
     pub fn delete_service(&self, name: &str) -> Result<()> {
         let n = self
             .db()
-            .execute("DELETE FROM services WHERE name = ?1", params![name])?;
+            .execute("DELETE FROM services WHERE name = ?1", params![name])
+            .map_err(Error::db("deleting a service"))?;
         if n == 0 {
             return Err(Error::NotFound(format!("service {name} not found")));
         }
@@ -416,8 +433,13 @@ impl Workspace {
     }
 }
 
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| Error::Storage(format!("corrupt record: {e}")))
+    serde_json::from_str(json).map_err(Error::Corrupt)
 }
 
 /// Reads a secret file, creating it (mode 0600) with a fresh key the first time.
@@ -433,10 +455,8 @@ fn secret_file(path: &Path) -> Result<String> {
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(path)
-        .map_err(|e| Error::Storage(format!("creating {}: {e}", path.display())))?;
-    writeln!(f, "{key}").map_err(|e| Error::Storage(format!("writing {}: {e}", path.display())))?;
+    let mut f = opts.open(path).map_err(Error::io(path))?;
+    writeln!(f, "{key}").map_err(Error::io(path))?;
     Ok(key)
 }
 
@@ -482,6 +502,58 @@ pub fn check_relative(path: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Records for tests, built up from a plain one-version service.
+#[cfg(test)]
+impl ServiceRecord {
+    /// `name` with one version, `blue`: the default, keys `name-primary-key…`.
+    pub(crate) fn test(name: &str) -> Self {
+        ServiceRecord {
+            name: name.into(),
+            versions: vec![VersionRecord::test("blue")],
+            auth_enabled: true,
+            token_auth_enabled: false,
+            primary_key: format!("{name}-primary-key-0123456789"),
+            secondary_key: format!("{name}-secondary-key-0123456789"),
+            created: 1,
+            updated: 1,
+            events: Vec::new(),
+        }
+    }
+
+    /// Blue claims `blue`%, and a treatment `green` claims `green`%.
+    pub(crate) fn with_split(mut self, blue: u32, green: u32) -> Self {
+        self.versions[0].traffic = blue;
+        let mut v = VersionRecord::test("green");
+        v.is_default = false;
+        v.traffic = green;
+        self.versions.push(v);
+        self
+    }
+}
+
+#[cfg(test)]
+impl VersionRecord {
+    pub(crate) fn test(name: &str) -> Self {
+        VersionRecord {
+            name: name.into(),
+            models: Vec::new(),
+            inference_config: InferenceConfig::default(),
+            deployment_config: DeploymentConfig::default(),
+            source: Vec::new(),
+            entry_script: None,
+            traffic: 100,
+            is_default: true,
+            control: false,
+            mirror: 0,
+            description: None,
+            tags: BTreeMap::new(),
+            rollback: None,
+            created: 1,
+            updated: 1,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -532,6 +604,16 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn endpoint_rules() {
+        ServiceRecord::test("ep").with_split(80, 20).validate().unwrap();
+        let over = ServiceRecord::test("ep").with_split(90, 20);
+        assert!(over.validate().unwrap_err().to_string().contains("adds up to 110%"));
+        let mut two_defaults = ServiceRecord::test("ep").with_split(80, 20);
+        two_defaults.versions[1].is_default = true;
+        assert!(two_defaults.validate().is_err());
     }
 
     #[test]

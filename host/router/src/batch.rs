@@ -1,16 +1,28 @@
 //! Dynamic batching for ONNX models with a batch dimension: a queue actor gathers requests for up to
 //! `maxBatchDelayMicros` or `maxBatchSize` rows, runs them as one call on a free replica, and hands each
 //! request exactly its own rows back. A request that does not fit the model fails alone, before
-//! batching; a request whose client has gone is dropped before the model runs.
+//! batching; a request whose client has gone is dropped before the model runs. The batcher sits above
+//! the version: it knows it only as a [`BatchTarget`]. Each request is recorded as one request, whatever
+//! batch it ran in, and a failed batch hands every request the same error (status and kind kept).
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use plinth_runtime::{Tensor, TensorData, TensorSpec, with_tensor_data};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::service::Version;
 use crate::{Error, Result};
+
+/// What the batcher needs of a version.
+pub trait BatchTarget: Send + Sync + 'static {
+    /// Runs one merged call on a free replica, waiting for a slot as a request does; records nothing.
+    fn run_batch(&self, inputs: Vec<Tensor>) -> impl Future<Output = Result<Vec<Tensor>>> + Send;
+    /// Records one request's outcome, timed from when it was queued.
+    fn record_request(&self, queued: Instant, error: Option<&Error>);
+    /// A batch's rows and how long its oldest request waited to be batched.
+    fn observe_batch(&self, rows: usize, waited: Duration);
+}
 
 /// Requests waiting to be batched, per version.
 pub const QUEUE: usize = 4096;
@@ -57,20 +69,33 @@ pub fn batchable(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> bool {
 
 impl Batcher {
     /// Starts the queue actor for `version`; it ends when the version is dropped.
-    pub fn start(version: Weak<Version>, specs: Vec<TensorSpec>, config: BatchConfig, timeout: Duration) -> Batcher {
+    pub fn start<T: BatchTarget>(
+        version: Weak<T>,
+        specs: Vec<TensorSpec>,
+        config: BatchConfig,
+        timeout: Duration,
+    ) -> Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(actor(version, rx, config));
         Batcher { tx, specs, timeout }
     }
 
-    /// Runs `inputs` as part of a batch; the answer holds exactly this request's rows.
-    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    /// Runs `inputs` as part of a batch; the answer holds exactly this request's rows. The request is
+    /// recorded on `version` as one request.
+    pub async fn infer(&self, version: &impl BatchTarget, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let queued = Instant::now();
+        let result = self.infer_unrecorded(inputs).await;
+        version.record_request(queued, result.as_ref().err());
+        result
+    }
+
+    async fn infer_unrecorded(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         // Checked alone first, so a bad request never spoils a batch.
         for t in &inputs {
             let spec = self.specs.iter().find(|s| s.name == t.name).ok_or_else(|| {
                 Error::BadRequest(format!("unknown input '{}' (inputs: {})", t.name, names(&self.specs)))
             })?;
-            spec.check(t).map_err(|e| Error::BadRequest(e.to_string()))?;
+            spec.check(t)?;
         }
         if let Some(missing) = self.specs.iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {
             return Err(Error::BadRequest(format!("missing input '{}'", missing.name)));
@@ -95,7 +120,7 @@ impl Batcher {
             .map_err(|_| Error::Overloaded("the batching queue is full".into()))?;
         // On timeout the receiver is dropped: if the batch has not run yet, this request is left out of it.
         match tokio::time::timeout(self.timeout, answer).await {
-            Ok(answer) => answer.map_err(|_| Error::Internal("the batching queue stopped".into()))?,
+            Ok(answer) => answer.unwrap_or_else(|_| Err(Error::Internal("the batching queue stopped".into()))),
             Err(_) => Err(Error::Timeout(format!(
                 "no answer from the batching queue within {} ms",
                 self.timeout.as_millis()
@@ -156,7 +181,7 @@ fn names(specs: &[TensorSpec]) -> String {
     specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-async fn actor(version: Weak<Version>, mut rx: mpsc::Receiver<Job>, config: BatchConfig) {
+async fn actor<T: BatchTarget>(version: Weak<T>, mut rx: mpsc::Receiver<Job>, config: BatchConfig) {
     while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + config.max_delay;
         let mut rows = first.rows;
@@ -199,7 +224,7 @@ fn same_shape(a: &[Tensor], b: &[Tensor]) -> bool {
         })
 }
 
-async fn run_group(v: Arc<Version>, group: Vec<Job>) {
+async fn run_group<T: BatchTarget>(v: Arc<T>, group: Vec<Job>) {
     let rows: Vec<usize> = group.iter().map(|j| j.rows).collect();
     let total: usize = rows.iter().sum();
     v.observe_batch(
@@ -208,13 +233,7 @@ async fn run_group(v: Arc<Version>, group: Vec<Job>) {
     );
     let (jobs_inputs, replies): (Vec<Vec<Tensor>>, Vec<_>) = group.into_iter().map(|j| (j.inputs, j.reply)).unzip();
     let merged = concat(jobs_inputs);
-    let result = v
-        .run(move |p| match p.models().iter().next() {
-            Some(m) => m.infer(&merged),
-            None => Err(plinth_runtime::Error::Config("no model to batch".into())),
-        })
-        .await;
-    match result {
+    match v.run_batch(merged).await {
         Ok(outputs) => match split(outputs, &rows) {
             Ok(parts) => {
                 for (reply, part) in replies.into_iter().zip(parts) {
@@ -228,15 +247,11 @@ async fn run_group(v: Arc<Version>, group: Vec<Job>) {
             }
         },
         Err(e) => {
-            let message = e.to_string();
-            let status_like = e.status();
+            // Every request of the batch gets the batch's error as it is: a full queue stays a 503, a
+            // deadline a 504, an input the model refuses a 400.
+            let shared = Arc::new(e);
             for reply in replies {
-                let err = if status_like.is_server_error() {
-                    Error::Internal(message.clone())
-                } else {
-                    Error::BadRequest(message.clone())
-                };
-                let _ = reply.send(Err(err));
+                let _ = reply.send(Err(Error::Shared(shared.clone())));
             }
         }
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::metrics::Metrics;
+use super::metrics::Metrics;
 
 /// Records held in memory while the writer catches up.
 pub const QUEUE: usize = 10_000;
@@ -131,7 +131,7 @@ fn flush(files: &mut HashMap<PathBuf, BufWriter<File>>) {
 }
 
 fn write(root: &Path, files: &mut HashMap<PathBuf, BufWriter<File>>, r: &Record) -> std::io::Result<()> {
-    let now = crate::logs::timestamp();
+    let now = crate::time::timestamp();
     let (y, m, d) = (&now[0..4], &now[5..7], &now[8..10]);
     for (kind, payload) in [("inputs", &r.input[..]), ("predictions", &r.output[..])] {
         let dir = root
@@ -222,7 +222,7 @@ mod tests {
             assert!(accepted);
         }
         c.shutdown();
-        let now = crate::logs::timestamp();
+        let now = crate::time::timestamp();
         let day = root
             .join("s/m/1/inputs")
             .join(&now[0..4])

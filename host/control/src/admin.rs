@@ -1,0 +1,181 @@
+//! The admin API (`/api/v1/admin/...`) behind `plinth model|deploy|endpoint|service`: its route table.
+//! Writes to services go to the deployments actor; reads go to the store. The router checked the
+//! admin token before the body was read, and shapes every error returned here.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use plinth_router::{Admin, AdminRequest, BoxFuture};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::{Deleted, Keys, Logs, RegenKey, RegisterModel};
+use crate::deployments::{Command, ControlPlane};
+use crate::{Error, Result};
+
+impl Admin for ControlPlane {
+    fn handle<'a>(&'a self, request: AdminRequest<'a>) -> BoxFuture<'a, plinth_router::Result<(StatusCode, Value)>> {
+        Box::pin(async move { self.route(request).await.map_err(plinth_router::Error::from) })
+    }
+
+    fn loading(&self) -> Vec<String> {
+        ControlPlane::loading(self)
+    }
+}
+
+impl ControlPlane {
+    async fn route(&self, request: AdminRequest<'_>) -> Result<(StatusCode, Value)> {
+        let AdminRequest {
+            method,
+            path,
+            query,
+            body,
+        } = request;
+        let ws = &self.cx.ws;
+        match (method, path) {
+            (&Method::GET, ["blobs", sha]) => match ws.has_blob(sha)? {
+                true => ok(&serde_json::json!({"sha256": sha})),
+                false => Err(Error::NotFound(format!("blob {sha} not found"))),
+            },
+            (&Method::PUT, ["blobs", sha]) => {
+                let ws = ws.clone();
+                let sha = sha.to_string();
+                blocking(move || ws.put_blob(&sha, &body)).await?;
+                Ok((StatusCode::CREATED, serde_json::json!({})))
+            }
+            (&Method::POST, ["models"]) => {
+                let req: RegisterModel = parse_body(&body)?;
+                let ws = ws.clone();
+                let record =
+                    blocking(move || ws.register_model(&req.name, req.description, req.tags, req.files)).await?;
+                Ok((StatusCode::CREATED, to_json(&record)))
+            }
+            (&Method::GET, ["models"]) => ok(&ws.models()?),
+            (&Method::GET, ["models", id]) => ok(&ws.model(id)?),
+            (&Method::DELETE, ["models", id]) => {
+                let id = id.to_string();
+                self.ask(|reply| Command::DeleteModel { id: id.clone(), reply }).await?;
+                ok(&Deleted { deleted: id })
+            }
+            (&Method::POST, ["services"]) => {
+                let req = parse_body(&body)?;
+                ok(&self
+                    .ask(|reply| Command::Deploy {
+                        req,
+                        add_to: None,
+                        reply,
+                    })
+                    .await?)
+            }
+            (&Method::GET, ["services"]) => ok(&self.ask(|reply| Command::Describe { name: None, reply }).await?),
+            (&Method::GET, ["services", name]) => {
+                let name = Some(name.to_string());
+                let mut views = self.ask(|reply| Command::Describe { name, reply }).await?;
+                ok(&views.pop())
+            }
+            (&Method::DELETE, ["services", name]) => {
+                let name = name.to_string();
+                self.ask(|reply| Command::DeleteService {
+                    name: name.clone(),
+                    reply,
+                })
+                .await?;
+                ok(&Deleted { deleted: name })
+            }
+            (&Method::POST, ["services", name, "versions"]) => {
+                let req = parse_body(&body)?;
+                let add_to = Some(name.to_string());
+                ok(&self.ask(|reply| Command::Deploy { req, add_to, reply }).await?)
+            }
+            (&Method::PATCH, ["services", name, "versions", version]) => {
+                let req = parse_body(&body)?;
+                let (name, version) = (name.to_string(), version.to_string());
+                ok(&self
+                    .ask(|reply| Command::Update {
+                        name,
+                        version,
+                        req,
+                        reply,
+                    })
+                    .await?)
+            }
+            (&Method::DELETE, ["services", name, "versions", version]) => {
+                let (name, version) = (name.to_string(), version.to_string());
+                ok(&self
+                    .ask(|reply| Command::DeleteVersion { name, version, reply })
+                    .await?)
+            }
+            (&Method::GET, ["services", name, "keys"]) => {
+                let r = ws.service(name)?;
+                ok(&Keys {
+                    primary_key: r.primary_key,
+                    secondary_key: r.secondary_key,
+                })
+            }
+            (&Method::POST, ["services", name, "regen-key"]) => {
+                let req: RegenKey = parse_body(&body)?;
+                let name = name.to_string();
+                ok(&self
+                    .ask(|reply| Command::RegenKey {
+                        name,
+                        which: req.key,
+                        reply,
+                    })
+                    .await?)
+            }
+            (&Method::GET | &Method::POST, ["services", name, "token"]) => {
+                let r = ws.service(name)?;
+                if !r.token_auth_enabled {
+                    return Err(Error::BadRequest(format!(
+                        "service {name} does not use token auth (set tokenAuthEnabled in its deployment config)"
+                    )));
+                }
+                ok(&self.cx.tokens.issue(name)?)
+            }
+            (&Method::GET, ["services", name, "logs"]) => {
+                ws.service(name)?;
+                let tail = query
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("tail=")))
+                    .and_then(|t| t.parse().ok());
+                ok(&Logs {
+                    lines: self.cx.logs.lines(name, tail),
+                })
+            }
+            (method, _) => Err(Error::NotFound(format!("no admin route {method} /{}", path.join("/")))),
+        }
+    }
+}
+
+fn ok<T: Serialize>(v: &T) -> Result<(StatusCode, Value)> {
+    Ok((StatusCode::OK, to_json(v)))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// A request body as `T`, or a 400 naming the field that does not fit.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        Error::BadRequest(if path.is_empty() || path == "." {
+            format!("{inner}")
+        } else {
+            format!("{path}: {inner}")
+        })
+    })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|source| Error::Task {
+        what: "an admin task failed",
+        source,
+    })?
+}
+
+/// Keeps the admin API's handler object-safe as the router stores it.
+pub fn admin(control: Arc<ControlPlane>) -> Arc<dyn Admin> {
+    control
+}

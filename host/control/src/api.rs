@@ -1,0 +1,210 @@
+//! The admin API's types, shared by the host (which reads requests and writes views) and the CLI
+//! (which writes requests and reads views): one definition of every body on `/api/v1/admin/`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use crate::store::{FileRef, RollbackPolicy};
+pub use plinth_router::{Token, Window};
+
+/// `POST /api/v1/admin/models`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterModel {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub files: Vec<FileRef>,
+}
+
+/// `POST /api/v1/admin/services` (deploy, endpoint create) and `.../services/{name}/versions` (add).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    #[serde(default)]
+    pub name: String,
+    /// The version to create or replace. Default "1".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// `inferenceconfig.json` as the user wrote it (parsed on the host, errors naming the field).
+    #[serde(default)]
+    pub inference_config: Value,
+    /// `deploymentconfig.json` as the user wrote it.
+    #[serde(default)]
+    pub deployment_config: Value,
+    #[serde(default)]
+    pub source: Vec<FileRef>,
+    #[serde(default)]
+    pub entry_script: Option<String>,
+    /// Endpoint creation: refuse if the service exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create: bool,
+    #[serde(flatten)]
+    pub settings: VersionSettings,
+}
+
+/// Where a version stands in a rollout: what `plinth endpoint version update` changes without
+/// redeploying. Each field left out keeps its value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_default: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackPolicy>,
+}
+
+/// `PATCH /api/v1/admin/services/{name}/versions/{version}`: settings, and optionally new content
+/// (which redeploys the version).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_config: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_config: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Vec<FileRef>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_script: Option<String>,
+    #[serde(flatten)]
+    pub settings: VersionSettings,
+}
+
+impl UpdateRequest {
+    /// Whether the request brings new content (a redeploy) rather than settings alone.
+    pub fn changes_content(&self) -> bool {
+        self.models.is_some()
+            || self.inference_config.is_some()
+            || self.deployment_config.is_some()
+            || self.source.is_some()
+            || self.entry_script.is_some()
+    }
+}
+
+/// `POST /api/v1/admin/services/{name}/regen-key`: `"primary"` or `"secondary"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegenKey {
+    #[serde(default)]
+    pub key: String,
+}
+
+/// `GET .../keys` and the answer to `regen-key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Keys {
+    pub primary_key: String,
+    pub secondary_key: String,
+}
+
+/// `GET .../logs?tail=N`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logs {
+    pub lines: Vec<String>,
+}
+
+/// The answer to a `DELETE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+/// Where a deployment stands, as Azure ML names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployState {
+    /// Files placed, script compiled, replicas loading.
+    Transitioning,
+    /// Serving.
+    Healthy,
+    /// The deployment failed; `error` says why.
+    Failed,
+    /// No deployment of this version is known to this host.
+    Unknown,
+}
+
+/// A service as `GET /api/v1/admin/services[/{name}]` shows it. The list leaves out what only
+/// `show` fills in (the `Option`s below that are skipped when empty).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    pub name: String,
+    pub state: DeployState,
+    pub error: Option<String>,
+    pub models: Vec<String>,
+    pub scoring_uri: String,
+    pub swagger_uri: String,
+    pub auth_enabled: bool,
+    pub token_auth_enabled: bool,
+    pub created: u64,
+    pub updated: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Vec<VersionView>>,
+    /// Replicas of every version, while the service is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// The default version's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_config: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_config: Option<Value>,
+}
+
+/// One version of a service, in [`ServiceView::versions`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionView {
+    pub name: String,
+    pub state: DeployState,
+    pub error: Option<String>,
+    /// Configuration fields accepted but without effect on a Plinth host.
+    pub ignored: Vec<String>,
+    pub models: Vec<String>,
+    pub entry_script: Option<String>,
+    /// Percent of traffic claimed.
+    pub traffic: u32,
+    /// Percent of traffic served (the default also gets what nobody claims).
+    pub effective_traffic: u32,
+    pub is_default: bool,
+    /// `control` or `treatment`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub mirror: u32,
+    pub description: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub rollback: Option<RollbackPolicy>,
+    pub replicas: Option<u32>,
+    pub utilization: Option<f64>,
+    pub stats: Option<VersionStats>,
+    pub deployment_config: Value,
+    pub inference_config: Value,
+}
+
+/// What a version's requests did: totals since it started, and a window (the rollback window, or 60 s).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionStats {
+    pub requests: u64,
+    /// Failed (5xx) requests.
+    pub failures: u64,
+    /// Requests refused as bad input (4xx).
+    pub rejected: u64,
+    pub window: Window,
+}

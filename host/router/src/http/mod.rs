@@ -1,0 +1,316 @@
+//! The HTTP face of a host: the route table (health, scoring, the inference protocol, swagger,
+//! `/metrics`, and the admin API an embedder mounts). Every response carries `x-request-id`; every
+//! error is JSON, shaped in `response.rs`.
+
+mod body;
+mod ids;
+pub mod oip;
+mod response;
+mod score;
+mod swagger;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::json;
+
+pub use self::response::{Body, error_response, json_response, status_of};
+
+use self::body::read_body;
+use self::ids::RequestIds;
+use self::score::Payload;
+use crate::auth::HostAuth;
+use crate::observe::{LogHub, Metrics, Observer};
+use crate::router::Router;
+use crate::{Error, Result};
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Names the version that served a response; on a request, pins the version.
+pub const VERSION_HEADER: &str = "x-plinth-version";
+
+/// Largest admin request (a model or source file upload): 4 GiB, held in memory while it is hashed.
+pub const MAX_ADMIN_BODY_BYTES: usize = 4 << 30;
+
+/// Default request body limit: 100 MB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One admin API request, its credential already checked.
+pub struct AdminRequest<'a> {
+    pub method: &'a Method,
+    /// The path below `/api/v1/admin/`, in segments.
+    pub path: &'a [&'a str],
+    pub query: Option<&'a str>,
+    pub body: Bytes,
+}
+
+/// An admin API that a host mounts under `/api/v1/admin/` (the control plane's). The router checks the
+/// admin token before it reads a body, and shapes every error the API returns.
+pub trait Admin: Send + Sync + 'static {
+    fn handle<'a>(&'a self, request: AdminRequest<'a>) -> BoxFuture<'a, Result<(StatusCode, serde_json::Value)>>;
+    /// `service/version` of deployments still loading: readiness answers 503 while there are any.
+    fn loading(&self) -> Vec<String>;
+}
+
+/// Routes requests to services (and to an admin API, when one is mounted).
+pub struct Host {
+    router: Arc<Router>,
+    auth: HostAuth,
+    admin: Option<Arc<dyn Admin>>,
+    max_body_bytes: usize,
+    ids: RequestIds,
+    observer: Observer,
+    open_metrics: bool,
+}
+
+impl Host {
+    /// A host that serves the services in `router`, with no admin API: the embedding entry point.
+    pub fn new(router: Arc<Router>) -> Self {
+        Host {
+            router,
+            auth: HostAuth::default(),
+            admin: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            ids: RequestIds::new(),
+            observer: Observer {
+                metrics: Arc::new(Metrics::new()),
+                logs: None,
+            },
+            open_metrics: false,
+        }
+    }
+
+    /// Records into `metrics` (shared with the control plane) instead of a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.observer.metrics = metrics;
+        self
+    }
+
+    /// Keeps a line per request in each service's log (`plinth service logs`).
+    pub fn with_logs(mut self, logs: Arc<LogHub>) -> Self {
+        self.observer.logs = Some(logs);
+        self
+    }
+
+    /// The host's admin token and token issuer (see [`HostAuth`]).
+    pub fn with_auth(mut self, auth: HostAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Mounts an admin API under `/api/v1/admin/`.
+    pub fn with_admin(mut self, admin: Arc<dyn Admin>) -> Self {
+        self.admin = Some(admin);
+        self
+    }
+
+    /// Serves `/metrics` without a credential (default: the admin token is needed, when there is one).
+    pub fn with_open_metrics(mut self, open: bool) -> Self {
+        self.open_metrics = open;
+        self
+    }
+
+    pub fn with_max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.observer.metrics
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let request_id = self.ids.for_request(&req);
+        let result = self.route(req, &request_id).await;
+        let mut response = result.unwrap_or_else(|e| error_response(&e));
+        // The id's bytes move into the header (checked, not copied).
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>, request_id: &str) -> Result<Response<Body>> {
+        // The path is shared with the request (no copy); its segments fit on the stack.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let segments: smallvec::SmallVec<[&str; 8]> = path.trim_matches('/').split('/').collect();
+        match (req.method(), segments.as_slice()) {
+            (&Method::GET, [""] | ["healthz"] | ["health"]) => {
+                Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+            }
+            (&Method::GET, ["readyz"]) => Ok(self.ready()),
+            (&Method::GET, ["metrics"]) => {
+                if !self.open_metrics {
+                    self.auth.authorize_metrics(req.headers().get(AUTHORIZATION))?;
+                }
+                let mut r = Response::new(Full::new(Bytes::from(self.observer.metrics.render())));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                Ok(r)
+            }
+            (&Method::GET, ["v2"]) => Ok(json_response(
+                StatusCode::OK,
+                &json!({"name": "plinth", "version": env!("CARGO_PKG_VERSION"), "extensions": oip::EXTENSIONS}),
+            )),
+            (&Method::GET, ["v2", "health", "live"]) => Ok(json_response(StatusCode::OK, &json!({"live": true}))),
+            (&Method::GET, ["v2", "health", "ready"]) => {
+                let ready = self.loading().is_empty();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Ok(json_response(status, &json!({"ready": ready})))
+            }
+            (method, ["v2", "models", name, rest @ ..]) => {
+                let method = method.clone();
+                self.oip_model(method, name, rest, req, request_id).await
+            }
+            (method, ["api", "v1", "service", name, rest @ ..]) => {
+                let service = self
+                    .router
+                    .get(name)
+                    .ok_or_else(|| Error::NotFound(format!("service {name} not found")))?;
+                match (method, rest) {
+                    (&Method::POST, ["score"]) => {
+                        service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
+                        let (parts, body) = req.into_parts();
+                        let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
+                        let pinned = header_str(&parts.headers, VERSION_HEADER);
+                        Ok(self.score(&service, Payload::Score(body), pinned, request_id).await)
+                    }
+                    (&Method::GET, ["swagger.json"]) => {
+                        service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
+                        Ok(json_response(StatusCode::OK, &swagger::swagger(&service)))
+                    }
+                    _ => Err(Error::NotFound(format!("no route {method} {path}"))),
+                }
+            }
+            (_, ["api", "v1", "admin", ..]) => match &self.admin {
+                Some(admin) => {
+                    self.auth
+                        .authorize_admin(req.headers().get(AUTHORIZATION), "the admin API")?;
+                    let (parts, body) = req.into_parts();
+                    let body = read_body(&parts.headers, body, MAX_ADMIN_BODY_BYTES).await?;
+                    let request = AdminRequest {
+                        method: &parts.method,
+                        path: &segments[3..],
+                        query: parts.uri.query(),
+                        body,
+                    };
+                    let (status, value) = admin.handle(request).await?;
+                    Ok(json_response(status, &value))
+                }
+                None => Err(Error::NotFound("this host has no admin API".into())),
+            },
+            (method, _) => Err(Error::NotFound(format!("no route {method} {path}"))),
+        }
+    }
+
+    /// `/v2/models/{name}[/versions/{version}][/ready|/infer]`.
+    async fn oip_model(
+        &self,
+        method: Method,
+        name: &str,
+        rest: &[&str],
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Response<Body>> {
+        let service = self
+            .router
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("model {name} not found")))?;
+        let (pinned, rest) = match rest {
+            ["versions", v, tail @ ..] => {
+                service.version(v).map_err(|_| {
+                    let known: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
+                    Error::NotFound(format!(
+                        "model {name} has no version {v} (versions: {})",
+                        known.join(", ")
+                    ))
+                })?;
+                (Some(*v), tail)
+            }
+            tail => (None, tail),
+        };
+        service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
+        match (method, rest) {
+            (Method::GET, []) => {
+                let version = match pinned {
+                    Some(v) => service.version(v)?.clone(),
+                    None => service.default_version().clone(),
+                };
+                let info = version.info();
+                let (platform, inputs, outputs) = match info.has_script {
+                    false => ("onnxruntime_onnx", info.inputs.clone(), info.outputs.clone()),
+                    true => ("plinth_entry_script", Vec::new(), Vec::new()),
+                };
+                let versions: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &oip::model_metadata(name, &versions, platform, &inputs, &outputs),
+                ))
+            }
+            (Method::GET, ["ready"]) => Ok(json_response(StatusCode::OK, &json!({"name": name, "ready": true}))),
+            (Method::POST, ["infer"]) => {
+                let (parts, body) = req.into_parts();
+                let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
+                let header_len = match parts.headers.get(oip::HEADER_LENGTH) {
+                    Some(v) => Some(
+                        v.to_str()
+                            .map_err(|_| Error::BadRequest("Inference-Header-Content-Length is not text".into()))?,
+                    ),
+                    None => None,
+                };
+                let pinned = pinned.or_else(|| header_str(&parts.headers, VERSION_HEADER));
+                let decoded = oip::decode(&body, header_len)?;
+                let payload = Payload::Oip { decoded, raw: body };
+                Ok(self.score(&service, payload, pinned, request_id).await)
+            }
+            (method, _) => Err(Error::NotFound(format!(
+                "no route {method} /v2/models/{name}/{}",
+                rest.join("/")
+            ))),
+        }
+    }
+
+    fn loading(&self) -> Vec<String> {
+        self.admin.as_ref().map(|a| a.loading()).unwrap_or_default()
+    }
+
+    fn ready(&self) -> Response<Body> {
+        let pending = self.loading();
+        if pending.is_empty() {
+            json_response(
+                StatusCode::OK,
+                &json!({"status": "ready", "services": self.router.names()}),
+            )
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "loading", "loading": pending}),
+            )
+        }
+    }
+}
+
+/// A request header as text, if present and valid.
+fn header_str<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
