@@ -19,7 +19,11 @@ fn batched_results_equal_unbatched_bit_for_bit_and_a_bad_request_fails_alone() {
     let dir = temp_dir("batch");
     let host = TestHost::start(&dir.join("ws"), &["--open-metrics"]);
     host.run(&["model", "register", "--name", "mlp", "--path", "tests/models/small_mlp"]);
-    let plain = Dc::test().no_auth().replicas(1).concurrency(4).write(&dir, "plain.json");
+    let plain = Dc::test()
+        .no_auth()
+        .replicas(1)
+        .concurrency(4)
+        .write(&dir, "plain.json");
     let batched = Dc::test()
         .no_auth()
         .replicas(1)

@@ -421,9 +421,7 @@ fn a_regenerated_key_survives_a_concurrent_rollback_and_a_redeploy_that_names_no
     let mut last = String::new();
     let mut rolled_back = false;
     for _ in 0..200 {
-        let keys = r
-            .host
-            .run_json(&["service", "regen-key", "ep", "--key", "secondary"]);
+        let keys = r.host.run_json(&["service", "regen-key", "ep", "--key", "secondary"]);
         last = keys["secondaryKey"].as_str().unwrap().to_string();
         if r.show()["versions"][1]["traffic"] == 0 {
             rolled_back = true;
@@ -434,7 +432,11 @@ fn a_regenerated_key_survives_a_concurrent_rollback_and_a_redeploy_that_names_no
     load.join().unwrap();
     assert!(rolled_back, "the broken treatment was never rolled back");
     let stored = r.host.run_json(&["service", "keys", "ep"]);
-    assert_eq!(stored["secondaryKey"], last.as_str(), "the last regenerated key is the stored one");
+    assert_eq!(
+        stored["secondaryKey"],
+        last.as_str(),
+        "the last regenerated key is the stored one"
+    );
     assert_eq!(stored["primaryKey"], KEY);
     let url = r.host.score_url("ep");
     assert_eq!(score(&url, Some(&last), "ok").status, 200, "the router takes it");

@@ -418,7 +418,10 @@ fn tls_with_curl_openssl_and_the_cli() {
 
 #[test]
 fn a_spinning_script_holds_up_only_its_own_request() {
-    let dc = Dc::test().with("scoringTimeoutMs", 3000.into()).concurrency(2).replicas(2);
+    let dc = Dc::test()
+        .with("scoringTimeoutMs", 3000.into())
+        .concurrency(2)
+        .replicas(2);
     let (host, key) = adversary_host("spin", dc, &[]);
     let url = host.score_url("adv");
     // Warm both replicas first, so the timings below are only about the spinning call.

@@ -132,7 +132,12 @@ fn scale_to_zero_buffers_the_first_request() {
 fn metrics_pass_promtool_and_count_requests() {
     let dir = temp_dir("metrics");
     let host = TestHost::start(&dir.join("ws"), &[]);
-    adversary(&host, &dir, "adv", Dc::test().replicas(2).with("scoringTimeoutMs", 500.into()));
+    adversary(
+        &host,
+        &dir,
+        "adv",
+        Dc::test().replicas(2).with("scoringTimeoutMs", 500.into()),
+    );
     for body in ["a", "b", "panic", "loop"] {
         score(&host.score_url("adv"), Some(KEY), body);
     }

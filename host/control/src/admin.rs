@@ -9,8 +9,9 @@ use plinth_router::{Admin, AdminRequest, BoxFuture};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::{Deleted, Keys, Logs, RegenKey, RegisterModel};
-use crate::deployments::{Command, ControlPlane};
+use crate::api::{Deleted, Keys, Logs, RegenKey, RegisterModel, to_json};
+use crate::deployments::Command;
+use crate::plane::ControlPlane;
 use crate::{Error, Result};
 
 impl Admin for ControlPlane {
@@ -148,10 +149,6 @@ impl ControlPlane {
 
 fn ok<T: Serialize>(v: &T) -> Result<(StatusCode, Value)> {
     Ok((StatusCode::OK, to_json(v)))
-}
-
-fn to_json<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or_default()
 }
 
 /// A request body as `T`, or a 400 naming the field that does not fit.

@@ -208,3 +208,8 @@ pub struct VersionStats {
     pub rejected: u64,
     pub window: Window,
 }
+
+/// Any API type as JSON.
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
+}

@@ -12,8 +12,8 @@ use plinth_runtime::wasm::ScriptLimits;
 use plinth_runtime::{ModelSource, Package, PackageSpec};
 
 use crate::config::DeploymentConfig;
-use crate::deployments::{Context, model_records};
-use crate::store::{FileRef, VersionRecord, check_relative};
+use crate::context::Context;
+use crate::store::{FileRef, ModelRecord, VersionRecord, Workspace, check_relative};
 use crate::{Error, Result};
 
 impl Context {
@@ -195,4 +195,9 @@ impl Context {
             .or_else(|_| std::fs::copy(&from, &to).map(drop))
             .map_err(Error::io(&to))
     }
+}
+
+/// Models of a version, as records (for placing their files).
+fn model_records(ws: &Workspace, record: &VersionRecord) -> Result<Vec<ModelRecord>> {
+    record.models.iter().map(|id| ws.model(id)).collect()
 }

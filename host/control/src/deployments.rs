@@ -5,76 +5,22 @@
 //! router always gets the record as stored. Builds (file placement, script compilation, model loading)
 //! run off the actor and report back as a command.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plinth_router::time::unix_seconds as now;
-use plinth_router::{
-    BatchConfig, Capacity, Collector, LogHub, Metrics, Policy, Routed, Router, Service, TokenIssuer, Version,
-    generate_key,
-};
-use plinth_runtime::MAX_MODELS;
-use plinth_runtime::wasm::WasmEngine;
-use serde_json::Value;
+use plinth_router::{BatchConfig, Policy, Routed, Service, Version, generate_key};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{DeployRequest, DeployState, Keys, ServiceView, UpdateRequest, VersionSettings};
-use crate::config::{DeploymentConfig, InferenceConfig};
-use crate::store::{FileRef, ModelRecord, ServiceRecord, VersionRecord, Workspace, check_name, check_relative};
+use crate::api::{DeployRequest, DeployState, Keys, ServiceView, UpdateRequest};
+use crate::context::Context;
+use crate::state::{Deployment, state_key};
+use crate::store::{ServiceRecord, VersionRecord, check_name};
 use crate::{Error, Result};
 
 /// Commands waiting for the actor.
-const COMMANDS: usize = 256;
-
-/// Settings of a control plane.
-#[derive(Debug, Clone)]
-pub struct ControlOptions {
-    /// Lifetime of the tokens `plinth service token` hands out. Default 1 hour.
-    pub token_lifetime: Duration,
-    pub ort_library: Option<PathBuf>,
-    /// Where compiled entry scripts are cached. Default: `<workspace>/cache`.
-    pub cache_dir: Option<PathBuf>,
-    /// Sustained low utilization before replicas are removed. Default 60 s.
-    pub scale_down_after: Duration,
-    /// Where versions with `dataCollection.storageEnabled` send their records.
-    pub collector: Option<Arc<Collector>>,
-}
-
-impl Default for ControlOptions {
-    fn default() -> Self {
-        ControlOptions {
-            token_lifetime: Duration::from_secs(3600),
-            ort_library: None,
-            cache_dir: None,
-            scale_down_after: Duration::from_secs(60),
-            collector: None,
-        }
-    }
-}
-
-/// Where one version's latest deployment stands.
-#[derive(Debug, Clone)]
-pub(crate) struct Deployment {
-    pub(crate) state: DeployState,
-    pub(crate) error: Option<String>,
-    generation: u64,
-    /// Configuration fields accepted but without effect here.
-    pub(crate) ignored: Vec<String>,
-}
-
-/// What every part of the control plane shares, read-only.
-pub(crate) struct Context {
-    pub(crate) ws: Arc<Workspace>,
-    pub(crate) router: Arc<Router>,
-    pub(crate) engine: Arc<WasmEngine>,
-    pub(crate) tokens: Arc<TokenIssuer>,
-    pub(crate) logs: Arc<LogHub>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) capacity: Arc<Capacity>,
-    pub(crate) options: ControlOptions,
-}
+pub(crate) const COMMANDS: usize = 256;
 
 /// The writes the actor serialises (and the reads that need its state), each with its reply.
 pub(crate) enum Command {
@@ -131,83 +77,8 @@ pub(crate) enum Command {
     },
 }
 
-/// The control plane: the admin API's handlers talk to it, and it owns the deployments actor.
-pub struct ControlPlane {
-    pub(crate) cx: Arc<Context>,
-    tx: mpsc::Sender<Command>,
-    /// `service/version` of deployments still loading, as the actor last left them (for readiness).
-    loading: Arc<Mutex<Vec<String>>>,
-}
-
-impl ControlPlane {
-    /// Starts the deployments actor (on the current tokio runtime).
-    pub fn new(
-        ws: Arc<Workspace>,
-        router: Arc<Router>,
-        engine: Arc<WasmEngine>,
-        logs: Arc<LogHub>,
-        metrics: Arc<Metrics>,
-        options: ControlOptions,
-    ) -> Arc<Self> {
-        let tokens = Arc::new(TokenIssuer::new(ws.jwt_secret(), options.token_lifetime));
-        let cx = Arc::new(Context {
-            ws,
-            router,
-            engine,
-            tokens,
-            logs,
-            metrics,
-            capacity: Arc::new(Capacity::of_host()),
-            options,
-        });
-        let (tx, rx) = mpsc::channel(COMMANDS);
-        let loading = Arc::new(Mutex::new(Vec::new()));
-        let actor = Actor {
-            cx: cx.clone(),
-            deployments: HashMap::new(),
-            built: HashMap::new(),
-            generation: now() * 1000,
-            to_self: tx.downgrade(),
-            loading: loading.clone(),
-        };
-        tokio::spawn(actor.run(rx));
-        Arc::new(ControlPlane { cx, tx, loading })
-    }
-
-    /// The credentials a host checks requests against: the workspace's admin token and this control
-    /// plane's token issuer.
-    pub fn host_auth(&self) -> plinth_router::HostAuth {
-        plinth_router::HostAuth::new(Some(self.cx.ws.admin_token().to_string()), Some(self.cx.tokens.clone()))
-    }
-
-    /// `service/version` of deployments still loading.
-    pub fn loading(&self) -> Vec<String> {
-        self.loading.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Deploys every stored service (at start-up) and starts the rollback monitor.
-    pub async fn restore(self: &Arc<Self>) -> Result<()> {
-        for record in self.cx.ws.services()? {
-            self.send(Command::Restore { service: record.name }).await?;
-        }
-        crate::rollback::start(Arc::downgrade(self));
-        Ok(())
-    }
-
-    pub(crate) async fn send(&self, command: Command) -> Result<()> {
-        self.tx.send(command).await.map_err(|_| Error::Stopped)
-    }
-
-    /// Sends a command and waits for its reply.
-    pub(crate) async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
-        let (reply, answer) = oneshot::channel();
-        self.send(command(reply)).await?;
-        answer.await.map_err(|_| Error::Stopped)?
-    }
-}
-
 /// The deployments actor: the only writer of stored services.
-struct Actor {
+pub(crate) struct Actor {
     cx: Arc<Context>,
     /// Deployment state by `service/version`.
     deployments: HashMap<String, Deployment>,
@@ -219,7 +90,23 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    pub(crate) fn new(
+        cx: Arc<Context>,
+        generation: u64,
+        to_self: mpsc::WeakSender<Command>,
+        loading: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
+        Actor {
+            cx,
+            deployments: HashMap::new(),
+            built: HashMap::new(),
+            generation,
+            to_self,
+            loading,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(command) = rx.recv().await {
             self.handle(command);
             let loading: Vec<String> = self
@@ -304,75 +191,6 @@ impl Actor {
         crate::views::service(&self.cx, record, &self.deployments, full)
     }
 
-    /// Validates a version's content (configs, models, files) into a record.
-    fn version_record(
-        &self,
-        name: &str,
-        models: &[String],
-        ic: &Value,
-        dc: &Value,
-        source: Vec<FileRef>,
-        entry_script: Option<String>,
-    ) -> Result<(VersionRecord, Vec<String>)> {
-        if models.is_empty() && entry_script.is_none() {
-            return Err(Error::BadRequest(
-                "a deployment needs a model (-m NAME:VERSION) or an entry script".into(),
-            ));
-        }
-        if models.len() > MAX_MODELS {
-            return Err(Error::BadRequest(format!(
-                "a deployment holds at most {MAX_MODELS} models, this one has {}",
-                models.len()
-            )));
-        }
-        let as_bytes = |v: &Value| {
-            if v.is_null() {
-                b"{}".to_vec()
-            } else {
-                serde_json::to_vec(v).unwrap_or_default()
-            }
-        };
-        let (dc, mut ignored) = DeploymentConfig::from_json("deploymentconfig.json", &as_bytes(dc))?;
-        let (ic, ic_ignored) = InferenceConfig::from_json("inferenceconfig.json", &as_bytes(ic))?;
-        ignored.extend(ic_ignored);
-        let mut ids = Vec::with_capacity(models.len());
-        for id in models {
-            ids.push(self.cx.ws.model(id)?.id());
-        }
-        self.cx.ws.check_files(&source)?;
-        if let Some(script) = &entry_script {
-            check_relative(script)?;
-            if !source.iter().any(|f| &f.path == script) {
-                return Err(Error::BadRequest(format!(
-                    "entry script {script} is not among the uploaded source files"
-                )));
-            }
-        } else if ids.len() != 1 {
-            return Err(Error::BadRequest(format!(
-                "without an entry script a service serves exactly one ONNX model, this deployment names {}",
-                ids.len()
-            )));
-        }
-        let record = VersionRecord {
-            name: name.to_string(),
-            models: ids,
-            inference_config: ic,
-            deployment_config: dc,
-            source,
-            entry_script,
-            traffic: 100,
-            is_default: true,
-            control: false,
-            mirror: 0,
-            description: None,
-            tags: BTreeMap::new(),
-            rollback: None,
-            created: now(),
-            updated: now(),
-        };
-        Ok((record, ignored))
-    }
-
     /// `plinth deploy`, `plinth endpoint create` and `plinth endpoint version add`: stores a version and
     /// starts deploying it. Re-deploying a version keeps its keys, traffic and settings.
     fn deploy(&mut self, mut req: DeployRequest, add_to: Option<String>) -> Result<ServiceView> {
@@ -391,7 +209,8 @@ impl Actor {
         check_name("service", &req.name)?;
         let version_name = req.version.clone().unwrap_or_else(|| "1".into());
         check_name("version", &version_name)?;
-        let (mut version, ignored) = self.version_record(
+        let (mut version, ignored) = crate::validate::version_record(
+            &self.cx.ws,
             &version_name,
             &req.models,
             &req.inference_config,
@@ -429,14 +248,14 @@ impl Actor {
                 version.tags = old.tags.clone();
                 version.rollback = old.rollback.clone();
                 version.created = old.created;
-                apply_settings(&mut version, &req.settings);
+                crate::validate::apply_settings(&mut version, &req.settings);
                 *old = version.clone();
             }
             None => {
                 let first = record.versions.is_empty();
                 version.is_default = first;
                 version.traffic = 0;
-                apply_settings(&mut version, &req.settings);
+                crate::validate::apply_settings(&mut version, &req.settings);
                 if version.is_default {
                     for other in &mut record.versions {
                         other.is_default = false;
@@ -482,13 +301,16 @@ impl Actor {
         let mut updated = old.clone();
         let mut ignored = Vec::new();
         if content_changed {
-            let (fresh, notes) = self.version_record(
+            let (fresh, notes) = crate::validate::version_record(
+                &self.cx.ws,
                 version,
                 req.models.as_deref().unwrap_or(&old.models),
-                req.inference_config.as_ref().unwrap_or(&to_json(&old.inference_config)),
+                req.inference_config
+                    .as_ref()
+                    .unwrap_or(&crate::api::to_json(&old.inference_config)),
                 req.deployment_config
                     .as_ref()
-                    .unwrap_or(&to_json(&old.deployment_config)),
+                    .unwrap_or(&crate::api::to_json(&old.deployment_config)),
                 req.source.clone().unwrap_or_else(|| old.source.clone()),
                 req.entry_script.clone().or_else(|| old.entry_script.clone()),
             )?;
@@ -499,7 +321,7 @@ impl Actor {
             updated.entry_script = fresh.entry_script;
             ignored = notes;
         }
-        apply_settings(&mut updated, &req.settings);
+        crate::validate::apply_settings(&mut updated, &req.settings);
         updated.updated = now();
         if updated.is_default && !old.is_default {
             for other in &mut record.versions {
@@ -787,135 +609,5 @@ impl Actor {
     }
 }
 
-pub(crate) fn state_key(service: &str, version: &str) -> String {
-    format!("{service}/{version}")
-}
-
-fn apply_settings(v: &mut VersionRecord, s: &VersionSettings) {
-    if let Some(t) = s.traffic {
-        v.traffic = t;
-    }
-    if let Some(d) = s.is_default {
-        v.is_default = d;
-    }
-    if let Some(c) = s.control {
-        v.control = c;
-    }
-    if let Some(m) = s.mirror {
-        v.mirror = m;
-    }
-    if let Some(d) = &s.description {
-        v.description = Some(d.clone());
-    }
-    if let Some(t) = &s.tags {
-        v.tags = t.clone();
-    }
-    if let Some(r) = &s.rollback {
-        v.rollback = Some(r.clone());
-    }
-}
-
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or_default()
-}
-
-/// Models of a version, as records (for placing their files).
-pub(crate) fn model_records(ws: &Workspace, record: &VersionRecord) -> Result<Vec<ModelRecord>> {
-    record.models.iter().map(|id| ws.model(id)).collect()
-}
-
 #[cfg(test)]
-mod tests {
-    use plinth_runtime::wasm::EngineConfig;
-
-    use super::*;
-
-    async fn control(tag: &str) -> (Arc<ControlPlane>, Arc<Workspace>, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("plinth-{tag}-{}", generate_key()));
-        let ws = Arc::new(Workspace::open(&dir).unwrap());
-        ws.put_service(&ServiceRecord::test("ep").with_split(80, 20)).unwrap();
-        let engine = Arc::new(WasmEngine::new(EngineConfig::default()).unwrap());
-        let cp = ControlPlane::new(
-            ws.clone(),
-            Arc::new(Router::new()),
-            engine,
-            Arc::new(LogHub::new()),
-            Arc::new(Metrics::new()),
-            ControlOptions::default(),
-        );
-        (cp, ws, dir)
-    }
-
-    #[tokio::test]
-    async fn a_rollback_never_undoes_a_key_regeneration() {
-        let (cp, ws, dir) = control("rollback-keys").await;
-        // The monitor decides on the record as it read it; the key is regenerated after that read.
-        let seen_by_monitor = ws.service("ep").unwrap();
-        let keys = cp
-            .ask(|reply| Command::RegenKey {
-                name: "ep".into(),
-                which: "primary".into(),
-                reply,
-            })
-            .await
-            .unwrap();
-        cp.send(Command::Rollback {
-            service: "ep".into(),
-            version: "green".into(),
-            event: "rolled back".into(),
-        })
-        .await
-        .unwrap();
-        // A command is answered only after every command sent before it.
-        cp.ask(|reply| Command::Describe { name: None, reply }).await.unwrap();
-        let stored = ws.service("ep").unwrap();
-        assert_ne!(keys.primary_key, seen_by_monitor.primary_key);
-        assert_eq!(stored.primary_key, keys.primary_key, "the regenerated key is kept");
-        assert_eq!(stored.secondary_key, seen_by_monitor.secondary_key);
-        assert_eq!(stored.version("green").unwrap().traffic, 0);
-        assert_eq!(stored.events, vec!["rolled back".to_string()]);
-        // A second rollback of the same version changes nothing.
-        cp.send(Command::Rollback {
-            service: "ep".into(),
-            version: "green".into(),
-            event: "again".into(),
-        })
-        .await
-        .unwrap();
-        cp.ask(|reply| Command::Describe { name: None, reply }).await.unwrap();
-        assert_eq!(ws.service("ep").unwrap().events.len(), 1);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn concurrent_regenerations_are_each_kept_in_turn() {
-        let (cp, ws, dir) = control("regen").await;
-        let mut tasks = Vec::new();
-        for i in 0..20 {
-            let cp = cp.clone();
-            let which = if i % 2 == 0 { "primary" } else { "secondary" };
-            tasks.push(tokio::spawn(async move {
-                cp.ask(|reply| Command::RegenKey {
-                    name: "ep".into(),
-                    which: which.into(),
-                    reply,
-                })
-                .await
-                .unwrap()
-            }));
-        }
-        let mut answers = Vec::new();
-        for t in tasks {
-            answers.push(t.await.unwrap());
-        }
-        let stored = ws.service("ep").unwrap();
-        // Whatever order the actor took them in, the stored pair is one it answered.
-        assert!(
-            answers
-                .iter()
-                .any(|k| k.primary_key == stored.primary_key && k.secondary_key == stored.secondary_key),
-            "stored keys were never handed out"
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-}
+mod tests;

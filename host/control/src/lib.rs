@@ -4,7 +4,9 @@
 //! |---|---|
 //! | the workspace: SQLite records, content-addressed blobs, secrets | `store.rs` |
 //! | Azure ML's `deploymentconfig.json` / `inferenceconfig.json` | `config.rs` |
+//! | the control plane a host holds (settings, the handle) | `plane.rs` |
 //! | deployments: one actor that serialises every write | `deployments.rs` |
+//! | an admin request turned into a checked version record | `validate.rs` |
 //! | building a version (files, script, limits, replicas) | `build.rs` |
 //! | entry scripts compiled to components (cached) | `scripts.rs` |
 //! | automatic rollback of treatments | `rollback.rs` |
@@ -17,14 +19,19 @@ mod admin;
 pub mod api;
 mod build;
 pub mod config;
+mod context;
 mod deployments;
 mod error;
+mod plane;
 mod rollback;
 pub mod scripts;
+mod state;
 pub mod store;
+mod validate;
 mod views;
 
 pub use self::admin::admin;
-pub use self::deployments::{ControlOptions, ControlPlane};
+pub use self::context::ControlOptions;
 pub use self::error::{Error, Result};
+pub use self::plane::ControlPlane;
 pub use self::store::Workspace;

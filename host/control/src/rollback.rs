@@ -2,27 +2,29 @@
 //! rollback policy, and asks the deployments actor to set a breaking treatment's traffic to 0 (the actor
 //! re-reads the record, so a rollback never undoes another write).
 
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::Duration;
 
 use plinth_router::Service;
+use tokio::sync::mpsc;
 
-use crate::deployments::{Command, ControlPlane};
+use crate::context::Context;
+use crate::deployments::Command;
 use crate::store::ServiceRecord;
 
 /// How often treatments are checked against their rollback policies.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// Starts the monitor; it stops with the control plane.
-pub(crate) fn start(control: Weak<ControlPlane>) {
+/// Starts the monitor; it stops with the deployments actor.
+pub(crate) fn start(cx: Arc<Context>, actor: mpsc::WeakSender<Command>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
             tick.tick().await;
-            let Some(cp) = control.upgrade() else { break };
-            let Ok(services) = cp.cx.ws.services() else { continue };
+            let Some(actor) = actor.upgrade() else { break };
+            let Ok(services) = cx.ws.services() else { continue };
             for record in services {
-                let Some(live) = cp.cx.router.get(&record.name) else {
+                let Some(live) = cx.router.get(&record.name) else {
                     continue;
                 };
                 for (version, event) in breaches(&record, &live) {
@@ -31,7 +33,7 @@ pub(crate) fn start(control: Weak<ControlPlane>) {
                         version,
                         event,
                     };
-                    if cp.send(rollback).await.is_err() {
+                    if actor.send(rollback).await.is_err() {
                         return;
                     }
                 }

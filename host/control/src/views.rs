@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::api::{DeployState, ServiceView, VersionStats, VersionView};
-use crate::deployments::{Context, Deployment, state_key, to_json};
+use crate::api::{DeployState, ServiceView, VersionStats, VersionView, to_json};
+use crate::context::Context;
+use crate::state::{Deployment, state_key};
 use crate::store::ServiceRecord;
 
 /// A service's state: Failed if a version failed, Transitioning while one loads, else Healthy.

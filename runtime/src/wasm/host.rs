@@ -5,11 +5,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::limits::MemoryCap;
 use super::wit;
 use crate::{ModelSet, Tensor, TensorData};
 
@@ -33,31 +33,6 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-/// Caps linear memory growth and remembers whether the cap was hit, so a trap can be reported as
-/// "memory limit exceeded" rather than whatever the guest did when its allocation failed.
-pub(crate) struct MemoryCap {
-    pub(crate) limit: usize,
-    pub(crate) hit: Option<usize>,
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.hit = Some(desired);
-            wasmtime::bail!(
-                "memory limit of {} MiB exceeded (asked for {} MiB)",
-                self.limit >> 20,
-                desired >> 20
-            );
-        }
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
     }
 }
 

@@ -3,17 +3,18 @@
 
 mod cache;
 mod host;
+mod limits;
 mod script;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use self::script::{CallContext, EntryScript, ScriptLimits};
+pub use self::limits::{EPOCH_TICK, ScriptLimits};
+pub use self::script::{CallContext, EntryScript};
 use crate::{Error, Result};
 
 mod bindings {
@@ -26,10 +27,6 @@ mod bindings {
 pub(crate) use self::bindings::plinth::scoring::types as wit;
 use self::bindings::{Scoring, ScoringPre};
 use self::host::HostState;
-
-/// How often the epoch advances; deadlines are whole multiples of it, so a runaway script is
-/// stopped at most one tick after its deadline.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Engine-wide settings. Per-script limits live in [`ScriptLimits`].
 #[derive(Debug, Clone)]
@@ -136,9 +133,4 @@ impl Drop for WasmEngine {
     fn drop(&mut self) {
         self.ticker.store(false, Ordering::Relaxed);
     }
-}
-
-/// Epoch ticks that cover `d`, plus one so a deadline is never shorter than asked.
-pub(crate) fn ticks(d: Duration) -> u64 {
-    (d.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
 }

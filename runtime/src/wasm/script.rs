@@ -7,48 +7,19 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::host::{HostState, LogPipe, MemoryCap};
-use super::{Scoring, ScoringPre, WasmEngine, cache, ticks, wit};
+use super::host::{HostState, LogPipe};
+use super::limits::{MemoryCap, ScriptLimits, ticks};
+use super::{Scoring, ScoringPre, WasmEngine, cache, wit};
 use crate::{Error, ModelSet, Result, TrapKind};
 
 /// Where the package's model files appear inside the sandbox (also `AZUREML_MODEL_DIR`).
 pub const MODEL_DIR: &str = "/models";
-
-/// Bounds on every call into one entry script.
-#[derive(Debug, Clone)]
-pub struct ScriptLimits {
-    /// Wall-clock budget of one `run` call (Azure's `scoringTimeoutMs`). Default 60 s.
-    pub deadline: Duration,
-    /// Budget of `init()` on a fresh instance. Default 120 s: loading a model can be slow.
-    pub init_deadline: Duration,
-    /// Linear memory cap per instance (at most the engine's `max_memory_bytes`). Default 256 MiB.
-    pub memory_bytes: usize,
-    /// Largest response a `run` call may return. Default 64 MiB.
-    pub max_response_bytes: usize,
-    /// Log output (stdout, stderr and `log`) kept per call; the rest is dropped. Default 64 KiB.
-    pub max_log_bytes: usize,
-    /// Initialised instances kept idle for reuse. Default 4.
-    pub max_idle: usize,
-}
-
-impl Default for ScriptLimits {
-    fn default() -> Self {
-        ScriptLimits {
-            deadline: Duration::from_secs(60),
-            init_deadline: Duration::from_secs(120),
-            memory_bytes: 256 << 20,
-            max_response_bytes: 64 << 20,
-            max_log_bytes: 64 << 10,
-            max_idle: 4,
-        }
-    }
-}
 
 /// Per-call context passed through to the script's log lines.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,49 @@
+//! What every part of the control plane shares, read-only: the workspace, the router it publishes to,
+//! the engine that runs scripts, the host's logs, metrics and capacity, and its settings.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plinth_router::{Capacity, Collector, LogHub, Metrics, Router, TokenIssuer};
+use plinth_runtime::wasm::WasmEngine;
+
+use crate::store::Workspace;
+
+/// What every part of the control plane shares, read-only.
+pub(crate) struct Context {
+    pub(crate) ws: Arc<Workspace>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) engine: Arc<WasmEngine>,
+    pub(crate) tokens: Arc<TokenIssuer>,
+    pub(crate) logs: Arc<LogHub>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) capacity: Arc<Capacity>,
+    pub(crate) options: ControlOptions,
+}
+
+/// Settings of a control plane.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// Lifetime of the tokens `plinth service token` hands out. Default 1 hour.
+    pub token_lifetime: Duration,
+    pub ort_library: Option<PathBuf>,
+    /// Where compiled entry scripts are cached. Default: `<workspace>/cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Sustained low utilization before replicas are removed. Default 60 s.
+    pub scale_down_after: Duration,
+    /// Where versions with `dataCollection.storageEnabled` send their records.
+    pub collector: Option<Arc<Collector>>,
+}
+
+impl Default for ControlOptions {
+    fn default() -> Self {
+        ControlOptions {
+            token_lifetime: Duration::from_secs(3600),
+            ort_library: None,
+            cache_dir: None,
+            scale_down_after: Duration::from_secs(60),
+            collector: None,
+        }
+    }
+}

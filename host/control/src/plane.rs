@@ -1,0 +1,82 @@
+//! The control plane as the host holds it: its settings, what its parts share, and the handle that
+//! starts the deployments actor and talks to it.
+
+use std::sync::{Arc, Mutex};
+
+use plinth_router::time::unix_seconds as now;
+use plinth_router::{Capacity, LogHub, Metrics, Router, TokenIssuer};
+use plinth_runtime::wasm::WasmEngine;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::context::{Context, ControlOptions};
+use crate::deployments::{Actor, COMMANDS, Command};
+use crate::store::Workspace;
+use crate::{Error, Result};
+
+/// The control plane: the admin API's handlers talk to it, and it owns the deployments actor.
+pub struct ControlPlane {
+    pub(crate) cx: Arc<Context>,
+    tx: mpsc::Sender<Command>,
+    /// `service/version` of deployments still loading, as the actor last left them (for readiness).
+    loading: Arc<Mutex<Vec<String>>>,
+}
+
+impl ControlPlane {
+    /// Starts the deployments actor (on the current tokio runtime).
+    pub fn new(
+        ws: Arc<Workspace>,
+        router: Arc<Router>,
+        engine: Arc<WasmEngine>,
+        logs: Arc<LogHub>,
+        metrics: Arc<Metrics>,
+        options: ControlOptions,
+    ) -> Arc<Self> {
+        let tokens = Arc::new(TokenIssuer::new(ws.jwt_secret(), options.token_lifetime));
+        let cx = Arc::new(Context {
+            ws,
+            router,
+            engine,
+            tokens,
+            logs,
+            metrics,
+            capacity: Arc::new(Capacity::of_host()),
+            options,
+        });
+        let (tx, rx) = mpsc::channel(COMMANDS);
+        let loading = Arc::new(Mutex::new(Vec::new()));
+        let actor = Actor::new(cx.clone(), now() * 1000, tx.downgrade(), loading.clone());
+        tokio::spawn(actor.run(rx));
+        Arc::new(ControlPlane { cx, tx, loading })
+    }
+
+    /// The credentials a host checks requests against: the workspace's admin token and this control
+    /// plane's token issuer.
+    pub fn host_auth(&self) -> plinth_router::HostAuth {
+        plinth_router::HostAuth::new(Some(self.cx.ws.admin_token().to_string()), Some(self.cx.tokens.clone()))
+    }
+
+    /// `service/version` of deployments still loading.
+    pub fn loading(&self) -> Vec<String> {
+        self.loading.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Deploys every stored service (at start-up) and starts the rollback monitor.
+    pub async fn restore(self: &Arc<Self>) -> Result<()> {
+        for record in self.cx.ws.services()? {
+            self.send(Command::Restore { service: record.name }).await?;
+        }
+        crate::rollback::start(self.cx.clone(), self.tx.downgrade());
+        Ok(())
+    }
+
+    pub(crate) async fn send(&self, command: Command) -> Result<()> {
+        self.tx.send(command).await.map_err(|_| Error::Stopped)
+    }
+
+    /// Sends a command and waits for its reply.
+    pub(crate) async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.send(command(reply)).await?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+}

@@ -1,0 +1,71 @@
+//! The bounds on every call into an entry script: a wall-clock deadline (epoch interruption: the engine's
+//! ticker advances the epoch every [`EPOCH_TICK`], a store traps once its deadline in ticks has passed),
+//! a linear-memory cap ([`MemoryCap`]), a response cap and a log budget.
+
+use std::time::Duration;
+
+use wasmtime::ResourceLimiter;
+
+/// How often the epoch advances; deadlines are whole multiples of it, so a runaway script is
+/// stopped at most one tick after its deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Bounds on every call into one entry script.
+#[derive(Debug, Clone)]
+pub struct ScriptLimits {
+    /// Wall-clock budget of one `run` call (Azure's `scoringTimeoutMs`). Default 60 s.
+    pub deadline: Duration,
+    /// Budget of `init()` on a fresh instance. Default 120 s: loading a model can be slow.
+    pub init_deadline: Duration,
+    /// Linear memory cap per instance (at most the engine's `max_memory_bytes`). Default 256 MiB.
+    pub memory_bytes: usize,
+    /// Largest response a `run` call may return. Default 64 MiB.
+    pub max_response_bytes: usize,
+    /// Log output (stdout, stderr and `log`) kept per call; the rest is dropped. Default 64 KiB.
+    pub max_log_bytes: usize,
+    /// Initialised instances kept idle for reuse. Default 4.
+    pub max_idle: usize,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            deadline: Duration::from_secs(60),
+            init_deadline: Duration::from_secs(120),
+            memory_bytes: 256 << 20,
+            max_response_bytes: 64 << 20,
+            max_log_bytes: 64 << 10,
+            max_idle: 4,
+        }
+    }
+}
+
+/// Caps linear memory growth and remembers whether the cap was hit, so a trap can be reported as
+/// "memory limit exceeded" rather than whatever the guest did when its allocation failed.
+pub(crate) struct MemoryCap {
+    pub(crate) limit: usize,
+    pub(crate) hit: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = Some(desired);
+            wasmtime::bail!(
+                "memory limit of {} MiB exceeded (asked for {} MiB)",
+                self.limit >> 20,
+                desired >> 20
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Epoch ticks that cover `d`, plus one so a deadline is never shorter than asked.
+pub(crate) fn ticks(d: Duration) -> u64 {
+    (d.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+}
