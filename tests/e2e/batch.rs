@@ -92,4 +92,12 @@ fn batched_results_equal_unbatched_bit_for_bit_and_a_bad_request_fails_alone() {
     let (rows, batches) = (value("plinth_batch_size_sum"), value("plinth_batch_size_count"));
     assert_eq!(rows, 96.0, "every row went through the batching queue once");
     assert!(batches < 48.0, "{batches} batches for 48 requests: nothing was batched");
+
+    // Statistics count requests, whatever batch they ran in; the malformed one was refused, not failed.
+    let stats = &host.run_json(&["service", "show", "batched"])["versions"][0]["stats"];
+    assert_eq!(
+        (&stats["requests"], &stats["rejected"], &stats["failures"]),
+        (&json!(49), &json!(1), &json!(0)),
+        "{stats}"
+    );
 }

@@ -245,7 +245,15 @@ impl Version {
     /// Scores one request body: through the batching queue when batching is on.
     pub async fn score(&self, body: Bytes, ctx: CallContext) -> Result<Vec<u8>> {
         if self.batching() {
-            let inputs = plinth_runtime::json::decode_request(&self.info.inputs, &body).map_err(Error::Runtime)?;
+            let inputs = match plinth_runtime::json::decode_request(&self.info.inputs, &body) {
+                Ok(inputs) => inputs,
+                Err(e) => {
+                    // Refused before the queue, counted as a request all the same (as unbatched).
+                    let e = Error::Runtime(e);
+                    self.record(Instant::now(), Some(&e));
+                    return Err(e);
+                }
+            };
             return self
                 .infer(inputs)
                 .await

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use http::Method;
-use plinth_control::api::DeployRequest;
+use plinth_control::api::{DeployRequest, DeployState, ServiceView};
 use plinth_control::config::{DeploymentConfig, InferenceConfig};
 use serde_json::{Value, json};
 
 use crate::client::Client;
 
-use super::{HostArgs, block_on, pack, upload};
+use super::{HostArgs, block_on, pack, typed, upload};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -111,20 +111,21 @@ pub async fn wait(
     if text {
         eprint!("Running");
     }
-    let status = loop {
+    let (status, state, error) = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let status = client
             .json(Method::GET, &format!("/api/v1/admin/services/{service}"), None)
             .await?;
-        let state = match version {
-            None => status["state"].as_str().map(str::to_string),
-            Some(v) => status["versions"]
-                .as_array()
-                .and_then(|vs| vs.iter().find(|x| x["name"] == v))
-                .map(|x| x["state"].as_str().unwrap_or("").to_string()),
+        let view: ServiceView = typed(&status)?;
+        let (state, error) = match version {
+            None => (Some(view.state), view.error),
+            Some(v) => match view.versions.unwrap_or_default().into_iter().find(|x| x.name == v) {
+                Some(x) => (Some(x.state), x.error),
+                None => (None, None),
+            },
         };
-        match state.as_deref() {
-            Some("Healthy") | Some("Failed") => break status,
+        match state {
+            Some(DeployState::Healthy | DeployState::Failed) => break (status, state, error),
             _ if started.elapsed() > timeout => {
                 bail!("service {service} is still not ready after {} s", timeout.as_secs())
             }
@@ -139,18 +140,10 @@ pub async fn wait(
     if text {
         eprintln!();
     }
-    let failed = match version {
-        None => (status["state"] == "Failed").then(|| status["error"].clone()),
-        Some(v) => status["versions"]
-            .as_array()
-            .and_then(|vs| vs.iter().find(|x| x["name"] == v))
-            .filter(|x| x["state"] == "Failed")
-            .map(|x| x["error"].clone()),
-    };
-    if let Some(error) = failed {
+    if state == Some(DeployState::Failed) {
         bail!(
             "service {service} failed to deploy: {}",
-            error.as_str().unwrap_or("unknown error")
+            error.as_deref().unwrap_or("unknown error")
         );
     }
     Ok(status)

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use http::Method;
-use plinth_control::api::{DeployRequest, RollbackPolicy, UpdateRequest, VersionSettings};
+use plinth_control::api::{DeployRequest, RollbackPolicy, ServiceView, UpdateRequest, VersionSettings};
 use serde_json::Value;
 
 use super::deploy::{content, wait};
-use super::{HostArgs, block_on, upload};
+use super::{HostArgs, block_on, typed, upload};
 
 /// Where a version stands in the rollout.
 #[derive(clap::Args, Default)]
@@ -270,32 +270,32 @@ async fn deploy_body(
 
 /// A table of versions, then the rollout events.
 fn show(s: &Value) -> String {
-    let mut out = format!(
-        "{}  {}\n",
-        s["name"].as_str().unwrap_or(""),
-        s["state"].as_str().unwrap_or("")
-    );
+    let s: ServiceView = match typed(s) {
+        Ok(s) => s,
+        Err(e) => return format!("{e:#}"),
+    };
+    let mut out = format!("{}  {:?}\n", s.name, s.state);
     out.push_str(&format!(
         "{:<16} {:<12} {:>7} {:>9} {:>7} {:<10} {:<8} {:>9} {:>8}  MODELS",
         "VERSION", "STATE", "TRAFFIC", "EFFECTIVE", "MIRROR", "TYPE", "DEFAULT", "REQUESTS", "FAILED"
     ));
-    for v in s["versions"].as_array().into_iter().flatten() {
-        let models = super::strings(&v["models"]);
+    for v in s.versions.unwrap_or_default() {
+        let (requests, failures) = v.stats.as_ref().map(|s| (s.requests, s.failures)).unwrap_or((0, 0));
         out.push_str(&format!(
             "\n{:<16} {:<12} {:>6}% {:>8}% {:>6}% {:<10} {:<8} {:>9} {:>8}  {}",
-            v["name"].as_str().unwrap_or(""),
-            v["state"].as_str().unwrap_or(""),
-            v["traffic"],
-            v["effectiveTraffic"],
-            v["mirror"],
-            v["type"].as_str().unwrap_or(""),
-            if v["isDefault"] == true { "yes" } else { "" },
-            v["stats"]["requests"].as_u64().unwrap_or(0),
-            v["stats"]["failures"].as_u64().unwrap_or(0),
-            models.join(",")
+            v.name,
+            format!("{:?}", v.state),
+            v.traffic,
+            v.effective_traffic,
+            v.mirror,
+            v.kind,
+            if v.is_default { "yes" } else { "" },
+            requests,
+            failures,
+            v.models.join(",")
         ));
     }
-    let events = super::strings(&s["events"]);
+    let events = s.events.unwrap_or_default();
     if !events.is_empty() {
         out.push_str("\nevents:");
         for e in events {

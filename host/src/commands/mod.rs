@@ -82,6 +82,11 @@ impl HostArgs {
     }
 }
 
+/// A host's answer as the admin API type it is (see `plinth_control::api`).
+pub fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
+    T::deserialize(v).context("the host answered in a shape this CLI does not know (a different version?)")
+}
+
 /// The strings of a JSON array (anything else, and non-strings in it, count as none).
 pub fn strings(v: &Value) -> Vec<&str> {
     v.as_array().into_iter().flatten().filter_map(Value::as_str).collect()

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use http::Method;
 use plinth_control::api::RegisterModel;
+use plinth_control::store::ModelRecord;
 
-use super::{HostArgs, block_on, pack, upload};
+use super::{HostArgs, block_on, pack, typed, upload};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -66,21 +67,26 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                         Some(&serde_json::to_value(&body)?),
                     )
                     .await?;
-                host.print(&record, |r| {
-                    format!("{}:{}", r["name"].as_str().unwrap_or(""), r["version"])
+                host.print(&record, |r| match typed::<ModelRecord>(r) {
+                    Ok(r) => r.id(),
+                    Err(e) => format!("{e:#}"),
                 });
             }
             Command::List => {
                 let list = client.json(Method::GET, "/api/v1/admin/models", None).await?;
                 host.print(&list, |l| {
+                    let models: Vec<ModelRecord> = match typed(l) {
+                        Ok(m) => m,
+                        Err(e) => return format!("{e:#}"),
+                    };
                     let mut out = format!("{:<32} {:>7}  {:>5}  DESCRIPTION", "NAME", "VERSION", "FILES");
-                    for m in l.as_array().into_iter().flatten() {
+                    for m in models {
                         out.push_str(&format!(
                             "\n{:<32} {:>7}  {:>5}  {}",
-                            m["name"].as_str().unwrap_or(""),
-                            m["version"],
-                            m["files"].as_array().map(Vec::len).unwrap_or(0),
-                            m["description"].as_str().unwrap_or("")
+                            m.name,
+                            m.version,
+                            m.files.len(),
+                            m.description.unwrap_or_default()
                         ));
                     }
                     out

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use http::Method;
-use plinth_control::api::RegenKey;
+use plinth_control::api::{Keys, RegenKey, ServiceView, Token};
 use serde_json::Value;
 
-use super::{HostArgs, block_on};
+use super::{HostArgs, block_on, typed};
 
 /// Lines fetched per poll with --follow.
 const FOLLOW_WINDOW: usize = 500;
@@ -49,15 +49,18 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 let list = client.json(Method::GET, "/api/v1/admin/services", None).await?;
                 host.print(&list, |l| {
                     let mut out = format!("{:<28} {:<14} {:<24} SCORING URI", "NAME", "STATE", "MODELS");
-                    for s in l.as_array().into_iter().flatten() {
-                        let models = super::strings(&s["models"]);
+                    let services: Vec<ServiceView> = match typed(l) {
+                        Ok(s) => s,
+                        Err(e) => return format!("{e:#}"),
+                    };
+                    for s in services {
                         out.push_str(&format!(
                             "\n{:<28} {:<14} {:<24} {}{}",
-                            s["name"].as_str().unwrap_or(""),
-                            s["state"].as_str().unwrap_or(""),
-                            models.join(","),
+                            s.name,
+                            format!("{:?}", s.state),
+                            s.models.join(","),
                             host.host.trim_end_matches('/'),
-                            s["scoringUri"].as_str().unwrap_or("")
+                            s.scoring_uri
                         ));
                     }
                     out
@@ -106,12 +109,9 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 let k = client
                     .json(Method::GET, &format!("/api/v1/admin/services/{name}/keys"), None)
                     .await?;
-                host.print(&k, |k| {
-                    format!(
-                        "primary:   {}\nsecondary: {}",
-                        k["primaryKey"].as_str().unwrap_or(""),
-                        k["secondaryKey"].as_str().unwrap_or("")
-                    )
+                host.print(&k, |k| match typed::<Keys>(k) {
+                    Ok(k) => format!("primary:   {}\nsecondary: {}", k.primary_key, k.secondary_key),
+                    Err(e) => format!("{e:#}"),
                 });
             }
             Command::RegenKey { name, key } => {
@@ -123,21 +123,19 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                         Some(&body),
                     )
                     .await?;
-                host.print(&k, |k| {
-                    let field = if key == "primary" { "primaryKey" } else { "secondaryKey" };
-                    format!("{key}: {}", k[field].as_str().unwrap_or(""))
+                host.print(&k, |k| match typed::<Keys>(k) {
+                    Ok(k) if key == "primary" => format!("{key}: {}", k.primary_key),
+                    Ok(k) => format!("{key}: {}", k.secondary_key),
+                    Err(e) => format!("{e:#}"),
                 });
             }
             Command::Token { name } => {
                 let t = client
                     .json(Method::POST, &format!("/api/v1/admin/services/{name}/token"), None)
                     .await?;
-                host.print(&t, |t| {
-                    format!(
-                        "token: {}\nrefresh after: {}",
-                        t["accessToken"].as_str().unwrap_or(""),
-                        t["refreshAfter"]
-                    )
+                host.print(&t, |t| match typed::<Token>(t) {
+                    Ok(t) => format!("token: {}\nrefresh after: {}", t.access_token, t.refresh_after),
+                    Err(e) => format!("{e:#}"),
                 });
             }
         }
