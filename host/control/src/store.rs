@@ -155,6 +155,36 @@ pub struct VersionRecord {
     pub updated: u64,
 }
 
+impl VersionRecord {
+    /// A new version of this content: the default, claiming all traffic, no settings yet.
+    pub fn new(
+        name: &str,
+        models: Vec<String>,
+        inference_config: InferenceConfig,
+        deployment_config: DeploymentConfig,
+        source: Vec<FileRef>,
+        entry_script: Option<String>,
+    ) -> Self {
+        VersionRecord {
+            name: name.to_string(),
+            models,
+            inference_config,
+            deployment_config,
+            source,
+            entry_script,
+            traffic: 100,
+            is_default: true,
+            control: false,
+            mirror: 0,
+            description: None,
+            tags: BTreeMap::new(),
+            rollback: None,
+            created: now(),
+            updated: now(),
+        }
+    }
+}
+
 /// When a treatment's traffic is automatically set to 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -536,23 +566,14 @@ impl ServiceRecord {
 #[cfg(test)]
 impl VersionRecord {
     pub(crate) fn test(name: &str) -> Self {
-        VersionRecord {
-            name: name.into(),
-            models: Vec::new(),
-            inference_config: InferenceConfig::default(),
-            deployment_config: DeploymentConfig::default(),
-            source: Vec::new(),
-            entry_script: None,
-            traffic: 100,
-            is_default: true,
-            control: false,
-            mirror: 0,
-            description: None,
-            tags: BTreeMap::new(),
-            rollback: None,
-            created: 1,
-            updated: 1,
-        }
+        VersionRecord::new(
+            name,
+            Vec::new(),
+            InferenceConfig::default(),
+            DeploymentConfig::default(),
+            Vec::new(),
+            None,
+        )
     }
 }
 

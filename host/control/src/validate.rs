@@ -1,9 +1,6 @@
 //! Turning what an admin request asks for into a checked version record: the Azure configs parsed with
 //! the errors naming the field, models resolved, files present, the settings applied.
 
-use std::collections::BTreeMap;
-
-use plinth_router::time::unix_seconds as now;
 use plinth_runtime::MAX_MODELS;
 use serde_json::Value;
 
@@ -61,23 +58,7 @@ pub(crate) fn version_record(
             ids.len()
         )));
     }
-    let record = VersionRecord {
-        name: name.to_string(),
-        models: ids,
-        inference_config: ic,
-        deployment_config: dc,
-        source,
-        entry_script,
-        traffic: 100,
-        is_default: true,
-        control: false,
-        mirror: 0,
-        description: None,
-        tags: BTreeMap::new(),
-        rollback: None,
-        created: now(),
-        updated: now(),
-    };
+    let record = VersionRecord::new(name, ids, ic, dc, source, entry_script);
     Ok((record, ignored))
 }
 
