@@ -68,6 +68,9 @@ fn expected(inputs: &[TensorSpec]) -> String {
     }
 }
 
+/// Elements reserved up front for a decoded tensor; more are added only as the body really holds them.
+const PREALLOCATE_AT_MOST: usize = 1 << 16;
+
 /// Turns nested JSON arrays into a tensor of the spec's datatype, checking rectangularity.
 pub fn decode_tensor(spec: &TensorSpec, value: &Value) -> Result<Tensor> {
     let mut shape = Vec::new();
@@ -79,7 +82,9 @@ pub fn decode_tensor(spec: &TensorSpec, value: &Value) -> Result<Tensor> {
             None => break,
         }
     }
-    let mut flat = Vec::with_capacity(Tensor::element_count(&shape)?);
+    // The shape comes from the first element at each depth, so its product can be far larger than the
+    // body: reserve at most a modest amount and let a ragged body fail before it grows.
+    let mut flat = Vec::with_capacity(Tensor::element_count(&shape)?.min(PREALLOCATE_AT_MOST));
     walk(&spec.name, value, &shape, &mut Vec::new(), &mut flat)?;
     let data = flat_data(&spec.name, spec.datatype, &flat)?;
     // A single row for a batched input: add the batch dimension.

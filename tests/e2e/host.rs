@@ -452,3 +452,25 @@ fn a_spinning_script_holds_up_only_its_own_request() {
     let r = spinning.join().unwrap();
     assert_eq!(r.status, 504, "{}", r.body);
 }
+
+#[test]
+fn a_second_host_on_the_same_workspace_is_refused_naming_the_first() {
+    let dir = temp_dir("lock");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    let second = plinth()
+        .args(["serve", "--listen", "127.0.0.1:0", "--workspace"])
+        .arg(dir.join("ws"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("in use by another plinth host") && err.contains(&format!("PID {}", host.pid())),
+        "{err}"
+    );
+    assert_eq!(
+        curl(&format!("{}/healthz", host.url), &[]).status,
+        200,
+        "the first host serves on"
+    );
+}

@@ -131,6 +131,13 @@ fn malformed_requests_are_4xx_naming_the_problem() {
             "unknown output 'nope'",
         ),
         (
+            // A shape far larger than the body: refused, never allocated.
+            x("[1000000000000]", "FP32", "[1]"),
+            "/v2/models/diabetes/infer",
+            400,
+            "needs 1000000000000 elements but data has 1",
+        ),
+        (
             x("[1, 10]", "FP32", row),
             "/v2/models/nosuch/infer",
             404,
@@ -164,6 +171,17 @@ fn malformed_requests_are_4xx_naming_the_problem() {
         ],
     );
     assert_eq!(r.status, 400, "{}", r.body);
+    // A `/score` body whose first element at each depth is long and the rest short: the shape read
+    // from it would be 10^12 elements; it is refused as ragged, never reserved.
+    let first_heavy = {
+        let zeros = |n: usize| vec!["0"; n].join(",");
+        let inner = format!("[{}]", zeros(10_000));
+        let middle = format!("[{inner},{}]", zeros(9_999));
+        format!(r#"{{"data": [{middle},{}]}}"#, zeros(9_999))
+    };
+    let r = score(&host.score_url("diabetes"), Some(KEY), &first_heavy);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("ragged"), "{}", r.body);
     let ok = infer(
         &host,
         "/v2/models/diabetes/versions/1/infer",
@@ -182,6 +200,12 @@ fn malformed_requests_are_4xx_naming_the_problem() {
         200,
         "still ready after all that"
     );
+    // Without a credential nothing names a version or a service.
+    let r = curl(&format!("{}/v2/models/diabetes/versions/9", host.url), &[]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(!r.body.contains("versions:"), "{}", r.body);
+    let r = curl(&format!("{}/readyz", host.url), &[]);
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ready"})));
 }
 
 #[test]

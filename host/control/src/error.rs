@@ -40,6 +40,9 @@ pub enum Error {
     },
     #[error("corrupt record: {0}")]
     Corrupt(#[source] serde_json::Error),
+    /// Another host holds the workspace.
+    #[error("workspace {} is in use by another plinth host (PID {holder}): stop it, or give this one another --workspace", root.display())]
+    Locked { root: PathBuf, holder: String },
     /// The deployments actor stopped (the host is shutting down).
     #[error("the control plane is shutting down")]
     Stopped,
@@ -67,6 +70,7 @@ impl Error {
             Error::Database { .. } => "database",
             Error::Io { .. } => "io",
             Error::Corrupt(_) => "corrupt",
+            Error::Locked { .. } => "locked",
             Error::Stopped => "stopped",
             Error::Task { .. } => "task",
         }
@@ -97,6 +101,7 @@ impl From<Error> for plinth_router::Error {
             e @ (Error::Database { .. }
             | Error::Io { .. }
             | Error::Corrupt(_)
+            | Error::Locked { .. }
             | Error::Stopped
             | Error::Task { .. }) => R::Backend {
                 what: format!("the control plane ({})", e.kind()),

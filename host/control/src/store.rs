@@ -213,6 +213,8 @@ fn default_min_requests() -> usize {
 
 pub struct Workspace {
     root: PathBuf,
+    /// Held for the workspace's life: one host per workspace.
+    _lock: std::fs::File,
     db: Mutex<Connection>,
     admin_token: String,
     jwt_secret: Vec<u8>,
@@ -227,8 +229,11 @@ impl std::fmt::Debug for Workspace {
 }
 
 impl Workspace {
+    /// Opens (or creates) the workspace at `root` and locks it for this process: a second host on the
+    /// same workspace is refused (it would redeploy everything and remove what the first one serves).
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root.join("blobs/sha256")).map_err(Error::io(root.join("blobs/sha256")))?;
+        let lock = lock(root)?;
         let db = Connection::open(root.join("plinth.db")).map_err(Error::db("opening plinth.db"))?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -243,6 +248,7 @@ impl Workspace {
         let jwt_secret = secret_file(&root.join("jwt-secret"))?.into_bytes();
         Ok(Workspace {
             root: root.to_path_buf(),
+            _lock: lock,
             db: Mutex::new(db),
             admin_token,
             jwt_secret,
@@ -463,6 +469,36 @@ impl Workspace {
     }
 }
 
+/// Takes `<root>/lock` (an advisory lock the OS drops when the process ends, however it ends) and
+/// writes this process's id into it.
+fn lock(root: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek};
+    let path = root.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(Error::io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(Error::Locked {
+                root: root.to_path_buf(),
+                holder: holder.trim().to_string(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path)(e)),
+    }
+    file.set_len(0).map_err(Error::io(&path))?;
+    file.rewind().map_err(Error::io(&path))?;
+    writeln!(file, "{}", std::process::id()).map_err(Error::io(&path))?;
+    Ok(file)
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -612,7 +648,12 @@ mod tests {
             size: 1,
         };
         assert!(ws.register_model("m", None, BTreeMap::new(), vec![missing]).is_err());
-        // Reopening keeps everything, secrets included.
+        // One holder at a time; reopening keeps everything, secrets included.
+        let second = Workspace::open(&dir).unwrap_err().to_string();
+        assert!(
+            second.contains("in use by another plinth host") && second.contains(&std::process::id().to_string()),
+            "{second}"
+        );
         let token = ws.admin_token().to_string();
         drop(ws);
         let again = Workspace::open(&dir).unwrap();

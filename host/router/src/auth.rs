@@ -235,7 +235,24 @@ impl TokenIssuer {
         validation.leeway = 0;
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|_| ())
-            .map_err(|e| Error::Unauthorized(format!("invalid token: {e}")))
+            .map_err(|e| Error::Unauthorized(format!("invalid token: {}", token_problem(e.kind()))))
+    }
+}
+
+/// What is wrong with a token, in the user's words rather than the JWT library's.
+fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "it has expired; fetch a new one (plinth service token)",
+        K::ImmatureSignature => "it is not valid yet",
+        K::InvalidAudience => "it was issued for another service",
+        K::InvalidIssuer => "it was not issued by a Plinth host",
+        K::InvalidSignature => "its signature does not match this host's key",
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm | K::MissingAlgorithm => {
+            "it must be signed with HS256"
+        }
+        K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) => "it lacks the claims a Plinth token carries",
+        _ => "it is not a well-formed token",
     }
 }
 
@@ -273,6 +290,19 @@ mod tests {
         let parts: Vec<&str> = t.access_token.split('.').collect();
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
         assert!(issuer.verify(none.as_bytes(), "svc").is_err(), "alg none");
+        let said = |token: &str, service: &str| issuer.verify(token.as_bytes(), service).unwrap_err().to_string();
+        assert_eq!(
+            said(&t.access_token, "other"),
+            "invalid token: it was issued for another service"
+        );
+        assert_eq!(
+            said("not.a.token", "svc"),
+            "invalid token: it is not a well-formed token"
+        );
+        assert_eq!(
+            other.verify(t.access_token.as_bytes(), "svc").unwrap_err().to_string(),
+            "invalid token: its signature does not match this host's key"
+        );
         let expired = TokenIssuer::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(0));
         let mut claims_token = expired.issue("svc").unwrap();
         claims_token.access_token = {

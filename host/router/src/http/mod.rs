@@ -233,6 +233,8 @@ impl Host {
             .router
             .get(name)
             .ok_or_else(|| Error::NotFound(format!("model {name} not found")))?;
+        // The credential first: a caller without one learns nothing of the model's versions.
+        service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
         let (pinned, rest) = match rest {
             ["versions", v, tail @ ..] => {
                 service.version(v).map_err(|_| {
@@ -246,7 +248,6 @@ impl Host {
             }
             tail => (None, tail),
         };
-        service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
         match (method, rest) {
             (Method::GET, []) => {
                 let version = match pinned {
@@ -291,13 +292,11 @@ impl Host {
         self.admin.as_ref().map(|a| a.loading()).unwrap_or_default()
     }
 
+    /// Ready, or how many deployments are still loading; no names (readiness needs no credential).
     fn ready(&self) -> Response<Body> {
-        let pending = self.loading();
-        if pending.is_empty() {
-            json_response(
-                StatusCode::OK,
-                &json!({"status": "ready", "services": self.router.names()}),
-            )
+        let pending = self.loading().len();
+        if pending == 0 {
+            json_response(StatusCode::OK, &json!({"status": "ready"}))
         } else {
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,

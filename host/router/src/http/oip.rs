@@ -120,7 +120,8 @@ pub fn decode(body: &[u8], header_len: Option<&str>) -> Result<Request> {
                         "input '{name}' has neither 'data' nor parameters.binary_data_size"
                     ))
                 })?;
-                let mut flat = Vec::with_capacity(count);
+                // Never reserve from a client's shape alone: each element takes at least a byte of JSON.
+                let mut flat = Vec::with_capacity(count.min(json_part.len()));
                 flatten(value, &mut flat);
                 let data = flat_data(name, datatype, &flat).map_err(|e| bad(e.to_string()))?;
                 if data.len() != count {
@@ -190,7 +191,8 @@ fn binary_size(params: &Map<String, Value>, name: &str) -> Result<Option<usize>>
 /// Binary tensor bytes to data: one copy, no per-element parsing (BYTES and BOOL excepted).
 fn decode_binary(name: &str, datatype: DataType, bytes: &[u8], count: usize) -> Result<TensorData> {
     if datatype == DataType::Bytes {
-        let mut out = Vec::with_capacity(count);
+        // Each element takes at least its 4-byte length.
+        let mut out = Vec::with_capacity(count.min(bytes.len() / 4));
         let mut rest = bytes;
         while !rest.is_empty() {
             if rest.len() < 4 {
