@@ -68,6 +68,18 @@ fn expected(inputs: &[TensorSpec]) -> String {
     }
 }
 
+/// A JSON number as FP32, unless it is too large for one (it would become infinity).
+fn fp32(x: f64) -> Option<f32> {
+    let y = x as f32;
+    y.is_finite().then_some(y)
+}
+
+/// A JSON number as FP16, unless it is too large for one.
+fn fp16(x: f64) -> Option<half::f16> {
+    let y = half::f16::from_f64(x);
+    y.is_finite().then_some(y)
+}
+
 /// Elements reserved up front for a decoded tensor; more are added only as the body really holds them.
 const PREALLOCATE_AT_MOST: usize = 1 << 16;
 
@@ -131,8 +143,8 @@ pub fn flat_data(name: &str, datatype: DataType, flat: &[&Value]) -> Result<Tens
         DataType::Int16 => TensorData::Int16(all(name, dt, flat, int)?),
         DataType::Int32 => TensorData::Int32(all(name, dt, flat, int)?),
         DataType::Int64 => TensorData::Int64(all(name, dt, flat, Value::as_i64)?),
-        DataType::Fp16 => TensorData::Fp16(all(name, dt, flat, |v| v.as_f64().map(half::f16::from_f64))?),
-        DataType::Fp32 => TensorData::Fp32(all(name, dt, flat, |v| v.as_f64().map(|x| x as f32))?),
+        DataType::Fp16 => TensorData::Fp16(all(name, dt, flat, |v| v.as_f64().and_then(fp16))?),
+        DataType::Fp32 => TensorData::Fp32(all(name, dt, flat, |v| v.as_f64().and_then(fp32))?),
         DataType::Fp64 => TensorData::Fp64(all(name, dt, flat, Value::as_f64)?),
         DataType::Bytes => TensorData::Bytes(all(name, dt, flat, |v| v.as_str().map(str::to_string))?),
     })
@@ -187,6 +199,7 @@ mod fast {
 
     use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+    use super::{fp16, fp32};
     use crate::{DataType, Tensor, TensorData, TensorSpec};
 
     pub(super) fn decode(inputs: &[TensorSpec], body: &[u8]) -> Option<Vec<Tensor>> {
@@ -327,9 +340,10 @@ mod fast {
                 Number::F(f) => f,
             };
             match &mut self.data {
-                TensorData::Fp32(v) => v.push(f as f32),
+                // Out of range: the general path names the element.
+                TensorData::Fp32(v) => return fp32(f).map(|x| v.push(x)).is_some(),
                 TensorData::Fp64(v) => v.push(f),
-                TensorData::Fp16(v) => v.push(half::f16::from_f64(f)),
+                TensorData::Fp16(v) => return fp16(f).map(|x| v.push(x)).is_some(),
                 TensorData::Int64(v) => return int(n).map(|x| v.push(x)).is_some(),
                 TensorData::Int32(v) => return int(n).map(|x| v.push(x)).is_some(),
                 TensorData::Int16(v) => return int(n).map(|x| v.push(x)).is_some(),
@@ -514,6 +528,18 @@ mod tests {
         assert!(err(br#"{"data": [[1.5, 2]]}"#).contains("not a valid INT64"));
         assert!(err(br#"{"data": [[1, 2, 3]]}"#).contains("expected shape"));
         assert!(err(br#"{"y": [[1, 2]]}"#).contains("unknown field 'y'"));
+        // A number too large for the input's type is refused, not turned into infinity.
+        for (datatype, body) in [
+            (DataType::Fp32, &br#"{"data": [[1, 3.4e39]]}"#[..]),
+            (DataType::Fp16, &br#"{"data": [[1, 70000]]}"#[..]),
+        ] {
+            let inputs = [spec("x", datatype, &[-1, 2])];
+            let e = decode_request(&inputs, body).unwrap_err().to_string();
+            assert!(
+                e.contains("input 'x': element 1 is") && e.contains(&format!("not a valid {datatype}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

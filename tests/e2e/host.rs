@@ -151,6 +151,12 @@ fn python_score_py_deployed_from_azure_configs() {
         "{}",
         bad.body
     );
+    // JSON nested 2,000 deep would exhaust the script's stack: refused before it reaches the script.
+    let deep = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
+    let r = score(&url, Some(&key), &deep);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("more than 64 levels"), "{}", r.body);
+    assert_eq!(score(&url, Some(&key), &sample_body()).status, 200);
     let logs = host.run(&["service", "logs", "diabetes-py"]);
     assert!(logs.contains("diabetes model ready"), "{logs}");
     assert!(logs.contains("ignored on a Plinth host: computeType"), "{logs}");

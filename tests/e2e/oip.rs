@@ -131,6 +131,12 @@ fn malformed_requests_are_4xx_naming_the_problem() {
             "unknown output 'nope'",
         ),
         (
+            x("[1, 10]", "FP32", "[3.4e39, 0, 0, 0, 0, 0, 0, 0, 0, 0]"),
+            "/v2/models/diabetes/infer",
+            400,
+            "element 0 is 3.4e+39, which is not a valid FP32 value",
+        ),
+        (
             // A shape far larger than the body: refused, never allocated.
             x("[1000000000000]", "FP32", "[1]"),
             "/v2/models/diabetes/infer",

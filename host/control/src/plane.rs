@@ -32,6 +32,7 @@ impl ControlPlane {
         options: ControlOptions,
     ) -> Arc<Self> {
         let tokens = Arc::new(TokenIssuer::new(ws.jwt_secret(), options.token_lifetime));
+        crate::scripts::remove_stale_builds(&options.cache_dir.clone().unwrap_or_else(|| ws.root().join("cache")));
         let cx = Arc::new(Context {
             ws,
             router,

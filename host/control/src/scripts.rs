@@ -115,6 +115,27 @@ fn compile_python(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Removes build folders (`<cache>/python/build-<hash>-<pid>`) whose compiling process is gone: a host
+/// killed mid-compile leaves one behind. Folders of live processes (another host sharing the cache)
+/// stay.
+pub fn remove_stale_builds(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir.join("python")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("build-").and_then(|rest| rest.rsplit('-').next()) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// sha256 over the SDK parts and every file under `dir` (relative path and contents, in sorted order).
 /// Caches and virtual environments are left out.
 fn source_hash(dir: &Path, parts: &[&str]) -> Result<String> {
@@ -187,4 +208,24 @@ fn componentize_py() -> Result<PathBuf> {
         "componentize-py not found: install it with `.venv/bin/pip install componentize-py` (scripts/setup does this)"
             .into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_builds_of_dead_processes_are_removed() {
+        let cache = std::env::temp_dir().join(format!("plinth-builds-{}", plinth_router::generate_key()));
+        let dead = cache.join("python/build-abc-4000000000");
+        let live = cache.join(format!("python/build-abc-{}", std::process::id()));
+        let done = cache.join("python/abc.wasm");
+        for d in [&dead, &live] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&done, b"component").unwrap();
+        remove_stale_builds(&cache);
+        assert!(!dead.exists() && live.exists() && done.exists());
+        std::fs::remove_dir_all(cache).unwrap();
+    }
 }

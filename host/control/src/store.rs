@@ -232,9 +232,14 @@ impl Workspace {
     /// Opens (or creates) the workspace at `root` and locks it for this process: a second host on the
     /// same workspace is refused (it would redeploy everything and remove what the first one serves).
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root.join("blobs/sha256")).map_err(Error::io(root.join("blobs/sha256")))?;
+        private_dir(&root.join("blobs/sha256"))?;
+        private_dir(root)?;
         let lock = lock(root)?;
+        remove_partial_blobs(&root.join("blobs/sha256"));
         let db = Connection::open(root.join("plinth.db")).map_err(Error::db("opening plinth.db"))?;
+        for file in ["plinth.db", "plinth.db-wal", "plinth.db-shm"] {
+            private_file(&root.join(file))?;
+        }
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -296,7 +301,11 @@ impl Workspace {
         }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
@@ -469,18 +478,55 @@ impl Workspace {
     }
 }
 
+/// Creates `dir` (and what is above it) readable by its owner alone, and narrows it if it was wider.
+fn private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(Error::io(dir))?;
+    narrow(dir, 0o700)
+}
+
+/// Narrows an existing file to its owner alone (0600); a missing one is fine.
+fn private_file(path: &Path) -> Result<()> {
+    if path.exists() { narrow(path, 0o600) } else { Ok(()) }
+}
+
+#[cfg(unix)]
+fn narrow(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path).map_err(Error::io(path))?.permissions().mode() & 0o777;
+    if current & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & mode)).map_err(Error::io(path))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn narrow(_: &Path, _: u32) -> Result<()> {
+    Ok(())
+}
+
+/// Removes blobs a crash left half-written (`<sha>.tmp<pid>`); whole blobs are renamed into place.
+fn remove_partial_blobs(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().contains(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Takes `<root>/lock` (an advisory lock the OS drops when the process ends, however it ends) and
 /// writes this process's id into it.
 fn lock(root: &Path) -> Result<std::fs::File> {
     use std::io::{Read, Seek};
     let path = root.join("lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(Error::io(&path))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut file = opts.open(&path).map_err(Error::io(&path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -655,15 +701,23 @@ mod tests {
             "{second}"
         );
         let token = ws.admin_token().to_string();
+        let partial = dir.join("blobs/sha256").join(format!("{}.tmp4242", "b".repeat(64)));
+        std::fs::write(&partial, b"half").unwrap();
         drop(ws);
         let again = Workspace::open(&dir).unwrap();
+        assert!(!partial.exists(), "a half-written blob is cleaned at start");
         assert_eq!(again.admin_token(), token);
         assert_eq!(again.models().unwrap().len(), 2);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join("admin-token")).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
+            let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+            for file in ["admin-token", "jwt-secret", "plinth.db", "lock"] {
+                assert_eq!(mode(file), 0o600, "{file}");
+            }
+            assert_eq!(mode(&format!("blobs/sha256/{}", hex(&Sha256::digest(bytes)))), 0o600);
+            assert_eq!(mode(""), 0o700);
+            assert_eq!(mode("blobs"), 0o700);
         }
         std::fs::remove_dir_all(dir).unwrap();
     }

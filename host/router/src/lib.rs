@@ -55,8 +55,8 @@ pub use self::batch::BatchConfig;
 pub use self::error::{Error, Fault, Result};
 pub use self::exec::INLINE_BELOW;
 pub use self::http::{
-    Admin, AdminRequest, Body, BoxFuture, DEFAULT_MAX_BODY_BYTES, Host, MAX_ADMIN_BODY_BYTES, REQUEST_ID,
-    VERSION_HEADER, error_response, json_response, oip, status_of,
+    Admin, AdminRequest, Body, BoxFuture, DEFAULT_MAX_BODY_BYTES, Host, MAX_ADMIN_BODY_BYTES, MAX_JSON_DEPTH,
+    REQUEST_ID, VERSION_HEADER, error_response, json_response, oip, status_of,
 };
 pub use self::observe::{COLLECT_QUEUE, Collector, LINES_KEPT, LogHub, Metrics, Sampling, is_service_event};
 pub use self::queue::COLD_START_WAIT;

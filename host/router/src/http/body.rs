@@ -48,3 +48,54 @@ pub(crate) async fn read_body(headers: &http::HeaderMap, body: Incoming, limit: 
         None => first.unwrap_or_default(),
     })
 }
+
+/// The deepest JSON nesting (arrays and objects) a body may have before it reaches an entry script.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Refuses a body nested deeper than [`MAX_JSON_DEPTH`], counting brackets outside strings: a script's
+/// JSON parser would exhaust its stack on it and fail as if the script were at fault. One pass over
+/// the bytes, no allocation.
+pub(crate) fn check_nesting(body: &[u8]) -> Result<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Error::BadRequest(format!(
+                        "the request body nests JSON more than {MAX_JSON_DEPTH} levels deep"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_nesting(deep(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        let err = check_nesting(deep(2000).as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("more than 64 levels"), "{err}");
+        let in_string = format!(r#"{{"text": "{}", "escaped": "\"[[["}}"#, "[".repeat(500));
+        assert!(check_nesting(in_string.as_bytes()).is_ok());
+        assert!(check_nesting(br#"{"data": [[1, 2], [3, 4]]}"#).is_ok());
+    }
+}

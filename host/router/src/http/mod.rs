@@ -20,6 +20,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
+pub use self::body::MAX_JSON_DEPTH;
 pub use self::response::{Body, error_response, json_response, status_of};
 
 use self::body::read_body;

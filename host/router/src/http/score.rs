@@ -84,6 +84,9 @@ async fn run(
 ) -> Result<Response<Body>> {
     match payload {
         Payload::Score(body) => {
+            if version.info().has_script {
+                super::body::check_nesting(&body)?;
+            }
             let out = version.score(body.clone(), ctx).await?;
             version.collect(request_id, body, &out);
             Ok(json_bytes(out))
@@ -91,6 +94,7 @@ async fn run(
         Payload::Oip { decoded, raw } if version.info().has_script => {
             // An entry script reads OIP JSON whatever the request's encoding.
             let script_body = Bytes::from(oip::to_script_json(&decoded));
+            super::body::check_nesting(&script_body)?;
             let out = version.run(move |p| p.score(&script_body, &ctx)).await?;
             version.collect(request_id, raw, &out);
             Ok(json_bytes(out))
