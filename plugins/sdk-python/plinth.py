@@ -10,6 +10,7 @@ returns anything ``json.dumps`` accepts. From it::
 
 Model files are read-only under ``plinth.MODEL_DIR`` (``/models``, also ``$AZUREML_MODEL_DIR``).
 """
+from componentize_py_types import Err
 from wit_world.imports import host
 from wit_world.imports import types as _t
 
@@ -111,7 +112,13 @@ def infer(model, inputs):
     """Runs one of the deployment's ONNX models. ``inputs`` maps input names to nested lists (or Tensor);
     returns a dict of output name -> nested lists."""
     tensors = [_to_wit(name, value) for name, value in inputs.items()]
-    outputs = host.infer(model, tensors)
+    try:
+        outputs = host.infer(model, tensors)
+    except Err as e:
+        # Inputs the model refuses are the request's fault (the host checked them): a 400.
+        if isinstance(e.value, _t.Error_InvalidInput):
+            raise BadRequest(e.value.value) from None
+        raise
     result = {}
     for t in outputs:
         data = t.data.value

@@ -480,3 +480,46 @@ fn a_second_host_on_the_same_workspace_is_refused_naming_the_first() {
         "the first host serves on"
     );
 }
+
+#[test]
+fn an_exception_escaping_run_is_the_scripts_500_with_its_line() {
+    let dir = temp_dir("py-errors");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    let script = repo().join("plugins/test-scripts-python/adversary");
+    let ic = write_json(
+        &dir,
+        "ic.json",
+        &json!({"entryScript": "score.py", "sourceDirectory": script.to_str().unwrap()}),
+    );
+    let dc = Dc::test().replicas(1).write(&dir, "dc.json");
+    host.run(&[
+        "deploy",
+        "-n",
+        "py",
+        "--ic",
+        ic.to_str().unwrap(),
+        "--dc",
+        dc.to_str().unwrap(),
+    ]);
+    let (key, _) = host.keys("py");
+    let url = host.score_url("py");
+    assert_eq!(score(&url, Some(&key), "hello").status, 200);
+    // A ValueError (bad JSON inside the script) is the script's bug, as in Azure ML: not a 400.
+    let r = score(&url, Some(&key), "bad-json");
+    assert_eq!(r.status, 500, "{}", r.body);
+    let err = r.json()["error"].as_str().unwrap().to_string();
+    assert!(err.contains("JSONDecodeError") && err.contains("score.py:"), "{err}");
+    let r = score(&url, Some(&key), "raise");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body.contains("RuntimeError: the adversary failed on purpose"),
+        "{}",
+        r.body
+    );
+    let stats = &host.run_json(&["service", "show", "py"])["versions"][0]["stats"];
+    assert_eq!(
+        (&stats["failures"], &stats["rejected"]),
+        (&json!(2), &json!(0)),
+        "{stats}"
+    );
+}
