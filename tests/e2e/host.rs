@@ -80,6 +80,20 @@ fn register_deploy_keys_score_regen_token_restart() {
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     assert_eq!(score(&url, Some(&tampered), &sample_body()).status, 401);
+    let tampered_body = score(&url, Some(&tampered), &sample_body()).body;
+    assert!(
+        tampered_body.contains("invalid token: its signature does not match"),
+        "{tampered_body}"
+    );
+
+    // Rotating the token secret revokes every token issued before, at once.
+    host.run(&["service", "regen-key", "ridge", "--key", "token"]);
+    assert_eq!(score(&url, Some(&access), &sample_body()).status, 401);
+    let fresh = host.run_json(&["service", "token", "ridge"])["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(score(&url, Some(&fresh), &sample_body()).status, 200);
 
     // A restart brings back the service, its model and its keys.
     host = host.restart();
@@ -98,6 +112,22 @@ fn register_deploy_keys_score_regen_token_restart() {
     assert_eq!(list[0]["state"], "Healthy");
     let models = host.run_json(&["model", "list"]);
     assert_eq!(models[0]["tags"]["task"], "regression");
+    let url = host.score_url("ridge");
+    assert_eq!(
+        score(&url, Some(&fresh), &sample_body()).status,
+        200,
+        "tokens survive a restart"
+    );
+
+    // A service deleted and created again under the same name takes none of the old one's tokens.
+    host.run(&["service", "delete", "ridge"]);
+    host.deploy("diabetes:1", "ridge", &dc);
+    assert_eq!(score(&url, Some(&fresh), &sample_body()).status, 401);
+    let newer = host.run_json(&["service", "token", "ridge"])["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(score(&url, Some(&newer), &sample_body()).status, 200);
 }
 
 fn url_port(url: &str) -> String {

@@ -131,7 +131,7 @@ impl ControlPlane {
                         "service {name} does not use token auth (set tokenAuthEnabled in its deployment config)"
                     )));
                 }
-                ok(&self.cx.tokens.issue(name)?)
+                ok(&self.cx.tokens.issue(name, &r.token_secret)?)
             }
             (&Method::GET, ["services", name, "logs"]) => {
                 ws.service(name)?;

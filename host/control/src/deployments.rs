@@ -232,6 +232,7 @@ impl Actor {
                 token_auth_enabled: dc.token_auth_enabled,
                 primary_key: dc.keys.primary_key.clone().unwrap_or_else(generate_key),
                 secondary_key: dc.keys.secondary_key.clone().unwrap_or_else(generate_key),
+                token_secret: generate_key(),
                 created: now(),
                 updated: now(),
                 events: Vec::new(),
@@ -406,16 +407,17 @@ impl Actor {
         match which.to_ascii_lowercase().as_str() {
             "primary" => r.primary_key = generate_key(),
             "secondary" => r.secondary_key = generate_key(),
+            "token" => r.token_secret = generate_key(),
             _ => {
                 return Err(Error::BadRequest(format!(
-                    "key must be \"primary\" or \"secondary\", got \"{which}\""
+                    "key must be \"primary\", \"secondary\" or \"token\", got \"{which}\""
                 )));
             }
         }
         r.updated = now();
         self.cx.ws.put_service(&r)?;
         if let Some(svc) = self.cx.router.get(name) {
-            svc.set_keys(r.primary_key.clone(), r.secondary_key.clone());
+            svc.set_credentials(r.primary_key.clone(), r.secondary_key.clone(), r.token_secret.clone());
         }
         self.cx.logs.event(name, "INFO", &format!("{which} key regenerated"));
         Ok(Keys {
@@ -601,6 +603,7 @@ impl Actor {
             token_auth_enabled: record.token_auth_enabled,
             primary_key: record.primary_key.clone(),
             secondary_key: record.secondary_key.clone(),
+            token_secret: record.token_secret.clone(),
         };
         self.cx
             .router

@@ -53,6 +53,10 @@ pub struct ServiceRecord {
     pub token_auth_enabled: bool,
     pub primary_key: String,
     pub secondary_key: String,
+    /// The service's part of its token signing key (see `plinth_router::TokenIssuer`); a new one revokes
+    /// every token issued before. Records from before it existed have none until it is rotated.
+    #[serde(default)]
+    pub token_secret: String,
     pub created: u64,
     pub updated: u64,
     /// Rollout events (automatic rollbacks), newest last.
@@ -628,6 +632,7 @@ impl ServiceRecord {
             token_auth_enabled: false,
             primary_key: format!("{name}-primary-key-0123456789"),
             secondary_key: format!("{name}-secondary-key-0123456789"),
+            token_secret: format!("{name}-token-secret"),
             created: 1,
             updated: 1,
             events: Vec::new(),

@@ -42,14 +42,23 @@ pub struct Auth {
     pub token_auth_enabled: bool,
     pub primary_key: String,
     pub secondary_key: String,
+    /// The service's own part of its token key: replacing it revokes every token issued before.
+    pub token_secret: String,
 }
 
-/// A service's credentials as requests see them: the keys are a snapshot swapped whole.
+/// A service's credentials as requests see them: a snapshot swapped whole.
 #[derive(Debug)]
 pub(crate) struct ServiceCredentials {
     auth_enabled: bool,
     token_auth_enabled: bool,
-    keys: ArcSwap<(String, String)>,
+    secrets: ArcSwap<Secrets>,
+}
+
+#[derive(Debug)]
+struct Secrets {
+    primary: String,
+    secondary: String,
+    token: String,
 }
 
 impl ServiceCredentials {
@@ -57,17 +66,25 @@ impl ServiceCredentials {
         ServiceCredentials {
             auth_enabled: auth.auth_enabled,
             token_auth_enabled: auth.token_auth_enabled,
-            keys: ArcSwap::from_pointee((auth.primary_key, auth.secondary_key)),
+            secrets: ArcSwap::from_pointee(Secrets {
+                primary: auth.primary_key,
+                secondary: auth.secondary_key,
+                token: auth.token_secret,
+            }),
         }
     }
 
-    pub(crate) fn set_keys(&self, primary: String, secondary: String) {
-        self.keys.store(Arc::new((primary, secondary)));
+    pub(crate) fn set(&self, primary: String, secondary: String, token: String) {
+        self.secrets.store(Arc::new(Secrets {
+            primary,
+            secondary,
+            token,
+        }));
     }
 
     pub(crate) fn keys(&self) -> (String, String) {
-        let keys = self.keys.load();
-        (keys.0.clone(), keys.1.clone())
+        let s = self.secrets.load();
+        (s.primary.clone(), s.secondary.clone())
     }
 }
 
@@ -135,11 +152,11 @@ impl HostAuth {
         if self.is_admin(given) {
             return Ok(());
         }
+        let secrets = credentials.secrets.load();
         if credentials.auth_enabled {
-            let keys = credentials.keys.load();
             // Both comparisons always run, so timing does not tell which key matched.
-            let primary = key_matches(given, &keys.0);
-            let secondary = key_matches(given, &keys.1);
+            let primary = key_matches(given, &secrets.primary);
+            let secondary = key_matches(given, &secrets.secondary);
             if primary | secondary {
                 return Ok(());
             }
@@ -148,7 +165,7 @@ impl HostAuth {
             && let Some(tokens) = &self.tokens
         {
             return tokens
-                .verify(given, service)
+                .verify(given, service, &secrets.token)
                 .map_err(|e| Error::Unauthorized(format!("invalid credentials for service {service}: {e}")));
         }
         Err(Error::Unauthorized(format!(
@@ -182,10 +199,11 @@ pub struct Token {
     pub refresh_after: u64,
 }
 
-/// Issues and checks HS256 tokens scoped to one service (`aud = plinth:<service>`).
+/// Issues and checks HS256 tokens scoped to one service (`aud = plinth:<service>`), signed with the
+/// host's secret and the service's own token secret together: a new service secret (key rotation, or a
+/// service deleted and created again) revokes every token issued before it.
 pub struct TokenIssuer {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    secret: Vec<u8>,
     lifetime: Duration,
 }
 
@@ -194,13 +212,22 @@ const ISSUER: &str = "plinth";
 impl TokenIssuer {
     pub fn new(secret: &[u8], lifetime: Duration) -> Self {
         TokenIssuer {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            secret: secret.to_vec(),
             lifetime,
         }
     }
 
-    pub fn issue(&self, service: &str) -> Result<Token> {
+    /// The HMAC key of one service's tokens.
+    fn key(&self, service_secret: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.secret.len() + 1 + service_secret.len());
+        key.extend_from_slice(&self.secret);
+        key.push(b':');
+        key.extend_from_slice(service_secret.as_bytes());
+        key
+    }
+
+    /// A token for `service`, whose own token secret is `service_secret`.
+    pub fn issue(&self, service: &str, service_secret: &str) -> Result<Token> {
         let now = unix_seconds();
         let exp = now + self.lifetime.as_secs().max(1);
         let refresh_by = now + self.lifetime.as_secs() / 2;
@@ -212,12 +239,12 @@ impl TokenIssuer {
             exp,
             refresh_by,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| {
-            Error::Backend {
+        let encoding = EncodingKey::from_secret(&self.key(service_secret));
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &encoding).map_err(|e| Error::Backend {
                 what: "signing a token".into(),
                 source: Box::new(e),
-            }
-        })?;
+            })?;
         Ok(Token {
             access_token: token,
             token_type: "Bearer".into(),
@@ -227,13 +254,14 @@ impl TokenIssuer {
     }
 
     /// Checks signature, algorithm (HS256 only, so `alg: none` fails), expiry, issuer and audience.
-    pub fn verify(&self, token: &[u8], service: &str) -> Result<()> {
+    pub fn verify(&self, token: &[u8], service: &str, service_secret: &str) -> Result<()> {
         let token = std::str::from_utf8(token).map_err(|_| Error::Unauthorized("malformed token".into()))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[audience(service)]);
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 0;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        let decoding = DecodingKey::from_secret(&self.key(service_secret));
+        jsonwebtoken::decode::<Claims>(token, &decoding, &validation)
             .map(|_| ())
             .map_err(|e| Error::Unauthorized(format!("invalid token: {}", token_problem(e.kind()))))
     }
@@ -277,49 +305,48 @@ mod tests {
     #[test]
     fn tokens_are_scoped_signed_and_expire() {
         let issuer = TokenIssuer::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
-        let t = issuer.issue("svc").unwrap();
+        let t = issuer.issue("svc", "s1").unwrap();
         assert!(t.refresh_after < t.expiry_on);
-        issuer.verify(t.access_token.as_bytes(), "svc").unwrap();
-        assert!(
-            issuer.verify(t.access_token.as_bytes(), "other").is_err(),
-            "wrong audience"
+        let verify = |token: &str, service: &str, secret: &str| issuer.verify(token.as_bytes(), service, secret);
+        verify(&t.access_token, "svc", "s1").unwrap();
+        let said = |r: Result<()>| r.unwrap_err().to_string();
+        assert_eq!(
+            said(verify(&t.access_token, "other", "s1")),
+            "invalid token: it was issued for another service"
+        );
+        // The service's token secret rotated (or the service was created again): revoked.
+        assert_eq!(
+            said(verify(&t.access_token, "svc", "s2")),
+            "invalid token: its signature does not match this host's key"
         );
         let other = TokenIssuer::new(b"another secret, another signature", Duration::from_secs(60));
-        assert!(other.verify(t.access_token.as_bytes(), "svc").is_err(), "wrong key");
+        assert!(
+            other.verify(t.access_token.as_bytes(), "svc", "s1").is_err(),
+            "wrong host key"
+        );
         // alg: none with the same claims.
         let parts: Vec<&str> = t.access_token.split('.').collect();
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
-        assert!(issuer.verify(none.as_bytes(), "svc").is_err(), "alg none");
-        let said = |token: &str, service: &str| issuer.verify(token.as_bytes(), service).unwrap_err().to_string();
+        // (The JWT library cannot even parse `none`: no library internals reach the caller.)
         assert_eq!(
-            said(&t.access_token, "other"),
-            "invalid token: it was issued for another service"
-        );
-        assert_eq!(
-            said("not.a.token", "svc"),
+            said(verify(&none, "svc", "s1")),
             "invalid token: it is not a well-formed token"
         );
         assert_eq!(
-            other.verify(t.access_token.as_bytes(), "svc").unwrap_err().to_string(),
-            "invalid token: its signature does not match this host's key"
+            said(verify("not.a.token", "svc", "s1")),
+            "invalid token: it is not a well-formed token"
         );
-        let expired = TokenIssuer::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(0));
-        let mut claims_token = expired.issue("svc").unwrap();
-        claims_token.access_token = {
-            let c = Claims {
-                sub: "svc".into(),
-                aud: audience("svc"),
-                iss: ISSUER.into(),
-                iat: 1,
-                exp: 2,
-                refresh_by: 1,
-            };
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &c, &issuer.encoding).unwrap()
+        let c = Claims {
+            sub: "svc".into(),
+            aud: audience("svc"),
+            iss: ISSUER.into(),
+            iat: 1,
+            exp: 2,
+            refresh_by: 1,
         };
-        assert!(
-            issuer.verify(claims_token.access_token.as_bytes(), "svc").is_err(),
-            "expired"
-        );
+        let key = EncodingKey::from_secret(&issuer.key("s1"));
+        let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &c, &key).unwrap();
+        assert!(said(verify(&expired, "svc", "s1")).contains("expired"));
     }
 
     #[test]

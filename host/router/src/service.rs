@@ -93,6 +93,7 @@ impl Service {
             token_auth_enabled: config.token_auth_enabled,
             primary_key: config.primary_key,
             secondary_key: config.secondary_key,
+            token_secret: String::new(),
         };
         let routed = vec![Routed {
             version: Arc::new(version),
@@ -150,9 +151,9 @@ impl Service {
         })
     }
 
-    /// Replaces the keys; nothing restarts.
-    pub fn set_keys(&self, primary: String, secondary: String) {
-        self.credentials.set_keys(primary, secondary);
+    /// Replaces the keys and the token secret; nothing restarts, requests already checked finish.
+    pub fn set_credentials(&self, primary: String, secondary: String, token_secret: String) {
+        self.credentials.set(primary, secondary, token_secret);
     }
 
     /// The keys requests are checked against now.

@@ -34,7 +34,8 @@ pub enum Command {
     /// Regenerate one key; the other keeps working (Azure's regen_key).
     RegenKey {
         name: String,
-        #[arg(long, value_parser = ["primary", "secondary"])]
+        /// `token` rotates the service's token secret: every token issued before is refused at once.
+        #[arg(long, value_parser = ["primary", "secondary", "token"])]
         key: String,
     },
     /// Print a token and its refresh-by time (Azure's get_token).
@@ -124,6 +125,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                     )
                     .await?;
                 host.print(&k, |k| match typed::<Keys>(k) {
+                    Ok(_) if key == "token" => "token secret rotated: every earlier token is refused".into(),
                     Ok(k) if key == "primary" => format!("{key}: {}", k.primary_key),
                     Ok(k) => format!("{key}: {}", k.secondary_key),
                     Err(e) => format!("{e:#}"),
