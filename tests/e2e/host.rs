@@ -403,7 +403,14 @@ fn tls_with_curl_openssl_and_the_cli() {
     assert!(status.success(), "openssl could not make a certificate");
     let host = TestHost::start(
         &dir.join("ws"),
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-handshake-timeout-secs",
+            "1",
+        ],
     )
     .with_cacert(&cert);
     assert!(host.url.starts_with("https://"), "{}", host.url);
@@ -450,6 +457,18 @@ fn tls_with_curl_openssl_and_the_cli() {
         .output()
         .unwrap();
     assert!(!out.status.success() || out.stdout.is_empty());
+    // A client that connects and never starts the handshake is disconnected after the timeout.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", host.port())).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut silent, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the host closes the connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub use self::queue::COLD_START_WAIT;
 pub use self::replicas::{Capacity, Factory};
 pub use self::router::Router;
 pub use self::scale::{Decision, Policy};
-pub use self::server::{DRAIN, serve, shutdown_signal, tls_acceptor};
+pub use self::server::{DRAIN, ServeOptions, serve, serve_with, shutdown_signal, tls_acceptor};
 pub use self::service::{Routed, Service, ServiceConfig};
 pub use self::stats::{Stats, Window};
 pub use self::version::{Reporting, Version, VersionConfig, VersionInfo};

@@ -66,16 +66,46 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, host, tls, ServeOptions::default(), shutdown).await
+}
+
+/// How connections are treated.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A client that has not finished the TLS handshake by then is disconnected. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// [`serve`] with [`ServeOptions`].
+pub async fn serve_with(
+    listener: TcpListener,
+    host: Arc<Host>,
+    tls: Option<TlsAcceptor>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut failing = AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        failing.reset();
+                        a
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        // Out of descriptors, say: wait longer each time, and say so now and then.
+                        tokio::time::sleep(failing.next(&e)).await;
                         continue;
                     }
                 };
@@ -83,6 +113,7 @@ pub async fn serve(
                 let host = host.clone();
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
+                let handshake = options.tls_handshake_timeout;
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let host = host.clone();
@@ -91,10 +122,14 @@ pub async fn serve(
                     let mut builder = http1::Builder::new();
                     builder.timer(TokioTimer::new()).header_read_timeout(None::<Duration>);
                     let result = match tls {
-                        Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(s) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
-                            Err(e) => {
+                        Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
+                            Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
                                 return;
                             }
                         },
@@ -116,6 +151,32 @@ pub async fn serve(
     Ok(())
 }
 
+/// Failed accepts in a row: the pause before the next try doubles (10 ms up to 1 s), and a warning is
+/// written at most every 10 s with how many failed, not once per failure.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u32,
+    since_warning: u64,
+    warned: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn next(&mut self, e: &std::io::Error) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.since_warning += 1;
+        if self.warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(error = %e, failed = self.since_warning, "accept failed");
+            self.warned = Some(std::time::Instant::now());
+            self.since_warning = 0;
+        }
+        Duration::from_millis(10u64 << self.failures.min(7)).min(Duration::from_secs(1))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -135,4 +196,22 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_to_a_second() {
+        let mut b = AcceptBackoff::default();
+        let e = std::io::Error::other("too many open files");
+        let waits: Vec<Duration> = (0..10).map(|_| b.next(&e)).collect();
+        assert_eq!(waits[0], Duration::from_millis(20));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(waits[9], Duration::from_secs(1));
+        assert_eq!(b.since_warning, 9, "one warning for the ten");
+        b.reset();
+        assert_eq!(b.next(&e), Duration::from_millis(20));
+    }
 }

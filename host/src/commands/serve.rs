@@ -36,6 +36,9 @@ pub struct Args {
     /// Sustained low utilization, in seconds, before the autoscaler removes a replica.
     #[arg(long, env = "PLINTH_SCALE_DOWN_WINDOW_SECS", default_value_t = 60)]
     scale_down_window_secs: u64,
+    /// Seconds a client has to finish the TLS handshake before it is disconnected.
+    #[arg(long, default_value_t = 10)]
+    tls_handshake_timeout_secs: u64,
     /// Serve /metrics without the admin credential (for a Prometheus that scrapes without one).
     #[arg(long)]
     open_metrics: bool,
@@ -116,7 +119,10 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
         ),
     }
     tracing::info!(%addr, scheme, "listening");
-    plinth_router::serve(listener, host, tls, plinth_router::shutdown_signal()).await?;
+    let options = plinth_router::ServeOptions {
+        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout_secs.max(1)),
+    };
+    plinth_router::serve_with(listener, host, tls, options, plinth_router::shutdown_signal()).await?;
     // Every request has been answered: write what data collection accepted, then exit.
     tokio::task::spawn_blocking(move || collector.shutdown()).await?;
     tracing::info!("stopped");
