@@ -2,8 +2,6 @@
 //! Writes to services go to the deployments actor; reads go to the store. The router checked the
 //! admin token before the body was read, and shapes every error returned here.
 
-use std::sync::Arc;
-
 use http::{Method, StatusCode};
 use plinth_router::{Admin, AdminRequest, BoxFuture};
 use serde::Serialize;
@@ -19,7 +17,7 @@ impl Admin for ControlPlane {
         Box::pin(async move { self.route(request).await.map_err(plinth_router::Error::from) })
     }
 
-    fn loading(&self) -> Vec<String> {
+    fn loading(&self) -> usize {
         ControlPlane::loading(self)
     }
 }
@@ -153,16 +151,7 @@ fn ok<T: Serialize>(v: &T) -> Result<(StatusCode, Value)> {
 
 /// A request body as `T`, or a 400 naming the field that does not fit.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        Error::BadRequest(if path.is_empty() || path == "." {
-            format!("{inner}")
-        } else {
-            format!("{path}: {inner}")
-        })
-    })
+    crate::config::from_json_naming_the_field(body).map_err(Error::BadRequest)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -170,9 +159,4 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         what: "an admin task failed",
         source,
     })?
-}
-
-/// Keeps the admin API's handler object-safe as the router stores it.
-pub fn admin(control: Arc<ControlPlane>) -> Arc<dyn Admin> {
-    control
 }

@@ -400,18 +400,23 @@ impl InferenceConfig {
 
 /// serde with the failing field's path in the message (`autoScaler.minReplicas: invalid type ...`).
 fn parse<T: serde::de::DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T, ConfigError> {
+    from_json_naming_the_field(bytes).map_err(|message| ConfigError {
+        file: file.into(),
+        message,
+    })
+}
+
+/// JSON as `T`; on failure, the message with the failing field's path in front of it. Config files and
+/// admin request bodies both read this way.
+pub(crate) fn from_json_naming_the_field<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = if path.is_empty() || path == "." {
+        if path.is_empty() || path == "." {
             inner.to_string()
         } else {
             format!("{path}: {inner}")
-        };
-        ConfigError {
-            file: file.into(),
-            message,
         }
     })
 }

@@ -6,7 +6,8 @@
 //! run off the actor and report back as a command.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use plinth_router::time::unix_seconds as now;
@@ -86,7 +87,7 @@ pub(crate) struct Actor {
     built: HashMap<String, HashMap<String, Arc<Version>>>,
     generation: u64,
     to_self: mpsc::WeakSender<Command>,
-    loading: Arc<Mutex<Vec<String>>>,
+    loading: Arc<AtomicUsize>,
 }
 
 impl Actor {
@@ -94,7 +95,7 @@ impl Actor {
         cx: Arc<Context>,
         generation: u64,
         to_self: mpsc::WeakSender<Command>,
-        loading: Arc<Mutex<Vec<String>>>,
+        loading: Arc<AtomicUsize>,
     ) -> Self {
         Actor {
             cx,
@@ -109,13 +110,12 @@ impl Actor {
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(command) = rx.recv().await {
             self.handle(command);
-            let loading: Vec<String> = self
+            let loading = self
                 .deployments
-                .iter()
-                .filter(|(_, d)| d.state == DeployState::Transitioning)
-                .map(|(k, _)| k.clone())
-                .collect();
-            *self.loading.lock().unwrap_or_else(|p| p.into_inner()) = loading;
+                .values()
+                .filter(|d| d.state == DeployState::Transitioning)
+                .count();
+            self.loading.store(loading, Ordering::Relaxed);
         }
     }
 

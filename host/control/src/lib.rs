@@ -30,7 +30,6 @@ pub mod store;
 mod validate;
 mod views;
 
-pub use self::admin::admin;
 pub use self::context::ControlOptions;
 pub use self::error::{Error, Result};
 pub use self::plane::ControlPlane;

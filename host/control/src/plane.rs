@@ -1,7 +1,8 @@
 //! The control plane as the host holds it: its settings, what its parts share, and the handle that
 //! starts the deployments actor and talks to it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use plinth_router::time::unix_seconds as now;
 use plinth_router::{Capacity, LogHub, Metrics, Router, TokenIssuer};
@@ -17,8 +18,8 @@ use crate::{Error, Result};
 pub struct ControlPlane {
     pub(crate) cx: Arc<Context>,
     tx: mpsc::Sender<Command>,
-    /// `service/version` of deployments still loading, as the actor last left them (for readiness).
-    loading: Arc<Mutex<Vec<String>>>,
+    /// Deployments still loading, as the actor last left them (for readiness).
+    loading: Arc<AtomicUsize>,
 }
 
 impl ControlPlane {
@@ -44,7 +45,7 @@ impl ControlPlane {
             options,
         });
         let (tx, rx) = mpsc::channel(COMMANDS);
-        let loading = Arc::new(Mutex::new(Vec::new()));
+        let loading = Arc::new(AtomicUsize::new(0));
         let actor = Actor::new(cx.clone(), now() * 1000, tx.downgrade(), loading.clone());
         tokio::spawn(actor.run(rx));
         Arc::new(ControlPlane { cx, tx, loading })
@@ -56,9 +57,9 @@ impl ControlPlane {
         plinth_router::HostAuth::new(Some(self.cx.ws.admin_token().to_string()), Some(self.cx.tokens.clone()))
     }
 
-    /// `service/version` of deployments still loading.
-    pub fn loading(&self) -> Vec<String> {
-        self.loading.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Deployments still loading.
+    pub fn loading(&self) -> usize {
+        self.loading.load(Ordering::Relaxed)
     }
 
     /// Deploys every stored service (at start-up) and starts the rollback monitor.

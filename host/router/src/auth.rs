@@ -81,11 +81,6 @@ impl ServiceCredentials {
             token,
         }));
     }
-
-    pub(crate) fn keys(&self) -> (String, String) {
-        let s = self.secrets.load();
-        (s.primary.clone(), s.secondary.clone())
-    }
 }
 
 /// The host's own credentials: the admin token (admin API, `/metrics`, and every service) and the

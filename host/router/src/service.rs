@@ -156,11 +156,6 @@ impl Service {
         self.credentials.set(primary, secondary, token_secret);
     }
 
-    /// The keys requests are checked against now.
-    pub fn keys(&self) -> (String, String) {
-        self.credentials.keys()
-    }
-
     /// Checks a request's `Authorization` header against this service (see [`HostAuth`]).
     pub fn authorize(&self, host: &HostAuth, header: Option<&http::HeaderValue>) -> Result<()> {
         host.authorize_service(&self.name, &self.credentials, header)

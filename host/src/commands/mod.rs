@@ -106,7 +106,7 @@ pub async fn upload(client: &Client, files: &[(String, PathBuf)]) -> anyhow::Res
     let mut refs = Vec::with_capacity(files.len());
     for (rel, path) in files {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha = plinth_control::store::hex(&Sha256::digest(&bytes));
         let (status, _) = client
             .request(http::Method::GET, &format!("/api/v1/admin/blobs/{sha}"), None)
             .await?;

@@ -101,7 +101,7 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     let host = Arc::new(
         Host::new(router)
             .with_auth(control.host_auth())
-            .with_admin(plinth_control::admin(control))
+            .with_admin(control)
             .with_logs(logs)
             .with_metrics(metrics)
             .with_open_metrics(args.open_metrics)

@@ -57,8 +57,8 @@ pub struct AdminRequest<'a> {
 /// admin token before it reads a body, and shapes every error the API returns.
 pub trait Admin: Send + Sync + 'static {
     fn handle<'a>(&'a self, request: AdminRequest<'a>) -> BoxFuture<'a, Result<(StatusCode, serde_json::Value)>>;
-    /// `service/version` of deployments still loading: readiness answers 503 while there are any.
-    fn loading(&self) -> Vec<String>;
+    /// Deployments still loading: readiness answers 503 while there are any.
+    fn loading(&self) -> usize;
 }
 
 /// Routes requests to services (and to an admin API, when one is mounted).
@@ -168,7 +168,7 @@ impl Host {
             )),
             (&Method::GET, ["v2", "health", "live"]) => Ok(json_response(StatusCode::OK, &json!({"live": true}))),
             (&Method::GET, ["v2", "health", "ready"]) => {
-                let ready = self.loading().is_empty();
+                let ready = self.loading() == 0;
                 let status = if ready {
                     StatusCode::OK
                 } else {
@@ -289,13 +289,13 @@ impl Host {
         }
     }
 
-    fn loading(&self) -> Vec<String> {
-        self.admin.as_ref().map(|a| a.loading()).unwrap_or_default()
+    fn loading(&self) -> usize {
+        self.admin.as_ref().map_or(0, |a| a.loading())
     }
 
     /// Ready, or how many deployments are still loading; no names (readiness needs no credential).
     fn ready(&self) -> Response<Body> {
-        let pending = self.loading().len();
+        let pending = self.loading();
         if pending == 0 {
             json_response(StatusCode::OK, &json!({"status": "ready"}))
         } else {
