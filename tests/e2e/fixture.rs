@@ -14,7 +14,18 @@ pub fn cache_dir() -> PathBuf {
 }
 
 pub fn plinth() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
+    with_test_env(Command::new(env!("CARGO_BIN_EXE_plinth")))
+}
+
+/// The binary under `ulimit -n nofile`, through the shell.
+fn plinth_with_nofile(nofile: u32) -> Command {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
+        .arg(env!("CARGO_BIN_EXE_plinth"));
+    with_test_env(sh)
+}
+
+fn with_test_env(mut cmd: Command) -> Command {
     cmd.current_dir(repo())
         .env("PLINTH_CACHE_DIR", cache_dir())
         .env_remove("ORT_DYLIB_PATH")
@@ -46,7 +57,12 @@ pub struct TestHost {
 
 impl TestHost {
     pub fn start(ws: &Path, extra: &[&str]) -> TestHost {
-        let mut cmd = plinth();
+        Self::start_limited(ws, extra, None)
+    }
+
+    /// A host started under `ulimit -n nofile` (when given).
+    pub fn start_limited(ws: &Path, extra: &[&str], nofile: Option<u32>) -> TestHost {
+        let mut cmd = nofile.map_or_else(plinth, plinth_with_nofile);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--workspace"])
             .arg(ws)
             .args(extra);
@@ -146,6 +162,42 @@ impl TestHost {
 
     pub fn score_url(&self, service: &str) -> String {
         format!("{}/api/v1/service/{service}/score", self.url)
+    }
+
+    /// Waits until `/readyz` says every deployment has loaded.
+    pub fn wait_ready(&self) {
+        for _ in 0..600 {
+            if curl(&format!("{}/readyz", self.url), &[]).status == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("host never became ready");
+    }
+
+    /// The host's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// The workspace's admin token.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.ws.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Kills the host with SIGKILL (no drain, no clean-up) and waits for it to go.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("host already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit.

@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod attack;
 mod batch;
 mod embedded;
 mod endpoint;

@@ -239,7 +239,7 @@ fn data_collection_writes_every_accepted_record_before_exit() {
     assert_eq!(count("predictions"), n_threads * per_thread);
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {

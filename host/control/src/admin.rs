@@ -2,8 +2,9 @@
 //! Writes to services go to the deployments actor; reads go to the store. The router checked the
 //! admin token before the body was read, and shapes every error returned here.
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
-use plinth_router::{Admin, AdminRequest, BoxFuture};
+use plinth_router::{Admin, AdminBody, AdminRequest, BoxFuture, MAX_UPLOAD_BYTES};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -37,13 +38,11 @@ impl ControlPlane {
                 false => Err(Error::NotFound(format!("blob {sha} not found"))),
             },
             (&Method::PUT, ["blobs", sha]) => {
-                let ws = ws.clone();
-                let sha = sha.to_string();
-                blocking(move || ws.put_blob(&sha, &body)).await?;
+                self.upload(sha, body).await?;
                 Ok((StatusCode::CREATED, serde_json::json!({})))
             }
             (&Method::POST, ["models"]) => {
-                let req: RegisterModel = parse_body(&body)?;
+                let req: RegisterModel = parse_body(body).await?;
                 let ws = ws.clone();
                 let record =
                     blocking(move || ws.register_model(&req.name, req.description, req.tags, req.files)).await?;
@@ -57,7 +56,7 @@ impl ControlPlane {
                 ok(&Deleted { deleted: id })
             }
             (&Method::POST, ["services"]) => {
-                let req = parse_body(&body)?;
+                let req = parse_body(body).await?;
                 ok(&self
                     .ask(|reply| Command::Deploy {
                         req,
@@ -82,12 +81,12 @@ impl ControlPlane {
                 ok(&Deleted { deleted: name })
             }
             (&Method::POST, ["services", name, "versions"]) => {
-                let req = parse_body(&body)?;
+                let req = parse_body(body).await?;
                 let add_to = Some(name.to_string());
                 ok(&self.ask(|reply| Command::Deploy { req, add_to, reply }).await?)
             }
             (&Method::PATCH, ["services", name, "versions", version]) => {
-                let req = parse_body(&body)?;
+                let req = parse_body(body).await?;
                 let (name, version) = (name.to_string(), version.to_string());
                 ok(&self
                     .ask(|reply| Command::Update {
@@ -112,7 +111,7 @@ impl ControlPlane {
                 })
             }
             (&Method::POST, ["services", name, "regen-key"]) => {
-                let req: RegenKey = parse_body(&body)?;
+                let req: RegenKey = parse_body(body).await?;
                 let name = name.to_string();
                 ok(&self
                     .ask(|reply| Command::RegenKey {
@@ -149,9 +148,48 @@ fn ok<T: Serialize>(v: &T) -> Result<(StatusCode, Value)> {
     Ok((StatusCode::OK, to_json(v)))
 }
 
-/// A request body as `T`, or a 400 naming the field that does not fit.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    crate::config::from_json_naming_the_field(body).map_err(Error::BadRequest)
+/// A JSON request body as `T`, or a 400 naming the field that does not fit.
+async fn parse_body<T: serde::de::DeserializeOwned>(body: AdminBody) -> Result<T> {
+    let bytes = body.json().await?;
+    crate::config::from_json_naming_the_field(&bytes).map_err(Error::BadRequest)
+}
+
+impl ControlPlane {
+    /// Streams an upload to disk as it arrives (never whole in memory), hashing as it goes; a body that
+    /// does not hash to `sha` is refused and leaves nothing behind.
+    async fn upload(&self, sha: &str, mut body: AdminBody) -> Result<()> {
+        let ws = self.cx.ws.clone();
+        if ws.has_blob(sha)? {
+            return Ok(());
+        }
+        let sha = sha.to_string();
+        let mut writer = blocking(move || ws.blob_writer(&sha)).await?;
+        // Chunks are handed to a blocking thread a megabyte or so at a time.
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_len = 0;
+        loop {
+            let chunk = body.chunk(MAX_UPLOAD_BYTES).await?;
+            let end = chunk.is_none();
+            if let Some(c) = chunk {
+                pending_len += c.len();
+                pending.push(c);
+            }
+            if pending_len >= 1 << 20 || (end && !pending.is_empty()) {
+                let batch = std::mem::take(&mut pending);
+                pending_len = 0;
+                writer = blocking(move || {
+                    for c in &batch {
+                        writer.write(c)?;
+                    }
+                    Ok(writer)
+                })
+                .await?;
+            }
+            if end {
+                return blocking(move || writer.finish()).await;
+            }
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -22,6 +22,8 @@ pub mod config;
 mod context;
 mod deployments;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod plane;
 mod rollback;
 pub mod scripts;

@@ -67,6 +67,9 @@ impl ControlPlane {
         for record in self.cx.ws.services()? {
             self.send(Command::Restore { service: record.name }).await?;
         }
+        // The actor takes commands in order: once this is answered every restore has begun and counts
+        // as loading, so a request for a service not back yet gets a 503 to retry, not a 404.
+        self.ask(|reply| Command::Describe { name: None, reply }).await?;
         crate::rollback::start(self.cx.clone(), self.tx.downgrade());
         Ok(())
     }

@@ -295,26 +295,30 @@ impl Workspace {
 
     /// Stores `bytes` if they hash to `sha256`.
     pub fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+        let mut w = self.blob_writer(sha256)?;
+        w.write(bytes)?;
+        w.finish()
+    }
+
+    /// A blob written a piece at a time (an upload as it arrives), hashed as it goes; it takes its place
+    /// only when [`BlobWriter::finish`] finds the hash right, and a writer dropped before leaves nothing.
+    pub fn blob_writer(&self, sha256: &str) -> Result<BlobWriter> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.blob_path(sha256)?;
-        let actual = hex(&Sha256::digest(bytes));
-        if actual != sha256 {
-            return Err(Error::BadRequest(format!("content hashes to {actual}, not {sha256}")));
-        }
-        if path.is_file() {
-            return Ok(());
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(Error::io(path))
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(&tmp).map_err(Error::io(tmp.clone()))?;
+        Ok(BlobWriter {
+            sha256: sha256.to_string(),
+            path,
+            tmp: Some(tmp),
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+        })
     }
 
     /// Checks that every file is a stored blob with a safe relative path.
@@ -512,6 +516,55 @@ fn narrow(_: &Path, _: u32) -> Result<()> {
     Ok(())
 }
 
+/// A blob being written (see [`Workspace::blob_writer`]).
+pub struct BlobWriter {
+    sha256: String,
+    path: PathBuf,
+    /// The file being written; `None` once it has taken its place.
+    tmp: Option<PathBuf>,
+    file: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+}
+
+impl BlobWriter {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        let tmp = self.tmp.as_deref().unwrap_or(&self.path);
+        self.file.write_all(bytes).map_err(Error::io(tmp.to_path_buf()))
+    }
+
+    /// Checks the hash, makes the bytes durable and moves the blob into place.
+    pub fn finish(mut self) -> Result<()> {
+        let actual = hex(&std::mem::take(&mut self.hasher).finalize());
+        if actual != self.sha256 {
+            return Err(Error::BadRequest(format!(
+                "content hashes to {actual}, not {}",
+                self.sha256
+            )));
+        }
+        let Some(tmp) = self.tmp.clone() else { return Ok(()) };
+        let mut done = || -> std::io::Result<()> {
+            self.file.flush()?;
+            self.file.get_ref().sync_all()?;
+            if !self.path.is_file() {
+                std::fs::rename(&tmp, &self.path)?;
+            }
+            Ok(())
+        };
+        done().map_err(Error::io(self.path.clone()))?;
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // Unfinished, refused, or already in place under another writer: the temporary file goes.
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
 /// Removes blobs a crash left half-written (`<sha>.tmp<pid>`); whole blobs are renamed into place.
 fn remove_partial_blobs(dir: &Path) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -679,7 +732,20 @@ mod tests {
         let bytes = b"model bytes";
         let sha = hex(&Sha256::digest(bytes));
         assert!(ws.put_blob(&"0".repeat(64), bytes).is_err(), "hash mismatch refused");
+        // An upload cut off half-way leaves nothing behind.
+        let mut cut = ws.blob_writer(&sha).unwrap();
+        cut.write(&bytes[..4]).unwrap();
+        drop(cut);
+        let blobs = || std::fs::read_dir(dir.join("blobs/sha256")).unwrap().count();
+        assert_eq!(blobs(), 0);
+        // Written in pieces, hashed as it goes.
+        let mut w = ws.blob_writer(&sha).unwrap();
+        w.write(&bytes[..4]).unwrap();
+        w.write(&bytes[4..]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(ws.blob_path(&sha).unwrap()).unwrap(), bytes);
         ws.put_blob(&sha, bytes).unwrap();
+        assert_eq!(blobs(), 1, "stored once, no temporary file left");
         let file = FileRef {
             path: "model.onnx".into(),
             sha256: sha,

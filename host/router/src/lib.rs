@@ -16,7 +16,8 @@
 //! | scaling decisions and their driver | `scale.rs` |
 //! | dynamic batching (an actor) | `batch.rs` |
 //! | metrics, logs, data collection | `observe/` |
-//! | TLS, graceful drain | `server.rs` |
+//! | TLS, graceful drain, accept back-off | `server.rs` |
+//! | timeouts, the connection cap, shedding idle connections | `conns.rs` |
 //!
 //! Embedding takes a few lines:
 //!
@@ -35,6 +36,7 @@
 
 mod auth;
 mod batch;
+mod conns;
 mod error;
 mod exec;
 mod http;
@@ -55,8 +57,8 @@ pub use self::batch::BatchConfig;
 pub use self::error::{Error, Fault, Result};
 pub use self::exec::INLINE_BELOW;
 pub use self::http::{
-    Admin, AdminRequest, Body, BoxFuture, DEFAULT_MAX_BODY_BYTES, Host, MAX_ADMIN_BODY_BYTES, MAX_JSON_DEPTH,
-    REQUEST_ID, VERSION_HEADER, error_response, json_response, oip, status_of,
+    Admin, AdminBody, AdminRequest, Body, BoxFuture, DEFAULT_MAX_BODY_BYTES, Host, MAX_ADMIN_JSON_BYTES,
+    MAX_JSON_DEPTH, MAX_UPLOAD_BYTES, REQUEST_ID, VERSION_HEADER, error_response, json_response, oip, status_of,
 };
 pub use self::observe::{COLLECT_QUEUE, Collector, LINES_KEPT, LogHub, Metrics, Sampling, is_service_event};
 pub use self::queue::COLD_START_WAIT;

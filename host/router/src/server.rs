@@ -15,6 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conns::{Conns, Full, Limits};
 use crate::http::Host;
 use crate::{Error, Result};
 
@@ -74,12 +75,25 @@ pub async fn serve(
 pub struct ServeOptions {
     /// A client that has not finished the TLS handshake by then is disconnected. Default 10 s.
     pub tls_handshake_timeout: Duration,
+    /// A connection with no request in flight whose next request head has not fully arrived this long
+    /// after its first byte (or after the connection opened) is closed. Default 30 s.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight on which nothing arrives for this long is closed.
+    /// Default 75 s.
+    pub idle_timeout: Duration,
+    /// Open connections at most; at the cap the oldest idle ones are closed to make room, and when every
+    /// one is busy a new connection gets a 503. Default 10,000 (`plinth serve` derives it from the
+    /// descriptor limit).
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 10_000,
         }
     }
 }
@@ -93,11 +107,23 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
+    let conns = Conns::new(
+        Limits {
+            header_read: options.header_read_timeout,
+            idle: options.idle_timeout,
+            max_connections: options.max_connections,
+        },
+        host.metrics().clone(),
+    );
+    let reaper = conns.spawn_reaper();
     tokio::pin!(shutdown);
     let mut failing = AcceptBackoff::default();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = async {
+                conns.make_room().await;
+                listener.accept().await
+            } => {
                 let (stream, peer) = match accepted {
                     Ok(a) => {
                         failing.reset();
@@ -110,34 +136,59 @@ pub async fn serve_with(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let registered = match conns.admit() {
+                    Ok(r) => r,
+                    Err(Full) => {
+                        turn_away(stream, tls.is_some());
+                        continue;
+                    }
+                };
                 let host = host.clone();
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
                 let handshake = options.tls_handshake_timeout;
                 tokio::spawn(async move {
+                    let conn = registered.conn.clone();
+                    let stream = registered.wrap(stream);
                     let svc = service_fn(move |req| {
                         let host = host.clone();
-                        async move { Ok::<_, Infallible>(host.handle(req).await) }
+                        let in_flight = conn.request();
+                        async move {
+                            let response = host.handle(req).await;
+                            drop(in_flight);
+                            Ok::<_, Infallible>(response)
+                        }
                     });
+                    // The reaper keeps the header-read and idle timeouts (no timer per request here).
                     let mut builder = http1::Builder::new();
                     builder.timer(TokioTimer::new()).header_read_timeout(None::<Duration>);
-                    let result = match tls {
-                        Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        },
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                    let serving = async {
+                        match tls {
+                            Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    Ok(())
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    Ok(())
+                                }
+                            },
+                            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                        }
+                    };
+                    let result = tokio::select! {
+                        r = serving => r,
+                        _ = registered.conn.close.notified() => {
+                            tracing::debug!(%peer, "connection closed: idle, slow, or shed at the connection cap");
+                            Ok(())
+                        }
                     };
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
+                    drop(registered);
                 });
             }
             _ = &mut shutdown => break,
@@ -148,7 +199,22 @@ pub async fn serve_with(
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timed out after {} s", DRAIN.as_secs());
     }
+    reaper.abort();
     Ok(())
+}
+
+/// Answers a connection over the cap with a 503 (best effort, never waiting on the client) and closes it.
+fn turn_away(stream: tokio::net::TcpStream, tls: bool) {
+    if !tls {
+        let body = r#"{"error":"the host is at its connection limit; retry in a second","kind":"overloaded"}"#;
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.try_write(response.as_bytes());
+    }
+    tracing::debug!("connection cap reached and every connection busy: a new connection was turned away");
 }
 
 /// Failed accepts in a row: the pause before the next try doubles (10 ms up to 1 s), and a warning is

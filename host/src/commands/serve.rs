@@ -39,6 +39,16 @@ pub struct Args {
     /// Seconds a client has to finish the TLS handshake before it is disconnected.
     #[arg(long, default_value_t = 10)]
     tls_handshake_timeout_secs: u64,
+    /// Seconds a connection with no request in flight has to send a whole request head.
+    #[arg(long, default_value_t = 30)]
+    header_read_timeout_secs: u64,
+    /// Seconds a connection with no request in flight may stay silent before it is closed.
+    #[arg(long, default_value_t = 75)]
+    idle_timeout_secs: u64,
+    /// Open connections at most; at the cap the oldest idle ones are closed to make room (default: the
+    /// descriptor limit, raised to its hard maximum, less a quarter kept for models, logs and data).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Serve /metrics without the admin credential (for a Prometheus that scrapes without one).
     #[arg(long)]
     open_metrics: bool,
@@ -121,10 +131,35 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     tracing::info!(%addr, scheme, "listening");
     let options = plinth_router::ServeOptions {
         tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout_secs.max(1)),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        max_connections: args.max_connections.unwrap_or_else(connection_cap).max(1),
     };
+    tracing::debug!(max_connections = options.max_connections, "connection cap");
     plinth_router::serve_with(listener, host, tls, options, plinth_router::shutdown_signal()).await?;
     // Every request has been answered: write what data collection accepted, then exit.
     tokio::task::spawn_blocking(move || collector.shutdown()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The default connection cap: the soft descriptor limit, first raised to the hard one, less a quarter
+/// (at least 64, at most 1,024) left for models, scripts, logs, data collection and the workspace.
+fn connection_cap() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    const MOST: u64 = 1 << 20;
+    let mut limit = getrlimit(Resource::Nofile);
+    let most = limit.maximum.unwrap_or(MOST).min(MOST);
+    if limit.current.is_some_and(|c| c < most) {
+        let raised = rustix::process::Rlimit {
+            current: Some(most),
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    let soft = limit.current.unwrap_or(MOST).min(MOST) as usize;
+    let reserve = (soft / 4).clamp(64, 1024);
+    soft.saturating_sub(reserve).max(16)
 }

@@ -49,6 +49,78 @@ pub(crate) async fn read_body(headers: &http::HeaderMap, body: Incoming, limit: 
     })
 }
 
+/// An admin request's body, not yet read: JSON bodies are read whole within
+/// [`MAX_ADMIN_JSON_BYTES`](super::MAX_ADMIN_JSON_BYTES); uploads are read a chunk at a time (to disk,
+/// say) within [`MAX_UPLOAD_BYTES`](super::MAX_UPLOAD_BYTES).
+pub struct AdminBody {
+    declared: Option<u64>,
+    body: Option<Incoming>,
+    read: u64,
+}
+
+impl AdminBody {
+    pub(crate) fn new(headers: &http::HeaderMap, body: Incoming) -> Self {
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        AdminBody {
+            declared,
+            body: Some(body),
+            read: 0,
+        }
+    }
+
+    /// The length the client declared, if it did.
+    pub fn declared_len(&self) -> Option<u64> {
+        self.declared
+    }
+
+    /// The whole body, for a JSON request: a 413 over [`MAX_ADMIN_JSON_BYTES`](super::MAX_ADMIN_JSON_BYTES).
+    pub async fn json(mut self) -> Result<Bytes> {
+        let limit = super::MAX_ADMIN_JSON_BYTES;
+        let mut headers = http::HeaderMap::new();
+        if let Some(len) = self.declared {
+            headers.insert(CONTENT_LENGTH, len.into());
+        }
+        match self.body.take() {
+            Some(body) => read_body(&headers, body, limit).await,
+            None => Ok(Bytes::new()),
+        }
+    }
+
+    /// The next chunk of an upload, `None` at its end; a 413 once more than `limit` bytes came (or when
+    /// the declared length is over it, before anything is read).
+    pub async fn chunk(&mut self, limit: u64) -> Result<Option<Bytes>> {
+        let too_large = || Error::PayloadTooLarge {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        };
+        if self.declared.is_some_and(|len| len > limit) {
+            return Err(too_large());
+        }
+        loop {
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            match body.frame().await {
+                None => {
+                    self.body = None;
+                    return Ok(None);
+                }
+                Some(Err(e)) => return Err(Error::BadRequest(format!("reading the request body: {e}"))),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    self.read += data.len() as u64;
+                    if self.read > limit {
+                        return Err(too_large());
+                    }
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
 /// The deepest JSON nesting (arrays and objects) a body may have before it reaches an entry script.
 pub const MAX_JSON_DEPTH: usize = 64;
 

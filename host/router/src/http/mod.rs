@@ -20,7 +20,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
-pub use self::body::MAX_JSON_DEPTH;
+pub use self::body::{AdminBody, MAX_JSON_DEPTH};
 pub use self::response::{Body, error_response, json_response, status_of};
 
 use self::body::read_body;
@@ -36,21 +36,24 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// Names the version that served a response; on a request, pins the version.
 pub const VERSION_HEADER: &str = "x-plinth-version";
 
-/// Largest admin request (a model or source file upload): 4 GiB, held in memory while it is hashed.
-pub const MAX_ADMIN_BODY_BYTES: usize = 4 << 30;
+/// Largest admin JSON request (a deployment, a model registration): 16 MiB.
+pub const MAX_ADMIN_JSON_BYTES: usize = 16 << 20;
+
+/// Largest upload (one model or source file, streamed to disk as it arrives): 4 GiB.
+pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
 
 /// Default request body limit: 100 MB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One admin API request, its credential already checked.
+/// One admin API request, its credential already checked and its body not yet read.
 pub struct AdminRequest<'a> {
     pub method: &'a Method,
     /// The path below `/api/v1/admin/`, in segments.
     pub path: &'a [&'a str],
     pub query: Option<&'a str>,
-    pub body: Bytes,
+    pub body: AdminBody,
 }
 
 /// An admin API that a host mounts under `/api/v1/admin/` (the control plane's). The router checks the
@@ -181,10 +184,7 @@ impl Host {
                 self.oip_model(method, name, rest, req, request_id).await
             }
             (method, ["api", "v1", "service", name, rest @ ..]) => {
-                let service = self
-                    .router
-                    .get(name)
-                    .ok_or_else(|| Error::NotFound(format!("service {name} not found")))?;
+                let service = self.router.get(name).ok_or_else(|| self.missing("service", name))?;
                 match (method, rest) {
                     (&Method::POST, ["score"]) => {
                         service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
@@ -205,12 +205,11 @@ impl Host {
                     self.auth
                         .authorize_admin(req.headers().get(AUTHORIZATION), "the admin API")?;
                     let (parts, body) = req.into_parts();
-                    let body = read_body(&parts.headers, body, MAX_ADMIN_BODY_BYTES).await?;
                     let request = AdminRequest {
                         method: &parts.method,
                         path: &segments[3..],
                         query: parts.uri.query(),
-                        body,
+                        body: AdminBody::new(&parts.headers, body),
                     };
                     let (status, value) = admin.handle(request).await?;
                     Ok(json_response(status, &value))
@@ -230,10 +229,7 @@ impl Host {
         req: Request<Incoming>,
         request_id: &str,
     ) -> Result<Response<Body>> {
-        let service = self
-            .router
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("model {name} not found")))?;
+        let service = self.router.get(name).ok_or_else(|| self.missing("model", name))?;
         // The credential first: a caller without one learns nothing of the model's versions.
         service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
         let (pinned, rest) = match rest {
@@ -286,6 +282,17 @@ impl Host {
                 "no route {method} /v2/models/{name}/{}",
                 rest.join("/")
             ))),
+        }
+    }
+
+    /// A name not served: a 404, or while deployments are still loading (a host starting), a 503 with
+    /// `Retry-After`, since the service may be one of them.
+    fn missing(&self, what: &str, name: &str) -> Error {
+        match self.loading() {
+            0 => Error::NotFound(format!("{what} {name} not found")),
+            n => Error::Overloaded(format!(
+                "{what} {name} is not being served yet: the host is loading {n} deployment(s); retry shortly"
+            )),
         }
     }
 

@@ -32,8 +32,11 @@ pub fn status_of(e: &Error) -> StatusCode {
 impl From<&Error> for Response<Body> {
     fn from(e: &Error) -> Self {
         let status = status_of(e);
-        if status.is_server_error() {
-            tracing::warn!(kind = e.kind(), error = %e, "request failed");
+        // Busy and late answers are counted in metrics; under overload a line each would flood the log.
+        match e.fault() {
+            crate::Fault::Server => tracing::warn!(kind = e.kind(), error = %e, "request failed"),
+            crate::Fault::Busy | crate::Fault::Late => tracing::debug!(kind = e.kind(), error = %e, "request refused"),
+            crate::Fault::Client => {}
         }
         let mut r = json_response(status, &json!({"error": e.to_string(), "kind": e.kind()}));
         if status == StatusCode::SERVICE_UNAVAILABLE {

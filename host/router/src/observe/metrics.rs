@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Rows per dynamic batch, and how long its oldest request waited to be batched.
     pub batch_size: HistogramVec,
     pub batch_queue_seconds: HistogramVec,
+    /// Open client connections, and connections the host closed by reason (`header_timeout`, `idle`,
+    /// `shed`, `turned_away`).
+    pub open_connections: IntGauge,
+    pub connections_closed: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -126,6 +130,15 @@ impl Metrics {
                 sv,
             )
             .unwrap(),
+            open_connections: IntGauge::new("plinth_open_connections", "Open client connections").unwrap(),
+            connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "plinth_connections_closed_total",
+                    "Connections the host closed: slow head, idle, shed at the cap, turned away when full",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -142,6 +155,8 @@ impl Metrics {
         r.register(Box::new(m.collection_dropped.clone())).unwrap();
         r.register(Box::new(m.batch_size.clone())).unwrap();
         r.register(Box::new(m.batch_queue_seconds.clone())).unwrap();
+        r.register(Box::new(m.open_connections.clone())).unwrap();
+        r.register(Box::new(m.connections_closed.clone())).unwrap();
         m
     }
 
