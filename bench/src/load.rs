@@ -88,20 +88,26 @@ async fn drive(target: &Target, concurrency: usize, duration: Duration) -> anyho
         latencies.extend(lat);
         errors += err;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |p: usize| {
-        latencies
-            .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-    };
-    Ok(Run {
-        errors,
-        rps: latencies.len() as f64 / elapsed,
-        p50_us: pct(50),
-        p99_us: pct(99),
-    })
+    Ok(Run::from_latencies(latencies, errors, started.elapsed()))
+}
+
+impl Run {
+    /// Throughput and percentiles of the calls that succeeded (latencies in µs) over `elapsed`.
+    pub fn from_latencies(mut latencies: Vec<u32>, errors: u64, elapsed: Duration) -> Run {
+        latencies.sort_unstable();
+        let pct = |p: usize| {
+            latencies
+                .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+        };
+        Run {
+            errors,
+            rps: latencies.len() as f64 / elapsed.as_secs_f64(),
+            p50_us: pct(50),
+            p99_us: pct(99),
+        }
+    }
 }
 
 async fn connection(addr: SocketAddr, wire: Bytes, deadline: Instant) -> anyhow::Result<(Vec<u32>, u64)> {

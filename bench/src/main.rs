@@ -1,5 +1,6 @@
-//! Plinth benchmarks: `runtime` (per-call costs in process) and `http` (Plinth's routes under load against
-//! a bare hyper server and in-process ONNX Runtime, in one run). `bench/run` runs both.
+//! Plinth benchmarks: `runtime` (per-call costs in process), `http` (Plinth's routes under load against
+//! a bare hyper server and in-process ONNX Runtime, in one run) and `protocols` (HTTP/JSON, HTTP binary
+//! and gRPC on one host). `bench/run` runs all three.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use plinth_runtime::onnx::{OnnxModel, SessionOptions};
 use plinth_runtime::wasm::{CallContext, EngineConfig, ScriptLimits, WasmEngine};
 use plinth_runtime::{ModelSource, Package, PackageSpec, Tensor, TensorData};
 
+mod grpc;
 mod load;
 mod suite;
 
@@ -25,6 +27,14 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(suite::suite(&repo(), secs, rounds))
+        }
+        "protocols" => {
+            let secs = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(grpc::protocols(&repo(), secs))
         }
         "bare" => {
             // The HTTP ceiling as a process of its own, like the host under test; with a model path, the
@@ -80,7 +90,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        other => bail!("unknown benchmark '{other}' (known: runtime, http, bare, load)"),
+        other => bail!("unknown benchmark '{other}' (known: runtime, http, protocols, bare, load)"),
     }
 }
 

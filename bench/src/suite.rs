@@ -15,12 +15,14 @@ use plinth_runtime::{ModelSource, Package, PackageSpec, Tensor, TensorData};
 
 use crate::load::{Run, Target, run};
 
-const KEY: &str = "bench-key-0123456789abcdef0123";
+pub(crate) const KEY: &str = "bench-key-0123456789abcdef0123";
 const RIDGE_ROW: &str = "[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.01]";
 
-struct Host {
+pub(crate) struct Host {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
+    /// The gRPC listener, when started with `--grpc-listen`.
+    pub(crate) grpc: Option<SocketAddr>,
     ws: PathBuf,
     bin: PathBuf,
 }
@@ -36,9 +38,14 @@ impl Drop for Host {
 
 impl Host {
     fn start(bin: &Path, ws: &Path) -> anyhow::Result<Host> {
+        Self::start_with(bin, ws, &[])
+    }
+
+    pub(crate) fn start_with(bin: &Path, ws: &Path, extra: &[&str]) -> anyhow::Result<Host> {
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--open-metrics", "--workspace"])
             .arg(ws)
+            .args(extra)
             .env("PLINTH_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -50,15 +57,21 @@ impl Host {
             .find_map(|w| w.strip_prefix("http://"))
             .context("no address printed")?
             .parse()?;
+        let grpc = line
+            .split(" and gRPC on ")
+            .nth(1)
+            .map(|a| a.trim().parse())
+            .transpose()?;
         Ok(Host {
             child,
             addr,
+            grpc,
             ws: ws.to_path_buf(),
             bin: bin.to_path_buf(),
         })
     }
 
-    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(&self.bin)
             .args(args)
             .env("PLINTH_HOST", format!("http://{}", self.addr))

@@ -50,6 +50,8 @@ fn nanos() -> u128 {
 pub struct TestHost {
     child: Option<Child>,
     pub url: String,
+    /// The gRPC listener's address, when the host was started with `--grpc-listen`.
+    pub grpc: Option<String>,
     pub ws: PathBuf,
     extra: Vec<String>,
     cacert: Option<PathBuf>,
@@ -83,9 +85,11 @@ impl TestHost {
             .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in '{line}'"))
             .to_string();
+        let grpc = line.split(" and gRPC on ").nth(1).map(|a| a.trim().to_string());
         TestHost {
             child: Some(child),
             url,
+            grpc,
             ws: ws.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             cacert: None,
@@ -229,6 +233,39 @@ impl Drop for TestHost {
             let _ = c.wait();
         }
     }
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made by openssl: `(cert.pem, key.pem)`.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl could not make a certificate");
+    (cert, key)
 }
 
 /// A curl response.

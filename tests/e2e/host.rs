@@ -373,34 +373,7 @@ fn redeploying_under_load_fails_no_request() {
 #[test]
 fn tls_with_curl_openssl_and_the_cli() {
     let dir = temp_dir("tls");
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "openssl could not make a certificate");
+    let (cert, key) = self_signed_cert(&dir);
     let host = TestHost::start(
         &dir.join("ws"),
         &[

@@ -8,6 +8,7 @@ mod batch;
 mod embedded;
 mod endpoint;
 mod fixture;
+mod grpc;
 mod host;
 mod observe;
 mod oip;

@@ -7,6 +7,7 @@
 //! | job | module |
 //! |---|---|
 //! | routes, the scoring flow, the inference protocol | `http/` (`mod.rs`, `score.rs`, `oip.rs`) |
+//! | the inference protocol over gRPC | `grpc.rs`, `grpc/convert.rs` |
 //! | error → status, JSON body, `Retry-After` | `http/response.rs` |
 //! | every credential check (keys, tokens, admin) | `auth.rs` |
 //! | the traffic split between versions | `split.rs` |
@@ -39,6 +40,7 @@ mod batch;
 mod conns;
 mod error;
 mod exec;
+mod grpc;
 mod http;
 mod observe;
 mod queue;
@@ -56,6 +58,7 @@ pub use self::auth::{Auth, HostAuth, Token, TokenIssuer, generate_key};
 pub use self::batch::BatchConfig;
 pub use self::error::{Error, Fault, Result};
 pub use self::exec::INLINE_BELOW;
+pub use self::grpc::{Grpc, GrpcServer, proto as grpc_proto};
 pub use self::http::{
     Admin, AdminBody, AdminRequest, Body, BoxFuture, DEFAULT_MAX_BODY_BYTES, Host, MAX_ADMIN_JSON_BYTES,
     MAX_JSON_DEPTH, MAX_UPLOAD_BYTES, REQUEST_ID, VERSION_HEADER, error_response, json_response, oip, status_of,
@@ -65,7 +68,9 @@ pub use self::queue::COLD_START_WAIT;
 pub use self::replicas::{Capacity, Factory};
 pub use self::router::Router;
 pub use self::scale::{Decision, Policy};
-pub use self::server::{DRAIN, ServeOptions, serve, serve_with, shutdown_signal, tls_acceptor};
+pub use self::server::{
+    DRAIN, ServeOptions, serve, serve_grpc, serve_with, shutdown_signal, tls_acceptor, tls_acceptor_h2,
+};
 pub use self::service::{Routed, Service, ServiceConfig};
 pub use self::stats::{Stats, Window};
 pub use self::version::{Reporting, Version, VersionConfig, VersionInfo};

@@ -1,4 +1,5 @@
-//! Serving a [`Host`] on a listener: HTTP/1.1, optional TLS (rustls), graceful drain on shutdown.
+//! Serving a [`Host`] on a listener (HTTP/1.1), or its gRPC service on another (HTTP/2): optional TLS
+//! (rustls), connection hygiene (`conns.rs`), graceful drain on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -6,24 +7,36 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::conns::{Conns, Full, Limits};
+use crate::conns::{Conn, Conns, Full, Limits};
+use crate::grpc::{Grpc, GrpcServer};
 use crate::http::Host;
+use crate::observe::Metrics;
 use crate::{Error, Result};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
-/// A TLS acceptor for the PEM certificate chain and private key.
+/// A TLS acceptor for the PEM certificate chain and private key, for HTTP/1.1.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    tls_acceptor_for(cert, key, b"http/1.1")
+}
+
+/// A TLS acceptor for the PEM certificate chain and private key, for HTTP/2 (gRPC).
+pub fn tls_acceptor_h2(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    tls_acceptor_for(cert, key, b"h2")
+}
+
+fn tls_acceptor_for(cert: &Path, key: &Path, alpn: &[u8]) -> Result<TlsAcceptor> {
     let tls = |what: String| {
         move |e: rustls_pki_types::pem::Error| Error::Tls {
             what,
@@ -55,7 +68,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(rustls_error("TLS certificate and key do not match"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -106,15 +119,45 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let metrics = host.metrics().clone();
+    run(listener, App::Http(host), metrics, tls, options, shutdown).await
+}
+
+/// Serves the inference protocol over gRPC (HTTP/2; TLS from [`tls_acceptor_h2`]) until `shutdown`
+/// resolves, with the same connection hygiene and drain as [`serve_with`].
+pub async fn serve_grpc(
+    listener: TcpListener,
+    grpc: Grpc,
+    tls: Option<TlsAcceptor>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let metrics = grpc.metrics().clone();
+    run(listener, App::Grpc(grpc.into_server()), metrics, tls, options, shutdown).await
+}
+
+/// What a listener speaks.
+#[derive(Clone)]
+enum App {
+    Http(Arc<Host>),
+    Grpc(GrpcServer),
+}
+
+async fn run(
+    listener: TcpListener,
+    app: App,
+    metrics: Arc<Metrics>,
+    tls: Option<TlsAcceptor>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let conns = Conns::new(
-        Limits {
-            header_read: options.header_read_timeout,
-            idle: options.idle_timeout,
-            max_connections: options.max_connections,
-        },
-        host.metrics().clone(),
-    );
+    let limits = Limits {
+        header_read: options.header_read_timeout,
+        idle: options.idle_timeout,
+        max_connections: options.max_connections,
+    };
+    let conns = Conns::new(limits, metrics);
     let reaper = conns.spawn_reaper();
     tokio::pin!(shutdown);
     let mut failing = AcceptBackoff::default();
@@ -139,33 +182,21 @@ pub async fn serve_with(
                 let registered = match conns.admit() {
                     Ok(r) => r,
                     Err(Full) => {
-                        turn_away(stream, tls.is_some());
+                        turn_away(stream, tls.is_some() || matches!(app, App::Grpc(_)));
                         continue;
                     }
                 };
-                let host = host.clone();
+                let app = app.clone();
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
                 let handshake = options.tls_handshake_timeout;
                 tokio::spawn(async move {
                     let conn = registered.conn.clone();
                     let stream = registered.wrap(stream);
-                    let svc = service_fn(move |req| {
-                        let host = host.clone();
-                        let in_flight = conn.request();
-                        async move {
-                            let response = host.handle(req).await;
-                            drop(in_flight);
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    // The reaper keeps the header-read and idle timeouts (no timer per request here).
-                    let mut builder = http1::Builder::new();
-                    builder.timer(TokioTimer::new()).header_read_timeout(None::<Duration>);
                     let serving = async {
                         match tls {
                             Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
+                                Ok(Ok(s)) => serve_io(s, app, conn, watcher).await,
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                     Ok(())
@@ -175,7 +206,7 @@ pub async fn serve_with(
                                     Ok(())
                                 }
                             },
-                            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                            None => serve_io(stream, app, conn, watcher).await,
                         }
                     };
                     let result = tokio::select! {
@@ -203,9 +234,49 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// Answers a connection over the cap with a 503 (best effort, never waiting on the client) and closes it.
-fn turn_away(stream: tokio::net::TcpStream, tls: bool) {
-    if !tls {
+/// Serves one connection: HTTP/1.1 for a host, HTTP/2 for gRPC. Every request counts as in flight for
+/// the reaper until its response is made. The reaper keeps the header-read and idle timeouts, so there
+/// is no timer per request here.
+async fn serve_io<I>(io: I, app: App, conn: Arc<Conn>, watcher: Watcher) -> std::result::Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match app {
+        App::Http(host) => {
+            let svc = service_fn(move |req| {
+                let host = host.clone();
+                let in_flight = conn.request();
+                async move {
+                    let response = host.handle(req).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(None::<Duration>);
+            watcher.watch(builder.serve_connection(TokioIo::new(io), svc)).await
+        }
+        App::Grpc(server) => {
+            let svc = service_fn(move |req| {
+                let mut server = server.clone();
+                let in_flight = conn.request();
+                async move {
+                    let response = tonic::codegen::Service::call(&mut server, req).await;
+                    drop(in_flight);
+                    response
+                }
+            });
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            watcher.watch(builder.serve_connection(TokioIo::new(io), svc)).await
+        }
+    }
+}
+
+/// Answers a connection over the cap with a 503 (best effort, never waiting on the client; plain
+/// HTTP/1.1 only) and closes it.
+fn turn_away(stream: tokio::net::TcpStream, silently: bool) {
+    if !silently {
         let body = r#"{"error":"the host is at its connection limit; retry in a second","kind":"overloaded"}"#;
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\

@@ -275,8 +275,14 @@ impl Version {
         self.try_run(move |p| infer_on(p, &inputs)).await
     }
 
-    /// Hands a scored request to data collection, if this version collects and the sample takes it.
-    pub fn collect(&self, request_id: &str, input: Bytes, output: &[u8]) {
+    /// Whether this version records requests for data collection.
+    pub fn collects(&self) -> bool {
+        self.reporting.collection.is_some()
+    }
+
+    /// Hands a scored request to data collection, if this version collects and the sample takes it; the
+    /// record's input and output are made only then.
+    pub fn collect(&self, request_id: &str, input: impl FnOnce() -> Bytes, output: impl FnOnce() -> Vec<u8>) {
         if let Some((collector, sampling)) = &self.reporting.collection
             && sampling.take()
         {
@@ -286,8 +292,8 @@ impl Version {
                 model_version: sampling.model_version.clone(),
                 version: self.name.to_string(),
                 request_id: request_id.to_string(),
-                input,
-                output: output.to_vec(),
+                input: input(),
+                output: output(),
             });
         }
     }

@@ -15,6 +15,10 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free one; the address is printed).
     #[arg(long, env = "PLINTH_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Also serve the inference protocol over gRPC (HTTP/2; TLS as for HTTP) on this address (port 0 picks
+    /// a free one; the address is printed).
+    #[arg(long, env = "PLINTH_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
     /// Where models, services, keys and caches live.
     #[arg(long, env = "PLINTH_WORKSPACE", default_value = ".plinth")]
     workspace: PathBuf,
@@ -76,9 +80,12 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     let ws = Arc::new(
         Workspace::open(&args.workspace).with_context(|| format!("opening workspace {}", args.workspace.display()))?,
     );
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(plinth_router::tls_acceptor(cert, key)?),
-        _ => None,
+    let (tls, grpc_tls) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => (
+            Some(plinth_router::tls_acceptor(cert, key)?),
+            Some(plinth_router::tls_acceptor_h2(cert, key)?),
+        ),
+        _ => (None, None),
     };
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| ws.root().join("cache"));
     let engine = Arc::new(WasmEngine::new(EngineConfig {
@@ -107,6 +114,15 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let grpc_listener = match args.grpc_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("listening for gRPC on {a}"))?,
+        ),
+        None => None,
+    };
+    let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     control.restore().await?;
     let host = Arc::new(
         Host::new(router)
@@ -118,17 +134,22 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
             .with_max_body_bytes(args.max_body_bytes),
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let grpc_text = grpc_addr.map(|a| format!(" and gRPC on {a}")).unwrap_or_default();
     match args.output {
         super::Output::Text => println!(
-            "plinth listening on {scheme}://{addr} (workspace {})",
+            "plinth listening on {scheme}://{addr} (workspace {}){grpc_text}",
             ws.root().display()
         ),
         super::Output::Json => println!(
             "{}",
-            serde_json::json!({"listening": format!("{scheme}://{addr}"), "workspace": ws.root().display().to_string()})
+            serde_json::json!({
+                "listening": format!("{scheme}://{addr}"),
+                "grpc": grpc_addr.map(|a| a.to_string()),
+                "workspace": ws.root().display().to_string(),
+            })
         ),
     }
-    tracing::info!(%addr, scheme, "listening");
+    tracing::info!(%addr, scheme, grpc = ?grpc_addr, "listening");
     let options = plinth_router::ServeOptions {
         tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout_secs.max(1)),
         header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
@@ -136,7 +157,26 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
         max_connections: args.max_connections.unwrap_or_else(connection_cap).max(1),
     };
     tracing::debug!(max_connections = options.max_connections, "connection cap");
-    plinth_router::serve_with(listener, host, tls, options, plinth_router::shutdown_signal()).await?;
+    // One signal stops both listeners; each drains its own requests.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        plinth_router::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let signal = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let grpc = grpc_listener.map(|l| {
+        let grpc = plinth_router::Grpc::new(host.clone());
+        tokio::spawn(plinth_router::serve_grpc(l, grpc, grpc_tls, options.clone(), signal()))
+    });
+    plinth_router::serve_with(listener, host, tls, options, signal()).await?;
+    if let Some(g) = grpc {
+        g.await??;
+    }
     // Every request has been answered: write what data collection accepted, then exit.
     tokio::task::spawn_blocking(move || collector.shutdown()).await?;
     tracing::info!("stopped");

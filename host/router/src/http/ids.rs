@@ -21,7 +21,12 @@ impl RequestIds {
     }
 
     pub(crate) fn for_request<B>(&self, req: &Request<B>) -> String {
-        if let Some(v) = req.headers().get(super::REQUEST_ID).and_then(|v| v.to_str().ok())
+        self.for_candidate(req.headers().get(super::REQUEST_ID).and_then(|v| v.to_str().ok()))
+    }
+
+    /// The client's id when it is sensible, else a fresh one.
+    pub(crate) fn for_candidate(&self, given: Option<&str>) -> String {
+        if let Some(v) = given
             && !v.is_empty()
             && v.len() <= 128
             && v.bytes().all(|b| b.is_ascii_graphic())

@@ -6,7 +6,7 @@ mod body;
 mod ids;
 pub mod oip;
 mod response;
-mod score;
+pub(crate) mod score;
 mod swagger;
 
 use std::future::Future;
@@ -66,11 +66,11 @@ pub trait Admin: Send + Sync + 'static {
 
 /// Routes requests to services (and to an admin API, when one is mounted).
 pub struct Host {
-    router: Arc<Router>,
-    auth: HostAuth,
+    pub(crate) router: Arc<Router>,
+    pub(crate) auth: HostAuth,
     admin: Option<Arc<dyn Admin>>,
-    max_body_bytes: usize,
-    ids: RequestIds,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) ids: RequestIds,
     observer: Observer,
     open_metrics: bool,
 }
@@ -191,7 +191,9 @@ impl Host {
                         let (parts, body) = req.into_parts();
                         let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
                         let pinned = header_str(&parts.headers, VERSION_HEADER);
-                        Ok(self.score(&service, Payload::Score(body), pinned, request_id).await)
+                        Ok(self
+                            .score_http(&service, Payload::Score(body), pinned, request_id)
+                            .await)
                     }
                     (&Method::GET, ["swagger.json"]) => {
                         service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
@@ -251,15 +253,11 @@ impl Host {
                     Some(v) => service.version(v)?.clone(),
                     None => service.default_version().clone(),
                 };
-                let info = version.info();
-                let (platform, inputs, outputs) = match info.has_script {
-                    false => ("onnxruntime_onnx", info.inputs.clone(), info.outputs.clone()),
-                    true => ("plinth_entry_script", Vec::new(), Vec::new()),
-                };
+                let (platform, inputs, outputs) = oip::platform(version.info());
                 let versions: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
                 Ok(json_response(
                     StatusCode::OK,
-                    &oip::model_metadata(name, &versions, platform, &inputs, &outputs),
+                    &oip::model_metadata(name, &versions, platform, inputs, outputs),
                 ))
             }
             (Method::GET, ["ready"]) => Ok(json_response(StatusCode::OK, &json!({"name": name, "ready": true}))),
@@ -275,8 +273,11 @@ impl Host {
                 };
                 let pinned = pinned.or_else(|| header_str(&parts.headers, VERSION_HEADER));
                 let decoded = oip::decode(&body, header_len)?;
-                let payload = Payload::Oip { decoded, raw: body };
-                Ok(self.score(&service, payload, pinned, request_id).await)
+                let payload = Payload::Oip {
+                    decoded,
+                    raw: Some(body),
+                };
+                Ok(self.score_http(&service, payload, pinned, request_id).await)
             }
             (method, _) => Err(Error::NotFound(format!(
                 "no route {method} /v2/models/{name}/{}",
@@ -287,7 +288,7 @@ impl Host {
 
     /// A name not served: a 404, or while deployments are still loading (a host starting), a 503 with
     /// `Retry-After`, since the service may be one of them.
-    fn missing(&self, what: &str, name: &str) -> Error {
+    pub(crate) fn missing(&self, what: &str, name: &str) -> Error {
         match self.loading() {
             0 => Error::NotFound(format!("{what} {name} not found")),
             n => Error::Overloaded(format!(
@@ -296,7 +297,7 @@ impl Host {
         }
     }
 
-    fn loading(&self) -> usize {
+    pub(crate) fn loading(&self) -> usize {
         self.admin.as_ref().map_or(0, |a| a.loading())
     }
 

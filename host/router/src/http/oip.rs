@@ -173,7 +173,7 @@ pub fn decode(body: &[u8], header_len: Option<&str>) -> Result<Request> {
 }
 
 /// OIP datatype names, exactly (`FP32`, not `float`).
-fn parse_datatype(name: &str) -> Option<DataType> {
+pub(crate) fn parse_datatype(name: &str) -> Option<DataType> {
     DataType::ALL.into_iter().find(|d| d.as_str() == name)
 }
 
@@ -189,7 +189,7 @@ fn binary_size(params: &Map<String, Value>, name: &str) -> Result<Option<usize>>
 }
 
 /// Binary tensor bytes to data: one copy, no per-element parsing (BYTES and BOOL excepted).
-fn decode_binary(name: &str, datatype: DataType, bytes: &[u8], count: usize) -> Result<TensorData> {
+pub(crate) fn decode_binary(name: &str, datatype: DataType, bytes: &[u8], count: usize) -> Result<TensorData> {
     if datatype == DataType::Bytes {
         // Each element takes at least its 4-byte length.
         let mut out = Vec::with_capacity(count.min(bytes.len() / 4));
@@ -225,10 +225,11 @@ fn decode_binary(name: &str, datatype: DataType, bytes: &[u8], count: usize) -> 
         return Ok(TensorData::Bytes(out));
     }
     let size = element_size(datatype);
-    if bytes.len() != count * size {
+    // A client's count times the element size can overflow: checked, never wrapped.
+    if count.checked_mul(size) != Some(bytes.len()) {
         return Err(bad(format!(
             "input '{name}': the shape needs {count} {datatype} elements ({} bytes), the binary data has {} bytes",
-            count * size,
+            (count as u128) * (size as u128),
             bytes.len()
         )));
     }
@@ -275,9 +276,15 @@ pub fn check_outputs(req: &Request, outputs: &[TensorSpec], model: &str) -> Resu
     Ok(())
 }
 
-/// Encodes the response: the JSON part, then the bytes of the outputs sent as binary. Returns the
-/// body and, when binary data follows, the length of the JSON part.
-pub fn encode(model: &str, version: &str, req: &Request, outputs: Vec<Tensor>) -> (Vec<u8>, Option<usize>) {
+/// Encodes the response: the JSON part, then the bytes of the outputs sent as binary (none when
+/// `json_only`). Returns the body and, when binary data follows, the length of the JSON part.
+pub fn encode(
+    model: &str,
+    version: &str,
+    req: &Request,
+    outputs: &[Tensor],
+    json_only: bool,
+) -> (Vec<u8>, Option<usize>) {
     let mut binary: Vec<u8> = Vec::new();
     let mut entries = Vec::with_capacity(outputs.len());
     for t in outputs {
@@ -287,7 +294,7 @@ pub fn encode(model: &str, version: &str, req: &Request, outputs: Vec<Tensor>) -
                 Some((_, b)) => *b,
                 None => continue,
             },
-        };
+        } && !json_only;
         let mut entry = json!({"name": t.name, "datatype": t.datatype().as_str(), "shape": t.shape});
         if wants_binary {
             let before = binary.len();
@@ -314,7 +321,7 @@ pub fn encode(model: &str, version: &str, req: &Request, outputs: Vec<Tensor>) -
     (body, Some(json_len))
 }
 
-fn append_binary(out: &mut Vec<u8>, data: &TensorData) {
+pub(crate) fn append_binary(out: &mut Vec<u8>, data: &TensorData) {
     match data {
         TensorData::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
         TensorData::Bytes(v) => {
@@ -364,6 +371,14 @@ pub fn to_script_json(req: &Request) -> Vec<u8> {
         v["outputs"] = Value::Array(outs.iter().map(|(n, _)| json!({"name": n})).collect());
     }
     serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// A version's platform and tensors for model metadata: an entry script declares none.
+pub(crate) fn platform(info: &crate::VersionInfo) -> (&'static str, &[TensorSpec], &[TensorSpec]) {
+    match info.has_script {
+        false => ("onnxruntime_onnx", &info.inputs, &info.outputs),
+        true => ("plinth_entry_script", &[], &[]),
+    }
 }
 
 /// `GET /v2/models/{name}`: platform, versions, inputs and outputs (-1 for dynamic dims).

@@ -123,7 +123,7 @@ fn responses_mix_json_and_binary_outputs() {
             data: TensorData::Int64(vec![9]),
         },
     ];
-    let (body, json_len) = encode("m", "1", &req, outs);
+    let (body, json_len) = encode("m", "1", &req, &outs, false);
     let json_len = json_len.expect("binary follows");
     let head: Value = serde_json::from_slice(&body[..json_len]).unwrap();
     assert_eq!(head["id"], "q");
@@ -135,4 +135,12 @@ fn responses_mix_json_and_binary_outputs() {
     assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 8);
     assert_eq!(head["outputs"][1]["data"], json!([7]));
     assert_eq!(&body[json_len..], bytemuck::cast_slice::<f32, u8>(&[1.0, 2.0]));
+}
+
+#[test]
+fn a_binary_count_whose_size_overflows_is_refused() {
+    // 2^62 FP32 elements are 2^64 bytes: the size overflows a usize and must not wrap to match.
+    let head = br#"{"inputs": [{"name": "X", "shape": [4611686018427387904], "datatype": "FP32", "parameters": {"binary_data_size": 0}}]}"#;
+    let e = err(head, Some(&head.len().to_string()));
+    assert!(e.contains("18446744073709551616 bytes"), "{e}");
 }

@@ -1,0 +1,162 @@
+//! The Open Inference Protocol over gRPC with the real Python tritonclient.grpc, plain and over TLS.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::fixture::*;
+use crate::support::{component, python, repo};
+
+const KEY: &str = "grpc-test-key-0123456789abcdef";
+
+/// A host serving gRPC too, with `diabetes`, `alltypes` (key auth) and the adversary script `adv` (open).
+fn grpc_host(tag: &str, extra: &[&str], cacert: Option<&std::path::Path>) -> (TestHost, std::path::PathBuf) {
+    let dir = temp_dir(tag);
+    let mut args = vec!["--grpc-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut host = TestHost::start(&dir.join("ws"), &args);
+    if let Some(c) = cacert {
+        host = host.with_cacert(c);
+    }
+    host.register_diabetes();
+    host.run(&[
+        "model",
+        "register",
+        "--name",
+        "alltypes",
+        "--path",
+        "tests/models/all_types",
+    ]);
+    let dc = Dc::test()
+        .keys(KEY)
+        .replicas(2)
+        .with("dataCollection", json!({"storageEnabled": true}))
+        .write(&dir, "dc.json");
+    for m in ["diabetes", "alltypes"] {
+        host.run(&["deploy", "-m", &format!("{m}:1"), "-n", m, "--dc", dc.to_str().unwrap()]);
+    }
+    std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
+    let ic = write_json(&dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
+    let open = Dc::test().no_auth().write(&dir, "dc-open.json");
+    host.run(&[
+        "deploy",
+        "-n",
+        "adv",
+        "--ic",
+        ic.to_str().unwrap(),
+        "--dc",
+        open.to_str().unwrap(),
+    ]);
+    (host, dir)
+}
+
+#[test]
+fn tritonclient_grpc_health_metadata_infer_every_datatype_and_errors() {
+    let (mut host, dir) = grpc_host("grpc", &[], None);
+    let addr = host.grpc.clone().expect("the gRPC address is printed");
+    let out = Command::new(python())
+        .arg(repo().join("tests/e2e/grpc_client.py"))
+        .arg(&addr)
+        .arg(KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+
+    // The same router underneath: counted in metrics, logged, collected.
+    let metrics = curl(
+        &format!("{}/metrics", host.url),
+        &["-H", &format!("Authorization: Bearer {}", host.admin_token())],
+    )
+    .body;
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("plinth_requests_total{")
+                && l.contains("service=\"diabetes\"")
+                && l.contains("status=\"200\"")
+        })
+        .unwrap_or_else(|| panic!("no diabetes 200s in {metrics}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{line}");
+    let logs = host.run(&["service", "logs", "diabetes"]);
+    assert!(logs.contains("req-7"), "{logs}");
+    assert!(host.stop().success());
+    let inputs = crate::observe::walk(&dir.join("ws/modeldata/diabetes/diabetes/1/inputs"));
+    let recorded: Vec<serde_json::Value> = inputs
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        recorded.iter().any(|r| r["request_id"] == "req-7"),
+        "gRPC requests are collected: {recorded:?}"
+    );
+}
+
+#[test]
+fn grpc_over_tls_with_tritonclient_and_openssl() {
+    let dir = temp_dir("grpc-tls");
+    let (cert, key) = self_signed_cert(&dir);
+    let (host, _) = grpc_host(
+        "grpc-tls-host",
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        Some(&cert),
+    );
+    let addr = host.grpc.clone().unwrap();
+    let port = addr.rsplit(':').next().unwrap();
+    let script = format!(
+        r#"
+import numpy as np, tritonclient.grpc as g
+c = g.InferenceServerClient(url="localhost:{port}", ssl=True, root_certificates="{cert}")
+assert c.is_server_live()
+x = g.InferInput("X", [1, 10], "FP32")
+x.set_data_from_numpy(np.full((1, 10), 0.01, dtype=np.float32))
+r = c.infer("diabetes", [x], headers={{"authorization": "Bearer {KEY}"}})
+print("prediction", float(r.as_numpy("variable")[0][0]))
+"#,
+        cert = cert.display()
+    );
+    let out = Command::new(python()).arg("-c").arg(&script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("prediction"), "{stdout}");
+    // The gRPC listener negotiates HTTP/2 by ALPN; the HTTPS one keeps HTTP/1.1.
+    let alpn = |port: &str, proto: &str| {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-alpn",
+                proto,
+                "-CAfile",
+            ])
+            .arg(&cert)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = alpn(port, "h2");
+    assert!(
+        text.contains("ALPN protocol: h2") && text.contains("Verify return code: 0 (ok)"),
+        "{text}"
+    );
+    let text = alpn(&host.port().to_string(), "http/1.1");
+    assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
+}
