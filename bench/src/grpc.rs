@@ -17,7 +17,7 @@ use plinth_router::grpc_proto::model_infer_request::{InferInputTensor, InferRequ
 use prost::Message;
 use tokio::net::TcpStream;
 
-use crate::load::{Run, Target, run};
+use crate::load::{Run, Target, gather, measured, run};
 use crate::suite::{Host, KEY};
 
 /// A gRPC `ModelInfer` call, framed once (the 5-byte gRPC prefix, then the message).
@@ -70,30 +70,17 @@ impl GrpcTarget {
 /// Runs `concurrency` HTTP/2 connections for `duration`, after a short warm-up, on a thread of its own.
 pub async fn run_grpc(target: &GrpcTarget, concurrency: usize, duration: Duration) -> anyhow::Result<Run> {
     let target = target.clone();
-    tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(async {
-            let _ = drive(&target, concurrency, Duration::from_millis(300)).await?;
-            drive(&target, concurrency, duration).await
-        })
+    measured(duration, move |d| {
+        let target = target.clone();
+        async move { drive(&target, concurrency, d).await }
     })
-    .await?
+    .await
 }
 
 async fn drive(target: &GrpcTarget, concurrency: usize, duration: Duration) -> anyhow::Result<Run> {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| tokio::spawn(connection(target.clone(), deadline)))
-        .collect();
-    let mut latencies: Vec<u32> = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (lat, err) = task.await??;
-        latencies.extend(lat);
-        errors += err;
-    }
-    Ok(Run::from_latencies(latencies, errors, started.elapsed()))
+    gather((0..concurrency).map(|_| connection(target.clone(), deadline)), started).await
 }
 
 async fn connection(target: GrpcTarget, deadline: Instant) -> anyhow::Result<(Vec<u32>, u64)> {

@@ -63,11 +63,25 @@ impl Target {
 /// Runs `concurrency` connections for `duration`, after a short warm-up, on a thread of its own.
 pub async fn run(target: &Target, concurrency: usize, duration: Duration) -> anyhow::Result<Run> {
     let target = target.clone();
+    measured(duration, move |d| {
+        let target = target.clone();
+        async move { drive(&target, concurrency, d).await }
+    })
+    .await
+}
+
+/// Runs `drive` for a 300 ms warm-up, then for `duration`, on a thread of its own with a single-threaded
+/// event loop (the generator stays off the server's runtime).
+pub async fn measured<F, Fut>(duration: Duration, drive: F) -> anyhow::Result<Run>
+where
+    F: Fn(Duration) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Run>>,
+{
     tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
-            let _ = drive(&target, concurrency, Duration::from_millis(300)).await?;
-            drive(&target, concurrency, duration).await
+            let _ = drive(Duration::from_millis(300)).await?;
+            drive(duration).await
         })
     })
     .await?
@@ -77,10 +91,16 @@ async fn drive(target: &Target, concurrency: usize, duration: Duration) -> anyho
     let wire = target.wire();
     let deadline = Instant::now() + duration;
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        tasks.push(tokio::spawn(connection(target.addr, wire.clone(), deadline)));
-    }
+    let connections = (0..concurrency).map(|_| connection(target.addr, wire.clone(), deadline));
+    gather(connections, started).await
+}
+
+/// Runs the connections side by side and sums what each measured (latencies in µs, errors) into a Run.
+pub async fn gather<F>(connections: impl Iterator<Item = F>, started: Instant) -> anyhow::Result<Run>
+where
+    F: std::future::Future<Output = anyhow::Result<(Vec<u32>, u64)>> + Send + 'static,
+{
+    let tasks: Vec<_> = connections.map(tokio::spawn).collect();
     let mut latencies: Vec<u32> = Vec::new();
     let mut errors = 0;
     for task in tasks {

@@ -13,7 +13,6 @@ use serde_json::json;
 use sha2::Digest;
 
 use crate::fixture::*;
-use crate::support::component;
 
 const KEY_A: &str = "key-a-0123456789abcdef";
 
@@ -344,9 +343,10 @@ fn slow_idle_and_surplus_connections_are_closed_and_health_answers_at_the_cap() 
     assert_eq!(curl(&health, &[]).status, 200);
 }
 
-/// A host with the Rust adversary (`adv`) and the Python adversary (`pyadv`) deployed.
+/// A host with the Rust adversary (`adv`) and the Python adversary (`pyadv`) deployed, open.
 fn deploy_adversaries(host: &TestHost, dir: &std::path::Path, dc: &Dc) {
-    std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
+    let dc = dc.clone().no_auth();
+    host.deploy_adversary(dir, "adv", &dc);
     let py = dir.join("py");
     std::fs::create_dir_all(&py).unwrap();
     std::fs::copy(
@@ -354,25 +354,12 @@ fn deploy_adversaries(host: &TestHost, dir: &std::path::Path, dc: &Dc) {
         py.join("score.py"),
     )
     .unwrap();
-    let dc = dc.clone().no_auth().write(dir, "dc-adv.json");
-    for (name, ic) in [
-        ("adv", json!({"entryScript": "adversary.wasm"})),
-        (
-            "pyadv",
-            json!({"entryScript": "score.py", "sourceDirectory": "py", "runtime": "python"}),
-        ),
-    ] {
-        let ic = write_json(dir, &format!("ic-{name}.json"), &ic);
-        host.run(&[
-            "deploy",
-            "-n",
-            name,
-            "--ic",
-            ic.to_str().unwrap(),
-            "--dc",
-            dc.to_str().unwrap(),
-        ]);
-    }
+    let ic = write_json(
+        dir,
+        "ic-pyadv.json",
+        &json!({"entryScript": "score.py", "sourceDirectory": "py", "runtime": "python"}),
+    );
+    host.deploy_script("pyadv", &ic, &dc.write(dir, "dc-pyadv.json"));
 }
 
 #[test]
@@ -384,19 +371,8 @@ fn overload_at_ten_times_capacity_gets_only_200_and_503_and_recovers() {
         .replicas(1)
         .concurrency(2)
         .with("maxQueueWaitMs", 100.into())
-        .no_auth()
-        .write(&dir, "dc.json");
-    std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
-    let ic = write_json(&dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
-    host.run(&[
-        "deploy",
-        "-n",
-        "adv",
-        "--ic",
-        ic.to_str().unwrap(),
-        "--dc",
-        dc.to_str().unwrap(),
-    ]);
+        .no_auth();
+    host.deploy_adversary(&dir, "adv", &dc);
     let baseline = host.rss_kib();
     let (statuses, peak) = peak_rss_during(&host, || {
         let clients: Vec<_> = (0..20)
@@ -581,7 +557,7 @@ fn kill_9_during_a_deploy_and_under_load_loses_nothing() {
         .args(["deploy", "-n", "midway", "--ic"])
         .arg(&ic)
         .arg("--dc")
-        .arg(dir.join("dc-adv.json"))
+        .arg(dir.join("dc-pyadv.json"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -621,15 +597,7 @@ fn kill_9_during_a_deploy_and_under_load_loses_nothing() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The deploy cut off midway either landed whole or can simply be run again.
-    host.run(&[
-        "deploy",
-        "-n",
-        "midway",
-        "--ic",
-        ic.to_str().unwrap(),
-        "--dc",
-        dir.join("dc-adv.json").to_str().unwrap(),
-    ]);
+    host.deploy_script("midway", &ic, &dir.join("dc-pyadv.json"));
     assert_eq!(score(&host.score_url("midway"), None, "hello").status, 200);
 }
 

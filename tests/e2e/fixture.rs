@@ -150,9 +150,46 @@ impl TestHost {
         ]);
     }
 
+    /// Registers `tests/models/all_types` (one input and output per datatype) as `alltypes`.
+    pub fn register_all_types(&self) {
+        self.run(&[
+            "model",
+            "register",
+            "--name",
+            "alltypes",
+            "--path",
+            "tests/models/all_types",
+        ]);
+    }
+
     /// `plinth deploy -m MODEL -n NAME --dc DC`, no-code; returns stdout.
     pub fn deploy(&self, model: &str, name: &str, dc: &Path) -> String {
         self.run(&["deploy", "-m", model, "-n", name, "--dc", dc.to_str().unwrap()])
+    }
+
+    /// `plinth deploy -n NAME --ic IC --dc DC` (an entry script); returns stdout.
+    pub fn deploy_script(&self, name: &str, ic: &Path, dc: &Path) -> String {
+        self.run(&[
+            "deploy",
+            "-n",
+            name,
+            "--ic",
+            ic.to_str().unwrap(),
+            "--dc",
+            dc.to_str().unwrap(),
+        ])
+    }
+
+    /// Deploys the Rust adversary script (`plugins/test-scripts/adversary`) as `name`, its files in `dir`.
+    pub fn deploy_adversary(&self, dir: &Path, name: &str, dc: &Dc) {
+        std::fs::copy(crate::support::component("adversary"), dir.join("adversary.wasm")).unwrap();
+        let ic = write_json(
+            dir,
+            "ic-adversary.json",
+            &serde_json::json!({"entryScript": "adversary.wasm"}),
+        );
+        let dc = dc.write(dir, &format!("dc-{name}.json"));
+        self.deploy_script(name, &ic, &dc);
     }
 
     /// `(primary, secondary)` keys of a service.
@@ -266,6 +303,22 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
         .unwrap();
     assert!(status.success(), "openssl could not make a certificate");
     (cert, key)
+}
+
+/// Runs one of the Python client scripts in `tests/e2e/` (`python SCRIPT ARGS...`), which print a line
+/// per check and `N passed, 0 failed`; fails the test with their output otherwise.
+pub fn python_client(script: &str, args: &[&str]) {
+    let out = Command::new(crate::support::python())
+        .arg(repo().join("tests/e2e").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "{script}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A curl response.

@@ -5,7 +5,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::fixture::*;
-use crate::support::{component, python, repo};
+use crate::support::python;
 
 const KEY: &str = "grpc-test-key-0123456789abcdef";
 
@@ -19,14 +19,7 @@ fn grpc_host(tag: &str, extra: &[&str], cacert: Option<&std::path::Path>) -> (Te
         host = host.with_cacert(c);
     }
     host.register_diabetes();
-    host.run(&[
-        "model",
-        "register",
-        "--name",
-        "alltypes",
-        "--path",
-        "tests/models/all_types",
-    ]);
+    host.register_all_types();
     let dc = Dc::test()
         .keys(KEY)
         .replicas(2)
@@ -35,18 +28,7 @@ fn grpc_host(tag: &str, extra: &[&str], cacert: Option<&std::path::Path>) -> (Te
     for m in ["diabetes", "alltypes"] {
         host.run(&["deploy", "-m", &format!("{m}:1"), "-n", m, "--dc", dc.to_str().unwrap()]);
     }
-    std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
-    let ic = write_json(&dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
-    let open = Dc::test().no_auth().write(&dir, "dc-open.json");
-    host.run(&[
-        "deploy",
-        "-n",
-        "adv",
-        "--ic",
-        ic.to_str().unwrap(),
-        "--dc",
-        open.to_str().unwrap(),
-    ]);
+    host.deploy_adversary(&dir, "adv", &Dc::test().no_auth());
     (host, dir)
 }
 
@@ -54,19 +36,7 @@ fn grpc_host(tag: &str, extra: &[&str], cacert: Option<&std::path::Path>) -> (Te
 fn tritonclient_grpc_health_metadata_infer_every_datatype_and_errors() {
     let (mut host, dir) = grpc_host("grpc", &[], None);
     let addr = host.grpc.clone().expect("the gRPC address is printed");
-    let out = Command::new(python())
-        .arg(repo().join("tests/e2e/grpc_client.py"))
-        .arg(&addr)
-        .arg(KEY)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    python_client("grpc_client.py", &[&addr, KEY]);
 
     // The same router underneath: counted in metrics, logged, collected.
     let metrics = curl(

@@ -15,21 +15,13 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from client_common import SAMPLES, check, done, oip_type
+
 addr, key = sys.argv[1], sys.argv[2]
 repo = pathlib.Path(__file__).resolve().parents[2]
 auth = {"authorization": f"Bearer {key}"}
 client = grpcclient.InferenceServerClient(url=addr)
 stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(addr))
-passed = 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if not cond:
-        print(f"FAIL {name}: {detail}", flush=True)
-        sys.exit(1)
-    passed += 1
-    print(f"ok {name}", flush=True)
 
 
 def status_of(call):
@@ -82,30 +74,14 @@ out = np.frombuffer(resp.raw_output_contents[0], dtype=np.float32).reshape(list(
 check("typed contents in, raw out", np.allclose(out, ridge.run(None, {"X": rows[:2]})[0], rtol=1e-4), out)
 
 # Every datatype, raw both ways.
-samples = {
-    "bool": np.array([[True, False], [False, True]]),
-    "uint8": np.array([[0, 255], [7, 8]], dtype=np.uint8),
-    "uint16": np.array([[0, 65535], [7, 8]], dtype=np.uint16),
-    "uint32": np.array([[0, 4294967295], [7, 8]], dtype=np.uint32),
-    "uint64": np.array([[0, 2**63], [7, 8]], dtype=np.uint64),
-    "int8": np.array([[-128, 127], [7, 8]], dtype=np.int8),
-    "int16": np.array([[-32768, 32767], [7, 8]], dtype=np.int16),
-    "int32": np.array([[-2**31, 2**31 - 1], [7, 8]], dtype=np.int32),
-    "int64": np.array([[-2**62, 2**62], [7, 8]], dtype=np.int64),
-    "fp16": np.array([[0.5, -1.25], [3.0, 65504.0]], dtype=np.float16),
-    "fp32": np.array([[0.5, -1.25], [3.0, 1e30]], dtype=np.float32),
-    "fp64": np.array([[0.5, -1.25], [3.0, 1e300]], dtype=np.float64),
-    "bytes": np.array([[b"plinth", b""], [b"caf\xc3\xa9", b"x" * 300]], dtype=np.object_),
-}
-oip_type = {"fp16": "FP16", "fp32": "FP32", "fp64": "FP64", "bytes": "BYTES"}
 inputs, outputs = [], []
-for name, arr in samples.items():
-    i = grpcclient.InferInput(f"x_{name}", list(arr.shape), oip_type.get(name, name.upper()))
+for name, arr in SAMPLES.items():
+    i = grpcclient.InferInput(f"x_{name}", list(arr.shape), oip_type(name))
     i.set_data_from_numpy(arr)
     inputs.append(i)
     outputs.append(grpcclient.InferRequestedOutput(f"y_{name}"))
 r = client.infer("alltypes", inputs, outputs=outputs, headers=auth)
-for name, arr in samples.items():
+for name, arr in SAMPLES.items():
     got = r.as_numpy(f"y_{name}")
     check(f"{name} round trip", got.shape == arr.shape and (got == arr).all(), (got, arr))
 
@@ -154,4 +130,4 @@ code, msg = status_of(lambda: client.get_model_config("diabetes", headers=auth))
 check("a method Plinth does not serve: UNIMPLEMENTED", code == "StatusCode.UNIMPLEMENTED", (code, msg))
 check("still serving", client.is_server_live())
 
-print(f"{passed} passed, 0 failed")
+done()

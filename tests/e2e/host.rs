@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::fixture::*;
-use crate::support::{assert_close, component, reference, repo};
+use crate::support::{assert_close, reference, repo};
 
 fn predictions_of_no_code(r: &Reply) -> Vec<f64> {
     r.json()["variable"]
@@ -198,18 +198,7 @@ fn python_score_py_deployed_from_azure_configs() {
 fn adversary_host(tag: &str, dc: Dc, extra: &[&str]) -> (TestHost, String) {
     let dir = temp_dir(tag);
     let host = TestHost::start(&dir.join("ws"), extra);
-    std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
-    let ic = write_json(&dir, "inferenceconfig.json", &json!({"entryScript": "adversary.wasm"}));
-    let dc = dc.write(&dir, "deploymentconfig.json");
-    host.run(&[
-        "deploy",
-        "-n",
-        "adv",
-        "--ic",
-        ic.to_str().unwrap(),
-        "--dc",
-        dc.to_str().unwrap(),
-    ]);
+    host.deploy_adversary(&dir, "adv", &dc);
     let (key, _) = host.keys("adv");
     (host, key)
 }

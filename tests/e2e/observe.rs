@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::fixture::*;
-use crate::support::component;
 
 const KEY: &str = "observe-key-0123456789abcdef";
 
@@ -19,18 +18,7 @@ fn replicas(host: &TestHost, service: &str) -> u64 {
 }
 
 fn adversary(host: &TestHost, dir: &std::path::Path, name: &str, dc: Dc) {
-    std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
-    let ic = write_json(dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
-    let dc = dc.keys(KEY).write(dir, &format!("dc-{name}.json"));
-    host.run(&[
-        "deploy",
-        "-n",
-        name,
-        "--ic",
-        ic.to_str().unwrap(),
-        "--dc",
-        dc.to_str().unwrap(),
-    ]);
+    host.deploy_adversary(dir, name, &dc.keys(KEY));
 }
 
 #[test]

@@ -1,11 +1,8 @@
 //! The Open Inference Protocol with the real Python tritonclient, and every malformed request by hand.
 
-use std::process::Command;
-
 use serde_json::json;
 
 use crate::fixture::*;
-use crate::support::{component, python, repo};
 
 const KEY: &str = "oip-test-key-0123456789abcdef";
 
@@ -13,14 +10,7 @@ fn oip_host() -> (TestHost, std::path::PathBuf) {
     let dir = temp_dir("oip");
     let host = TestHost::start(&dir.join("ws"), &[]);
     host.register_diabetes();
-    host.run(&[
-        "model",
-        "register",
-        "--name",
-        "alltypes",
-        "--path",
-        "tests/models/all_types",
-    ]);
+    host.register_all_types();
     let dc = Dc::test().keys(KEY).replicas(2).write(&dir, "dc.json");
     for m in ["diabetes", "alltypes"] {
         host.run(&["deploy", "-m", &format!("{m}:1"), "-n", m, "--dc", dc.to_str().unwrap()]);
@@ -31,19 +21,7 @@ fn oip_host() -> (TestHost, std::path::PathBuf) {
 #[test]
 fn tritonclient_json_batch_binary_and_every_datatype() {
     let (host, _) = oip_host();
-    let out = Command::new(python())
-        .arg(repo().join("tests/e2e/oip_client.py"))
-        .arg(&host.url)
-        .arg(KEY)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    python_client("oip_client.py", &[&host.url, KEY]);
 }
 
 fn infer(host: &TestHost, path: &str, body: &str) -> Reply {
@@ -218,18 +196,7 @@ fn malformed_requests_are_4xx_naming_the_problem() {
 fn entry_scripts_get_the_request_as_oip_json() {
     let dir = temp_dir("oip-script");
     let host = TestHost::start(&dir.join("ws"), &[]);
-    std::fs::copy(component("adversary"), dir.join("adversary.wasm")).unwrap();
-    let ic = write_json(&dir, "ic.json", &json!({"entryScript": "adversary.wasm"}));
-    let dc = Dc::test().keys(KEY).write(&dir, "dc.json");
-    host.run(&[
-        "deploy",
-        "-n",
-        "adv",
-        "--ic",
-        ic.to_str().unwrap(),
-        "--dc",
-        dc.to_str().unwrap(),
-    ]);
+    host.deploy_adversary(&dir, "adv", &Dc::test().keys(KEY));
     let r = infer(
         &host,
         "/v2/models/adv/infer",

@@ -12,22 +12,14 @@ import onnxruntime as ort
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from client_common import SAMPLES, check, done, oip_type
+
 url, key = sys.argv[1], sys.argv[2]
 repo = pathlib.Path(__file__).resolve().parents[2]
 def auth():
     # A fresh dict per call: tritonclient adds Inference-Header-Content-Length to the dict it is given.
     return {"Authorization": f"Bearer {key}"}
 client = httpclient.InferenceServerClient(url=url.replace("http://", ""))
-passed = 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if not cond:
-        print(f"FAIL {name}: {detail}", flush=True)
-        sys.exit(1)
-    passed += 1
-    print(f"ok {name}", flush=True)
 
 
 ridge = ort.InferenceSession(str(repo / "examples/diabetes/model/model.onnx"), providers=["CPUExecutionProvider"])
@@ -64,31 +56,15 @@ check("single row, version path", np.allclose(r.as_numpy("variable"), ridge.run(
 check("request id echoed", r.get_response()["id"] == "req-7", r.get_response())
 
 # Every datatype, binary in and out, and JSON in and out.
-samples = {
-    "bool": np.array([[True, False], [False, True]]),
-    "uint8": np.array([[0, 255], [7, 8]], dtype=np.uint8),
-    "uint16": np.array([[0, 65535], [7, 8]], dtype=np.uint16),
-    "uint32": np.array([[0, 4294967295], [7, 8]], dtype=np.uint32),
-    "uint64": np.array([[0, 2**63], [7, 8]], dtype=np.uint64),
-    "int8": np.array([[-128, 127], [7, 8]], dtype=np.int8),
-    "int16": np.array([[-32768, 32767], [7, 8]], dtype=np.int16),
-    "int32": np.array([[-2**31, 2**31 - 1], [7, 8]], dtype=np.int32),
-    "int64": np.array([[-2**62, 2**62], [7, 8]], dtype=np.int64),
-    "fp16": np.array([[0.5, -1.25], [3.0, 65504.0]], dtype=np.float16),
-    "fp32": np.array([[0.5, -1.25], [3.0, 1e30]], dtype=np.float32),
-    "fp64": np.array([[0.5, -1.25], [3.0, 1e300]], dtype=np.float64),
-    "bytes": np.array([[b"plinth", b""], [b"caf\xc3\xa9", b"x" * 300]], dtype=np.object_),
-}
-oip_type = {"fp16": "FP16", "fp32": "FP32", "fp64": "FP64", "bytes": "BYTES"}
 for binary in (True, False):
     inputs, outputs = [], []
-    for name, arr in samples.items():
-        i = httpclient.InferInput(f"x_{name}", list(arr.shape), oip_type.get(name, name.upper()))
+    for name, arr in SAMPLES.items():
+        i = httpclient.InferInput(f"x_{name}", list(arr.shape), oip_type(name))
         i.set_data_from_numpy(arr, binary_data=binary)
         inputs.append(i)
         outputs.append(httpclient.InferRequestedOutput(f"y_{name}", binary_data=binary))
     r = client.infer("alltypes", inputs, outputs=outputs, headers=auth())
-    for name, arr in samples.items():
+    for name, arr in SAMPLES.items():
         got = r.as_numpy(f"y_{name}")
         if name == "bytes":
             got = np.array([[v if isinstance(v, bytes) else str(v).encode() for v in row] for row in got], dtype=np.object_)
@@ -103,4 +79,4 @@ try:
 except InferenceServerException as e:
     check("no key is refused", "Authorization" in str(e), str(e))
 
-print(f"{passed} passed, 0 failed")
+done()
