@@ -284,7 +284,14 @@ fn slow_idle_and_surplus_connections_are_closed_and_health_answers_at_the_cap() 
     // 256 descriptors: the host keeps a quarter in reserve and caps connections at 192.
     let host = TestHost::start_limited(
         &dir.join("ws"),
-        &["--header-read-timeout-secs", "1", "--idle-timeout-secs", "3"],
+        &[
+            "--header-read-timeout-secs",
+            "1",
+            "--idle-timeout-secs",
+            "3",
+            "--body-read-timeout-secs",
+            "1",
+        ],
         Some(256),
     );
     let admin = host.admin_token();
@@ -338,6 +345,32 @@ fn slow_idle_and_surplus_connections_are_closed_and_health_answers_at_the_cap() 
     let t = closed_after(&mut kept, b"", Duration::from_secs(8)).expect("idle connection left open");
     assert!(t >= Duration::from_millis(2500) && t < Duration::from_secs(5), "{t:?}");
     eprintln!("figure: idle keep-alive closed after {t:?} (idle timeout 3 s)");
+
+    // A body trickled in after a whole head: its request is in flight, so the body-read timeout (1 s)
+    // answers it, 408.
+    let mut trickle = TcpStream::connect(addr(&host)).unwrap();
+    let head = format!(
+        "POST /api/v1/admin/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    trickle.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let writer = {
+        let mut w = trickle.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(200));
+                if w.write_all(b" ").is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    assert_eq!(read_status(&mut trickle, Duration::from_secs(5)), Some(408));
+    let t = started.elapsed();
+    assert!(t >= Duration::from_millis(900) && t < Duration::from_secs(3), "{t:?}");
+    eprintln!("figure: trickled body answered 408 after {t:?} (body-read timeout 1 s)");
+    drop(trickle);
+    let _ = writer.join();
 
     // The host serves on.
     assert_eq!(curl(&health, &[]).status, 200);

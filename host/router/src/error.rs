@@ -19,6 +19,9 @@ pub enum Error {
     Unauthorized(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The client did not send its request body in time.
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout { secs: u64 },
     /// No free replica (or batching queue slot) within the wait; the client should retry.
     #[error("{0}")]
     Overloaded(String),
@@ -76,6 +79,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Unauthorized(_) => "unauthorized",
             Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::BodyTimeout { .. } => "body_timeout",
             Error::Overloaded(_) => "overloaded",
             Error::Timeout(_) => "timeout",
             Error::Runtime(e) => e.kind(),
@@ -96,7 +100,8 @@ impl Error {
             | Error::BadRequest(_)
             | Error::Conflict(_)
             | Error::Unauthorized(_)
-            | Error::PayloadTooLarge { .. } => Fault::Client,
+            | Error::PayloadTooLarge { .. }
+            | Error::BodyTimeout { .. } => Fault::Client,
             Error::Overloaded(_) => Fault::Busy,
             Error::Timeout(_) => Fault::Late,
             Error::Runtime(e) => match e.kind() {

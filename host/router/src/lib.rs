@@ -60,8 +60,9 @@ pub use self::error::{Error, Fault, Result};
 pub use self::exec::INLINE_BELOW;
 pub use self::grpc::{Grpc, GrpcServer, proto as grpc_proto};
 pub use self::http::{
-    Admin, AdminBody, AdminRequest, Body, BoxFuture, DEFAULT_MAX_BODY_BYTES, Host, MAX_ADMIN_JSON_BYTES,
-    MAX_JSON_DEPTH, MAX_UPLOAD_BYTES, REQUEST_ID, VERSION_HEADER, error_response, json_response, oip, status_of,
+    Admin, AdminBody, AdminRequest, Body, BoxFuture, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, Host,
+    MAX_ADMIN_JSON_BYTES, MAX_JSON_DEPTH, MAX_UPLOAD_BYTES, REQUEST_ID, VERSION_HEADER, error_response, json_response,
+    oip, status_of,
 };
 pub use self::observe::{COLLECT_QUEUE, Collector, LINES_KEPT, LogHub, Metrics, Sampling, is_service_event};
 pub use self::queue::COLD_START_WAIT;

@@ -46,6 +46,9 @@ pub struct Args {
     /// Seconds a connection with no request in flight has to send a whole request head.
     #[arg(long, default_value_t = 30)]
     header_read_timeout_secs: u64,
+    /// Seconds a client has to send a request body (between chunks, for an upload); 408 after.
+    #[arg(long, default_value_t = 60)]
+    body_read_timeout_secs: u64,
     /// Seconds a connection with no request in flight may stay silent before it is closed.
     #[arg(long, default_value_t = 75)]
     idle_timeout_secs: u64,
@@ -131,7 +134,8 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
             .with_logs(logs)
             .with_metrics(metrics)
             .with_open_metrics(args.open_metrics)
-            .with_max_body_bytes(args.max_body_bytes),
+            .with_max_body_bytes(args.max_body_bytes)
+            .with_body_read_timeout(Duration::from_secs(args.body_read_timeout_secs.max(1))),
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
     let grpc_text = grpc_addr.map(|a| format!(" and gRPC on {a}")).unwrap_or_default();

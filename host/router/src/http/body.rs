@@ -1,5 +1,7 @@
 //! Reading request bodies within a limit (413 before reading when the declared length is too large).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http_body_util::{BodyExt, Limited};
@@ -7,8 +9,31 @@ use hyper::body::Incoming;
 
 use crate::{Error, Result};
 
+/// How long a client may take by default to send a request body (whole for scoring and admin JSON,
+/// between chunks for an upload) before it gets a 408: a body trickled in slowly holds a connection no
+/// timeout of the reaper's covers, since its request is already in flight.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`read_within`], within `timeout`.
+pub(crate) async fn read_body(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes> {
+    within(timeout, read_within(headers, body, limit)).await
+}
+
+/// `f` within `timeout`, or a 408. No timer is registered when `f` is ready at once (a small body
+/// arrives with its head).
+async fn within<T>(timeout: Duration, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(timeout, f).await.map_err(|_| Error::BodyTimeout {
+        secs: timeout.as_secs(),
+    })?
+}
+
 /// Reads the whole body, refusing one over `limit` before reading it when the length is declared.
-pub(crate) async fn read_body(headers: &http::HeaderMap, body: Incoming, limit: usize) -> Result<Bytes> {
+async fn read_within(headers: &http::HeaderMap, body: Incoming, limit: usize) -> Result<Bytes> {
     let too_large = || Error::PayloadTooLarge { limit };
     if let Some(len) = headers
         .get(CONTENT_LENGTH)
@@ -56,10 +81,11 @@ pub struct AdminBody {
     declared: Option<u64>,
     body: Option<Incoming>,
     read: u64,
+    timeout: Duration,
 }
 
 impl AdminBody {
-    pub(crate) fn new(headers: &http::HeaderMap, body: Incoming) -> Self {
+    pub(crate) fn new(headers: &http::HeaderMap, body: Incoming, timeout: Duration) -> Self {
         let declared = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -68,6 +94,7 @@ impl AdminBody {
             declared,
             body: Some(body),
             read: 0,
+            timeout,
         }
     }
 
@@ -84,7 +111,7 @@ impl AdminBody {
             headers.insert(CONTENT_LENGTH, len.into());
         }
         match self.body.take() {
-            Some(body) => read_body(&headers, body, limit).await,
+            Some(body) => read_body(&headers, body, limit, self.timeout).await,
             None => Ok(Bytes::new()),
         }
     }
@@ -102,7 +129,7 @@ impl AdminBody {
             let Some(body) = self.body.as_mut() else {
                 return Ok(None);
             };
-            match body.frame().await {
+            match within(self.timeout, async { Ok(body.frame().await) }).await? {
                 None => {
                     self.body = None;
                     return Ok(None);

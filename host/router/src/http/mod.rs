@@ -20,7 +20,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
-pub use self::body::{AdminBody, MAX_JSON_DEPTH};
+pub use self::body::{AdminBody, DEFAULT_BODY_READ_TIMEOUT, MAX_JSON_DEPTH};
 pub use self::response::{Body, error_response, json_response, status_of};
 
 use self::body::read_body;
@@ -70,6 +70,7 @@ pub struct Host {
     pub(crate) auth: HostAuth,
     admin: Option<Arc<dyn Admin>>,
     pub(crate) max_body_bytes: usize,
+    body_timeout: std::time::Duration,
     pub(crate) ids: RequestIds,
     observer: Observer,
     open_metrics: bool,
@@ -83,6 +84,7 @@ impl Host {
             auth: HostAuth::default(),
             admin: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_timeout: DEFAULT_BODY_READ_TIMEOUT,
             ids: RequestIds::new(),
             observer: Observer {
                 metrics: Arc::new(Metrics::new()),
@@ -119,6 +121,12 @@ impl Host {
     /// Serves `/metrics` without a credential (default: the admin token is needed, when there is one).
     pub fn with_open_metrics(mut self, open: bool) -> Self {
         self.open_metrics = open;
+        self
+    }
+
+    /// How long a client may take to send a request body (default [`DEFAULT_BODY_READ_TIMEOUT`]); 408 after.
+    pub fn with_body_read_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
@@ -189,7 +197,7 @@ impl Host {
                     (&Method::POST, ["score"]) => {
                         service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
                         let (parts, body) = req.into_parts();
-                        let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
+                        let body = read_body(&parts.headers, body, self.max_body_bytes, self.body_timeout).await?;
                         let pinned = header_str(&parts.headers, VERSION_HEADER);
                         Ok(self
                             .score_http(&service, Payload::Score(body), pinned, request_id)
@@ -211,7 +219,7 @@ impl Host {
                         method: &parts.method,
                         path: &segments[3..],
                         query: parts.uri.query(),
-                        body: AdminBody::new(&parts.headers, body),
+                        body: AdminBody::new(&parts.headers, body, self.body_timeout),
                     };
                     let (status, value) = admin.handle(request).await?;
                     Ok(json_response(status, &value))
@@ -263,7 +271,7 @@ impl Host {
             (Method::GET, ["ready"]) => Ok(json_response(StatusCode::OK, &json!({"name": name, "ready": true}))),
             (Method::POST, ["infer"]) => {
                 let (parts, body) = req.into_parts();
-                let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
+                let body = read_body(&parts.headers, body, self.max_body_bytes, self.body_timeout).await?;
                 let header_len = match parts.headers.get(oip::HEADER_LENGTH) {
                     Some(v) => Some(
                         v.to_str()
