@@ -62,6 +62,16 @@ impl Client {
         Ok(Client { host, port, tls, token })
     }
 
+    /// The same host with another bearer credential (a service's key or token).
+    pub fn with_token(&self, token: String) -> Client {
+        Client {
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.tls.clone(),
+            token: Some(token),
+        }
+    }
+
     /// One request on a fresh connection; returns the status and body.
     pub async fn request(
         &self,

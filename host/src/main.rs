@@ -77,7 +77,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(std::env::args_os().map(azure_spelling));
     let logs = Arc::new(LogHub::new());
     init_logging(cli.log_format, logs.clone());
     let result = match cli.command {
@@ -98,13 +98,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Azure's CLI spells the config flags `-ic` and `-dc` (one dash, two letters), which clap cannot
+/// declare: they are read as `--ic` and `--dc`.
+fn azure_spelling(arg: std::ffi::OsString) -> std::ffi::OsString {
+    match arg.to_str() {
+        Some("-ic") => "--ic".into(),
+        Some("-dc") => "--dc".into(),
+        _ => arg,
+    }
+}
+
 fn init_logging(format: LogFormat, logs: Arc<LogHub>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLINTH_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             "warn,plinth=info,plinth_router=info,plinth_control=info,plinth_runtime=info,plinth::request=warn",
         )
     });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only on a terminal: logs redirected to a file stay plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // The script log layer sees only script events, so every other disabled event stays free.
     let scripts = tracing_subscriber::filter::filter_fn(|m| plinth_router::is_service_event(m.target()));
     let registry = tracing_subscriber::registry().with(ScriptLogLayer(logs).with_filter(scripts));

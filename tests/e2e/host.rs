@@ -294,6 +294,8 @@ fn bad_configs_fail_before_anything_is_deployed() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("autoScaler.minReplicas: invalid type"), "{err}");
+    // The file's own line (the value is on line 3 of the pretty-printed file), in a reader's words.
+    assert!(err.contains("expected a number at line 3 column"), "{err}");
     let out = host
         .cli()
         .args(["deploy", "-m", "nosuch:3", "-n", "x"])
@@ -532,5 +534,12 @@ fn an_exception_escaping_run_is_the_scripts_500_with_its_line() {
         (&stats["failures"], &stats["rejected"]),
         (&json!(2), &json!(0)),
         "{stats}"
+    );
+    // The service's log carries the exception with its line, as Azure's get_logs() shows it.
+    let logs = host.run(&["service", "logs", "py"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("status=500") && l.contains("RuntimeError: the adversary failed on purpose")),
+        "{logs}"
     );
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod attack;
 mod batch;
+mod cli;
 mod embedded;
 mod endpoint;
 mod fixture;

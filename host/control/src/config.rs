@@ -412,13 +412,26 @@ pub(crate) fn from_json_naming_the_field<T: serde::de::DeserializeOwned>(bytes: 
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = in_user_words(&e.into_inner().to_string());
         if path.is_empty() || path == "." {
-            inner.to_string()
+            inner
         } else {
             format!("{path}: {inner}")
         }
     })
+}
+
+/// serde's Rust type names in a message (`expected f64`) said as a config's reader would (`expected a
+/// number`).
+fn in_user_words(message: &str) -> String {
+    const NUMBERS: &[&str] = &["f64", "f32", "u64", "u32", "u16", "u8", "i64", "i32", "usize"];
+    let mut out = message.to_string();
+    for n in NUMBERS {
+        out = out.replace(&format!("expected {n}"), "expected a number");
+    }
+    out.replace("expected a string", "expected text in quotes")
+        .replace("expected a sequence", "expected a list [...]")
+        .replace("expected a map", "expected an object {...}")
 }
 
 #[cfg(test)]

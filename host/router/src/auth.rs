@@ -115,8 +115,12 @@ impl HostAuth {
     pub fn authorize_admin(&self, header: Option<&http::HeaderValue>, what: &str) -> Result<()> {
         match bearer(header) {
             Some(given) if self.is_admin(given) => Ok(()),
-            _ => Err(Error::Unauthorized(format!(
+            None => Err(Error::Unauthorized(format!(
                 "{what} needs 'Authorization: Bearer <admin token>' (the workspace's admin-token file)"
+            ))),
+            Some(_) => Err(Error::Unauthorized(format!(
+                "{what}: the admin token does not match this host's (the CLI reads it from the workspace: \
+                 check PLINTH_WORKSPACE or --workspace)"
             ))),
         }
     }

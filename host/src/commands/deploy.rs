@@ -23,22 +23,30 @@ pub struct Args {
     #[arg(short = 'n', long = "name")]
     name: String,
     /// inferenceconfig.json (entryScript, sourceDirectory, ...). Without it the model is served directly.
-    #[arg(long = "ic", alias = "inference-config", value_name = "FILE")]
+    #[arg(long = "ic", visible_aliases = ["inference-config-file"], alias = "inference-config", value_name = "FILE")]
     inference_config: Option<PathBuf>,
     /// deploymentconfig.json (auth, autoscaler, timeouts, ...). Without it, Azure's defaults.
-    #[arg(long = "dc", alias = "deployment-config", value_name = "FILE")]
+    #[arg(long = "dc", visible_aliases = ["deploy-config-file"], alias = "deployment-config", value_name = "FILE")]
     deployment_config: Option<PathBuf>,
     /// Return as soon as the host has accepted the deployment.
     #[arg(long)]
     no_wait: bool,
+    /// Replace a service of the same name (what a deploy does anyway; accepted as Azure spells it).
+    #[arg(long)]
+    overwrite: bool,
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
 }
 
-fn read_json(path: &Path) -> anyhow::Result<Value> {
+/// A config file's bytes (`{}` when there is none) and its JSON.
+fn read_json(path: Option<&Path>) -> anyhow::Result<(Vec<u8>, Value)> {
+    let Some(path) = path else {
+        return Ok((b"{}".to_vec(), json!({})));
+    };
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))
+    let value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    Ok((bytes, value))
 }
 
 /// What a deployment uploads: the two configs as JSON and the entry script's files.
@@ -52,16 +60,17 @@ pub struct Content {
 /// Reads and checks the configs locally (a typo is reported before anything is uploaded) and packs the
 /// source folder.
 pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>) -> anyhow::Result<Content> {
-    let ic_value = inference_config.map(read_json).transpose()?.unwrap_or(json!({}));
-    let dc_value = deployment_config.map(read_json).transpose()?.unwrap_or(json!({}));
+    let (ic_bytes, ic_value) = read_json(inference_config)?;
+    let (dc_bytes, dc_value) = read_json(deployment_config)?;
     let ic_name = inference_config
         .map(|p| p.display().to_string())
         .unwrap_or("inferenceconfig.json".into());
     let dc_name = deployment_config
         .map(|p| p.display().to_string())
         .unwrap_or("deploymentconfig.json".into());
-    let (ic, ic_ignored) = InferenceConfig::from_json(&ic_name, &serde_json::to_vec(&ic_value)?)?;
-    let (_, dc_ignored) = DeploymentConfig::from_json(&dc_name, &serde_json::to_vec(&dc_value)?)?;
+    // Checked from the file's own bytes, so that a mistake's line and column are the file's.
+    let (ic, ic_ignored) = InferenceConfig::from_json(&ic_name, &ic_bytes)?;
+    let (_, dc_ignored) = DeploymentConfig::from_json(&dc_name, &dc_bytes)?;
     for note in ic_ignored.iter().chain(&dc_ignored) {
         eprintln!("note: ignored on a Plinth host: {note}");
     }
@@ -152,7 +161,15 @@ pub async fn wait(
 pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
     let content = content(args.inference_config.as_deref(), args.deployment_config.as_deref())?;
     let client = host.client()?;
+    let _ = args.overwrite;
     block_on(async {
+        // A service of this name already there is updated in place: say so, with what it served.
+        let before = client
+            .json(Method::GET, &format!("/api/v1/admin/services/{}", args.name), None)
+            .await
+            .ok()
+            .and_then(|v| typed::<ServiceView>(&v).ok())
+            .map(|v| v.models);
         let source = upload(&client, &content.files).await?;
         let body = DeployRequest {
             name: args.name.clone(),
@@ -178,10 +195,29 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let status = wait(&client, host, &args.name, None, Duration::from_secs(args.timeout_secs)).await?;
         let elapsed = started.elapsed().as_secs_f64();
+        let now = typed::<ServiceView>(&status).map(|v| v.models).unwrap_or_default();
+        let update = match &before {
+            Some(was) => format!(
+                "\nUpdated service {} (it was already deployed): {} → {}",
+                args.name,
+                models_text(was),
+                models_text(&now)
+            ),
+            None => String::new(),
+        };
         host.print(
-            &json!({"state": "Healthy", "scoringUri": uri, "service": status}),
-            |_| format!("Healthy ({elapsed:.1} s)\nScoring URI: {uri}"),
+            &json!({"state": "Healthy", "scoringUri": uri, "service": status, "updated": before.is_some(),
+                    "previousModels": before}),
+            |_| format!("Healthy ({elapsed:.1} s){update}\nScoring URI: {uri}"),
         );
         Ok(())
     })
+}
+
+fn models_text(models: &[String]) -> String {
+    if models.is_empty() {
+        "an entry script alone".into()
+    } else {
+        models.join(", ")
+    }
 }

@@ -91,9 +91,9 @@ pub struct Content {
     /// A registered model as NAME:VERSION (repeatable).
     #[arg(short = 'm', long = "model", value_name = "NAME:VERSION")]
     models: Vec<String>,
-    #[arg(long = "ic", alias = "inference-config", value_name = "FILE")]
+    #[arg(long = "ic", visible_aliases = ["inference-config-file"], alias = "inference-config", value_name = "FILE")]
     inference_config: Option<PathBuf>,
-    #[arg(long = "dc", alias = "deployment-config", value_name = "FILE")]
+    #[arg(long = "dc", visible_aliases = ["deploy-config-file"], alias = "deployment-config", value_name = "FILE")]
     deployment_config: Option<PathBuf>,
 }
 

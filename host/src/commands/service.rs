@@ -1,4 +1,4 @@
-//! `plinth service list|show|delete|logs|keys|regen-key|token` (Azure's Webservice methods).
+//! `plinth service list|show|delete|logs|keys|regen-key|token|run` (Azure's Webservice methods).
 
 use std::time::Duration;
 
@@ -40,6 +40,13 @@ pub enum Command {
     },
     /// Print a token and its refresh-by time (Azure's get_token).
     Token { name: String },
+    /// Score one request on a deployed service with its own key or token (Azure's `az ml service run`).
+    Run {
+        name: String,
+        /// The request body: JSON text, `@FILE` for a file's contents, or `-` for standard input.
+        #[arg(short = 'd', long = "input-data", value_name = "DATA")]
+        data: String,
+    },
 }
 
 pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
@@ -131,6 +138,14 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                     Err(e) => format!("{e:#}"),
                 });
             }
+            Command::Run { name, data } => {
+                let body = input_data(&data)?;
+                let answer = score(&client, &name, body).await?;
+                host.print(&answer, |a| match a {
+                    Value::String(s) => s.clone(),
+                    other => serde_json::to_string_pretty(other).unwrap_or_default(),
+                });
+            }
             Command::Token { name } => {
                 let t = client
                     .json(Method::POST, &format!("/api/v1/admin/services/{name}/token"), None)
@@ -143,6 +158,61 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `-d`'s value: JSON text, `@FILE`, or `-` for standard input.
+fn input_data(data: &str) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    match data {
+        "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading standard input")?;
+            Ok(buf)
+        }
+        d => match d.strip_prefix('@') {
+            Some(path) => std::fs::read(path).with_context(|| format!("reading {path}")),
+            None => Ok(d.as_bytes().to_vec()),
+        },
+    }
+}
+
+/// Scores `body` on `name` with the service's primary key, or a fresh token when the service takes
+/// tokens; the answer as JSON (or as text when it is not JSON).
+async fn score(client: &crate::client::Client, name: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+    let show: ServiceView = typed(
+        &client
+            .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
+            .await?,
+    )?;
+    let credential = if show.token_auth_enabled {
+        typed::<Token>(
+            &client
+                .json(Method::POST, &format!("/api/v1/admin/services/{name}/token"), None)
+                .await?,
+        )?
+        .access_token
+    } else {
+        typed::<Keys>(
+            &client
+                .json(Method::GET, &format!("/api/v1/admin/services/{name}/keys"), None)
+                .await?,
+        )?
+        .primary_key
+    };
+    let (status, bytes) = client
+        .with_token(credential)
+        .request(Method::POST, &format!("/api/v1/service/{name}/score"), Some(body))
+        .await?;
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    if !status.is_success() {
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| value.to_string(), str::to_string);
+        anyhow::bail!("service {name} answered {}: {message}", status.as_u16());
+    }
+    Ok(value)
 }
 
 fn lines(v: &Value) -> Vec<String> {

@@ -63,7 +63,8 @@ impl Host {
         let (version, copies) = match service.route(pinned) {
             Ok(routed) => routed,
             Err(e) => {
-                self.observer.request(name, None, status_of(&e), started, request_id);
+                self.observer
+                    .request(name, None, status_of(&e), started, request_id, Some(&e));
                 return Scored {
                     version: None,
                     result: Err(e),
@@ -94,7 +95,8 @@ impl Host {
             Ok(_) => StatusCode::OK,
             Err(e) => status_of(e),
         };
-        self.observer.request(name, Some(served), status, started, request_id);
+        self.observer
+            .request(name, Some(served), status, started, request_id, result.as_ref().err());
         Scored {
             version: Some(version),
             result,

@@ -41,18 +41,24 @@ struct RequestLine {
     version: Arc<str>,
     status: u16,
     latency_us: u64,
+    /// What went wrong, for a request that failed (a script's exception and line, say).
+    error: Option<Box<str>>,
 }
 
 impl RequestLine {
     fn render(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} REQ   [{}] version={} status={} latency_us={}",
             format_timestamp((self.at_ns / 1_000_000_000) as u64),
             self.request_id,
             self.version,
             self.status,
             self.latency_us
-        )
+        );
+        if let Some(e) = &self.error {
+            line.push_str(&format!(" error={e:?}"));
+        }
+        line
     }
 }
 
@@ -80,14 +86,24 @@ impl LogHub {
         self.with_log(service, |log| keep(&log.text, LINES_KEPT, (unix_nanos(), line)));
     }
 
-    /// One scoring request, kept cheaply (the line is written when read).
-    pub fn request(&self, service: &str, request_id: &str, version: &Arc<str>, status: u16, latency_us: u64) {
+    /// One scoring request, kept cheaply (the line is written when read); `error` says what went wrong
+    /// for one that failed.
+    pub fn request(
+        &self,
+        service: &str,
+        request_id: &str,
+        version: &Arc<str>,
+        status: u16,
+        latency_us: u64,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
         let line = RequestLine {
             at_ns: unix_nanos(),
             request_id: request_id.to_string(),
             version: version.clone(),
             status,
             latency_us,
+            error: error.map(|e| e.to_string().into_boxed_str()),
         };
         let shard = plinth_runtime::thread_seat() % SHARDS;
         self.with_log(service, |log| keep(&log.requests[shard], LINES_KEPT / SHARDS, line));
@@ -155,11 +171,24 @@ mod tests {
             vec![format!("{}", LINES_KEPT + 3), format!("{}", LINES_KEPT + 4)]
         );
         assert!(hub.lines("other", None).is_empty());
-        hub.request("other", "abc", &Arc::from("blue"), 200, 42);
+        hub.request("other", "abc", &Arc::from("blue"), 200, 42, None);
         let line = &hub.lines("other", None)[0];
         assert!(
             line.ends_with(" REQ   [abc] version=blue status=200 latency_us=42"),
             "{line}"
+        );
+        hub.request(
+            "other",
+            "def",
+            &Arc::from("blue"),
+            500,
+            7,
+            Some(&"KeyError: 'data' (at score.py:12)"),
+        );
+        let failed = hub.lines("other", Some(1)).pop().unwrap();
+        assert!(
+            failed.ends_with(r#"status=500 latency_us=7 error="KeyError: 'data' (at score.py:12)""#),
+            "{failed}"
         );
     }
 }

@@ -37,6 +37,7 @@ impl Observer {
         status: StatusCode,
         started: Instant,
         request_id: &str,
+        error: Option<&crate::Error>,
     ) {
         let latency = started.elapsed();
         let version_name: &str = version.map(|v| v.name.as_ref()).unwrap_or("-");
@@ -74,7 +75,14 @@ impl Observer {
                     &shared
                 }
             };
-            logs.request(service, request_id, name, status.as_u16(), latency_us);
+            logs.request(
+                service,
+                request_id,
+                name,
+                status.as_u16(),
+                latency_us,
+                error.map(|e| e as &dyn std::fmt::Display),
+            );
         }
     }
 

@@ -1,0 +1,128 @@
+//! The first hour with the CLI: Azure's spellings, scoring a deployed service from the command line,
+//! errors that say what to do, plain logs when they are not on a terminal.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+
+use crate::fixture::*;
+
+#[test]
+fn azure_spellings_service_run_and_a_foreign_admin_token() {
+    let dir = temp_dir("cli");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    host.register_diabetes();
+    // Azure's `-ic … -dc …` (one dash), and its long names.
+    let dc = Dc::test().keys("cli-key-0123456789abcdef").write(&dir, "dc.json");
+    let ic = write_json(&dir, "ic.json", &serde_json::json!({}));
+    let out = host.run(&[
+        "deploy",
+        "-m",
+        "diabetes:1",
+        "-n",
+        "ridge",
+        "-ic",
+        ic.to_str().unwrap(),
+        "-dc",
+        dc.to_str().unwrap(),
+    ]);
+    assert!(out.contains("Healthy"), "{out}");
+    assert!(!out.contains("Updated"), "{out}");
+    host.run(&[
+        "deploy",
+        "-m",
+        "diabetes:1",
+        "-n",
+        "ridge2",
+        "--inference-config-file",
+        ic.to_str().unwrap(),
+        "--deploy-config-file",
+        dc.to_str().unwrap(),
+    ]);
+
+    // Deploying an existing name again says it updated it, and with what (Azure's --overwrite accepted).
+    let again = host.run(&[
+        "deploy",
+        "-m",
+        "diabetes",
+        "-n",
+        "ridge",
+        "--dc",
+        dc.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert!(
+        again.contains("Updated service ridge (it was already deployed): diabetes:1 → diabetes:1"),
+        "{again}"
+    );
+
+    // `service run`: scores with the service's own key, the body inline, from a file, or from stdin.
+    let sample = crate::support::repo().join("examples/diabetes/sample.json");
+    let inline = host.run_json(&["service", "run", "ridge", "-d", &sample_body()]);
+    let from_file = host.run_json(&["service", "run", "ridge", "-d", &format!("@{}", sample.display())]);
+    assert_eq!(inline, from_file);
+    assert_eq!(inline["variable"].as_array().map(Vec::len), Some(2), "{inline}");
+    let mut child = host
+        .cli()
+        .args(["service", "run", "ridge", "-d", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), sample_body().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("variable"));
+    let bad = host
+        .cli()
+        .args(["service", "run", "ridge", "-d", r#"{"data": [[1, 2]]}"#])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("service ridge answered 400") && err.contains("expected shape"),
+        "{err}"
+    );
+
+    // The CLI pointed at this host with another workspace's admin token.
+    let other = temp_dir("cli-other");
+    std::fs::create_dir_all(other.join("ws")).unwrap();
+    std::fs::write(other.join("ws/admin-token"), "not-this-hosts-token\n").unwrap();
+    let out = plinth()
+        .env("PLINTH_HOST", &host.url)
+        .env("PLINTH_WORKSPACE", other.join("ws"))
+        .args(["service", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not match") && err.contains("PLINTH_WORKSPACE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn host_logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = temp_dir("nocolour");
+    let mut child = plinth()
+        .env("PLINTH_LOG", "info")
+        .args(["serve", "--listen", "127.0.0.1:0", "--workspace"])
+        .arg(dir.join("ws"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child.wait().unwrap();
+    assert!(stderr.contains("listening"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "escape codes in a log file: {stderr:?}");
+}
