@@ -126,3 +126,50 @@ fn host_logs_written_to_a_file_carry_no_colour_codes() {
     assert!(stderr.contains("listening"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "escape codes in a log file: {stderr:?}");
 }
+
+#[test]
+fn a_failed_redeploy_keeps_serving_the_previous_deployment_and_says_so() {
+    let dir = temp_dir("redeploy-fails");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    host.register_diabetes();
+    let dc = Dc::test().no_auth().write(&dir, "dc.json");
+    host.deploy("diabetes:1", "ridge", &dc);
+    let url = host.score_url("ridge");
+    assert_eq!(score(&url, None, &sample_body()).status, 200);
+    // A model ONNX Runtime cannot load: the new deployment fails.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("model.onnx"), b"not an onnx model").unwrap();
+    host.run(&[
+        "model",
+        "register",
+        "--name",
+        "broken",
+        "--path",
+        broken.to_str().unwrap(),
+    ]);
+    let out = host
+        .cli()
+        .args(["deploy", "-m", "broken:1", "-n", "ridge", "--dc", dc.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("failed to deploy") && err.contains("it still serves its previous deployment (diabetes:1)"),
+        "{err}"
+    );
+    // One story everywhere: it answers with the previous model, and says so.
+    assert_eq!(score(&url, None, &sample_body()).status, 200);
+    let list = host.run_json(&["service", "list"]);
+    assert_eq!(list[0]["servingPrevious"], true, "{list}");
+    assert_eq!(list[0]["models"], serde_json::json!(["diabetes:1"]), "{list}");
+    assert!(host.run(&["service", "list"]).contains("Failed (serving previous)"));
+    let logs = host.run(&["service", "logs", "ridge"]);
+    assert!(logs.contains("still serves its previous deployment"), "{logs}");
+    // After a restart it serves the same, now healthy.
+    let host = host.restart();
+    host.wait_ready();
+    assert_eq!(score(&host.score_url("ridge"), None, &sample_body()).status, 200);
+    assert_eq!(host.run_json(&["service", "show", "ridge"])["state"], "Healthy");
+}

@@ -147,6 +147,9 @@ pub struct ServiceView {
     pub name: String,
     pub state: DeployState,
     pub error: Option<String>,
+    /// The latest deployment failed and the service still serves its previous one.
+    #[serde(default)]
+    pub serving_previous: bool,
     pub models: Vec<String>,
     pub scoring_uri: String,
     pub swagger_uri: String,
@@ -175,6 +178,9 @@ pub struct VersionView {
     pub name: String,
     pub state: DeployState,
     pub error: Option<String>,
+    /// The latest deployment failed and this version still serves its previous one.
+    #[serde(default)]
+    pub serving_previous: bool,
     /// Configuration fields accepted but without effect on a Plinth host.
     pub ignored: Vec<String>,
     pub models: Vec<String>,

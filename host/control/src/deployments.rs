@@ -152,7 +152,7 @@ impl Actor {
             Command::Restore { service } => match self.cx.ws.service(&service) {
                 Ok(record) => {
                     for v in record.versions {
-                        self.start_deploy(&service, v, Vec::new());
+                        self.start_deploy(&service, v, Vec::new(), None);
                     }
                 }
                 Err(e) => tracing::error!(service, error = %e, "cannot restore"),
@@ -223,6 +223,7 @@ impl Actor {
             return Err(Error::Conflict(format!("endpoint {} already exists", req.name)));
         }
         let dc = version.deployment_config.clone();
+        let mut previous = None;
         let mut record = match existing {
             Some(r) => r,
             None => ServiceRecord {
@@ -240,6 +241,8 @@ impl Actor {
         };
         match record.versions.iter_mut().find(|v| v.name == version_name) {
             Some(old) => {
+                // The content it serves now, if it serves: what it keeps serving should this fail.
+                previous = self.serving(&req.name, &old.name).then(|| old.clone());
                 // Same version again: new content, same place in the rollout.
                 version.traffic = old.traffic;
                 version.is_default = old.is_default;
@@ -290,7 +293,7 @@ impl Actor {
                 .logs
                 .event(&record.name, "WARN", &format!("ignored on a Plinth host: {note}"));
         }
-        self.start_deploy(&record.name, version, ignored);
+        self.start_deploy(&record.name, version, ignored, previous);
         Ok(self.view(&record, false))
     }
 
@@ -358,7 +361,8 @@ impl Actor {
             ),
         );
         if content_changed {
-            self.start_deploy(name, updated, ignored);
+            let previous = self.serving(name, version).then_some(old);
+            self.start_deploy(name, updated, ignored, previous);
         } else {
             self.publish(name)?;
         }
@@ -452,7 +456,18 @@ impl Actor {
         }
     }
 
-    fn start_deploy(&mut self, service: &str, version: VersionRecord, ignored: Vec<String>) {
+    /// Whether `version` of `service` is built and in the router now.
+    fn serving(&self, service: &str, version: &str) -> bool {
+        self.built.get(service).is_some_and(|b| b.contains_key(version))
+    }
+
+    fn start_deploy(
+        &mut self,
+        service: &str,
+        version: VersionRecord,
+        ignored: Vec<String>,
+        previous: Option<VersionRecord>,
+    ) {
         self.generation += 1;
         let generation = self.generation;
         self.deployments.insert(
@@ -462,6 +477,8 @@ impl Actor {
                 error: None,
                 generation,
                 ignored,
+                previous,
+                serving_previous: false,
             },
         );
         self.cx.logs.event(
@@ -564,8 +581,46 @@ impl Actor {
                     .logs
                     .event(&service, "ERROR", &format!("version {vname} failed to deploy: {e}"));
                 tracing::warn!(service = %service, version = %vname, error = %e, "deployment failed");
+                // The version still serves what it served before: the record says so again, so that
+                // what the host shows, serves, and restores after a restart are one and the same.
+                if let Some(previous) = state.previous.take() {
+                    state.serving_previous = true;
+                    match self.keep_previous(&service, previous) {
+                        Ok(models) => self.cx.logs.event(
+                            &service,
+                            "WARN",
+                            &format!("version {vname} still serves its previous deployment ({models})"),
+                        ),
+                        Err(e) => self.cx.logs.event(
+                            &service,
+                            "ERROR",
+                            &format!("version {vname}: recording its previous deployment: {e}"),
+                        ),
+                    }
+                }
             }
         }
+    }
+
+    /// Puts a version's previous content back in the stored record (its place in the rollout as it is
+    /// now); returns its models, for the log.
+    fn keep_previous(&self, service: &str, previous: VersionRecord) -> Result<String> {
+        let mut record = self.cx.ws.service(service)?;
+        let now = record.version_mut(&previous.name)?;
+        let models = previous.models.join(", ");
+        *now = VersionRecord {
+            traffic: now.traffic,
+            is_default: now.is_default,
+            control: now.control,
+            mirror: now.mirror,
+            ..previous
+        };
+        self.cx.ws.put_service(&record)?;
+        Ok(if models.is_empty() {
+            "an entry script".into()
+        } else {
+            models
+        })
     }
 
     /// Rebuilds the service from its record and the versions built so far, and swaps it into the router.

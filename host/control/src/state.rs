@@ -1,6 +1,7 @@
 //! Where each version's latest deployment stands, as the deployments actor keeps it.
 
 use crate::api::DeployState;
+use crate::store::VersionRecord;
 
 /// Where one version's latest deployment stands.
 #[derive(Debug, Clone)]
@@ -10,6 +11,11 @@ pub(crate) struct Deployment {
     pub(crate) generation: u64,
     /// Configuration fields accepted but without effect here.
     pub(crate) ignored: Vec<String>,
+    /// The content this version served before this deployment, while it still serves it: what the
+    /// record goes back to if the deployment fails.
+    pub(crate) previous: Option<VersionRecord>,
+    /// This deployment failed and the version still serves its previous deployment.
+    pub(crate) serving_previous: bool,
 }
 
 /// The key of a version's deployment: `service/version`.

@@ -9,23 +9,24 @@ use crate::context::Context;
 use crate::state::{Deployment, state_key};
 use crate::store::ServiceRecord;
 
-/// A service's state: Failed if a version failed, Transitioning while one loads, else Healthy.
-fn service_state(r: &ServiceRecord, deployments: &HashMap<String, Deployment>) -> (DeployState, Option<String>) {
+/// A service's state: Failed if a version failed, Transitioning while one loads, else Healthy; and
+/// whether the failed one still serves its previous deployment.
+fn service_state(r: &ServiceRecord, deployments: &HashMap<String, Deployment>) -> (DeployState, Option<String>, bool) {
     let states: Vec<Option<&Deployment>> = r
         .versions
         .iter()
         .map(|v| deployments.get(&state_key(&r.name, &v.name)))
         .collect();
     if let Some(failed) = states.iter().flatten().find(|s| s.state == DeployState::Failed) {
-        return (DeployState::Failed, failed.error.clone());
+        return (DeployState::Failed, failed.error.clone(), failed.serving_previous);
     }
     if states
         .iter()
         .any(|s| s.is_none_or(|s| s.state == DeployState::Transitioning))
     {
-        return (DeployState::Transitioning, None);
+        return (DeployState::Transitioning, None, false);
     }
-    (DeployState::Healthy, None)
+    (DeployState::Healthy, None, false)
 }
 
 /// The view of one service; `full` adds its versions, replicas, events and configuration.
@@ -35,12 +36,13 @@ pub(crate) fn service(
     deployments: &HashMap<String, Deployment>,
     full: bool,
 ) -> ServiceView {
-    let (state, error) = service_state(r, deployments);
+    let (state, error, serving_previous) = service_state(r, deployments);
     let live = cx.router.get(&r.name);
     let mut view = ServiceView {
         name: r.name.clone(),
         state,
         error,
+        serving_previous,
         models: r.versions.iter().flat_map(|v| v.models.clone()).collect(),
         scoring_uri: format!("/api/v1/service/{}/score", r.name),
         swagger_uri: format!("/api/v1/service/{}/swagger.json", r.name),
@@ -80,6 +82,7 @@ pub(crate) fn service(
                 name: ver.name.clone(),
                 state: deployment.map(|d| d.state).unwrap_or(DeployState::Unknown),
                 error: deployment.and_then(|d| d.error.clone()),
+                serving_previous: deployment.is_some_and(|d| d.serving_previous),
                 ignored: deployment.map(|d| d.ignored.clone()).unwrap_or_default(),
                 models: ver.models.clone(),
                 entry_script: ver.entry_script.clone(),

@@ -150,8 +150,17 @@ pub async fn wait(
         eprintln!();
     }
     if state == Some(DeployState::Failed) {
+        let view: ServiceView = typed(&status)?;
+        let still = if view.serving_previous {
+            format!(
+                "; it still serves its previous deployment ({})",
+                models_text(&view.models)
+            )
+        } else {
+            String::new()
+        };
         bail!(
-            "service {service} failed to deploy: {}",
+            "service {service} failed to deploy: {}{still}",
             error.as_deref().unwrap_or("unknown error")
         );
     }

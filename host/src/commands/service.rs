@@ -56,16 +56,20 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
             Command::List => {
                 let list = client.json(Method::GET, "/api/v1/admin/services", None).await?;
                 host.print(&list, |l| {
-                    let mut out = format!("{:<28} {:<14} {:<24} SCORING URI", "NAME", "STATE", "MODELS");
+                    let mut out = format!("{:<28} {:<26} {:<24} SCORING URI", "NAME", "STATE", "MODELS");
                     let services: Vec<ServiceView> = match typed(l) {
                         Ok(s) => s,
                         Err(e) => return format!("{e:#}"),
                     };
                     for s in services {
+                        let state = match s.serving_previous {
+                            true => format!("{:?} (serving previous)", s.state),
+                            false => format!("{:?}", s.state),
+                        };
                         out.push_str(&format!(
-                            "\n{:<28} {:<14} {:<24} {}{}",
+                            "\n{:<28} {:<26} {:<24} {}{}",
                             s.name,
-                            format!("{:?}", s.state),
+                            state,
                             s.models.join(","),
                             host.host.trim_end_matches('/'),
                             s.scoring_uri
