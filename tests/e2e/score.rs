@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Output;
 
-use crate::fixture::plinth;
+use crate::fixture::{plinth, temp_dir};
 use crate::support::{assert_close, component, reference, repo};
 
 fn sample() -> PathBuf {
@@ -218,4 +218,56 @@ fn usage_mistakes_are_one_clear_line() {
             .unwrap(),
     );
     assert!(err.contains("expected a .py file or a .wasm component"), "{err}");
+}
+
+#[test]
+fn a_python_mistake_is_named_before_the_long_compile() {
+    let dir = temp_dir("pycheck");
+    let write = |name: &str, text: &str| {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("score.py");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |path: &std::path::Path| {
+        let started = std::time::Instant::now();
+        let out = plinth()
+            .args(["score", "--script"])
+            .arg(path)
+            .args(["--body", "{}"])
+            .output()
+            .unwrap();
+        (one_line_error(out), started.elapsed())
+    };
+    let syntax = write("syntax", "def init():\n    pass\n\ndef run(raw)\n    return raw\n");
+    let (err, took) = run(&syntax);
+    assert!(err.contains("score.py:4: SyntaxError: expected ':'"), "{err}");
+    assert!(took < std::time::Duration::from_secs(5), "before any compile: {took:?}");
+    let numpy = write(
+        "numpy",
+        "import json\nimport numpy as np\n\ndef init():\n    pass\n\ndef run(raw):\n    return raw\n",
+    );
+    let (err, _) = run(&numpy);
+    assert!(
+        err.contains("score.py:2: module numpy is not available in the sandbox") && err.contains("source folder"),
+        "{err}"
+    );
+    // An optional import inside try, and a module of the source folder, are fine for the check.
+    let folder = write(
+        "local",
+        "try:\n    import numpy\nexcept ImportError:\n    numpy = None\nimport helper\n\ndef init():\n    pass\n\ndef run(raw):\n    return helper.answer()\n",
+    );
+    std::fs::write(
+        folder.parent().unwrap().join("helper.py"),
+        "def answer():\n    return 42\n",
+    )
+    .unwrap();
+    let out = plinth()
+        .args(["score", "--script"])
+        .arg(&folder)
+        .args(["--body", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(out), 42);
 }

@@ -66,6 +66,7 @@ fn compile_python(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
         return Ok(out);
     }
     let tool = componentize_py()?;
+    check_python(script, &source_dir, &tool)?;
     let work = cache_dir
         .join("python")
         .join(format!("build-{hash}-{}", std::process::id()));
@@ -113,6 +114,58 @@ fn compile_python(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
     std::fs::rename(&tmp_out, &out).map_err(Error::io(&out))?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(out)
+}
+
+/// Checks a script before the long compile, with the Python beside componentize-py: a syntax error, or
+/// a top-level import of a module the sandbox lacks, named with its file and line. Imports inside `try`
+/// (optional ones) are left alone. No Python beside the tool: no check, the compile says what it says.
+fn check_python(script: &Path, source_dir: &Path, tool: &Path) -> Result<()> {
+    const CHECK: &str = r#"
+import ast, os, sys
+path, src = sys.argv[1], sys.argv[2]
+name = os.path.basename(path)
+try:
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+except SyntaxError as e:
+    print(f"{name}:{e.lineno}: SyntaxError: {e.msg}")
+    sys.exit(2)
+have = set(sys.stdlib_module_names) | {"plinth", "plinth_app", "wit_world", "componentize_py_types"}
+def local(top):
+    return os.path.exists(os.path.join(src, top + ".py")) or os.path.isdir(os.path.join(src, top))
+def visit(node, guarded):
+    if isinstance(node, ast.Try):
+        guarded = True
+    names = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        names = [node.module]
+    for n in names:
+        top = n.split(".")[0]
+        if not guarded and top not in have and not local(top):
+            print(f"{name}:{node.lineno}: module {top} is not available in the sandbox: an entry script can "
+                  "import the Python standard library, plinth, and pure-Python modules in its source folder "
+                  "(packages with native code, such as numpy, pandas or scikit-learn, are not available)")
+            sys.exit(3)
+    for child in ast.iter_child_nodes(node):
+        visit(child, guarded)
+visit(tree, False)
+"#;
+    let Some(python) = tool.parent().map(|d| d.join("python")).filter(|p| p.is_file()) else {
+        return Ok(());
+    };
+    let output = Command::new(&python)
+        .args(["-c", CHECK])
+        .arg(script)
+        .arg(source_dir)
+        .output()
+        .map_err(Error::io(&python))?;
+    match output.status.code() {
+        Some(2 | 3) => Err(Error::Script(
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Removes build folders (`<cache>/python/build-<hash>-<pid>`) whose compiling process is gone: a host
