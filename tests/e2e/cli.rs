@@ -173,3 +173,62 @@ fn a_failed_redeploy_keeps_serving_the_previous_deployment_and_says_so() {
     assert_eq!(score(&host.score_url("ridge"), None, &sample_body()).status, 200);
     assert_eq!(host.run_json(&["service", "show", "ridge"])["state"], "Healthy");
 }
+
+#[test]
+fn a_deploy_shows_its_progress_and_ignored_fields_once() {
+    let dir = temp_dir("progress");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    host.register_diabetes();
+    let dc = Dc::test()
+        .no_auth()
+        .with("computeType", "aks".into())
+        .write(&dir, "dc.json");
+    std::fs::write(
+        dir.join("env.yml"),
+        "name: env\ndependencies:\n  - python=3.8\n  - numpy=1.21\n  - pip:\n    - scikit-learn==1.0\n",
+    )
+    .unwrap();
+    let ic = write_json(&dir, "ic.json", &serde_json::json!({"condaFile": "env.yml"}));
+    let deploy = || {
+        host.cli()
+            .args([
+                "deploy",
+                "-m",
+                "diabetes:1",
+                "-n",
+                "ridge",
+                "--ic",
+                ic.to_str().unwrap(),
+                "--dc",
+                dc.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let first = deploy();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let progress = String::from_utf8_lossy(&first.stderr);
+    for step in [
+        "deploying version 1",
+        "loading 1 replica(s)",
+        "version 1 deployed: Healthy",
+        "ignored on a Plinth host: computeType",
+    ] {
+        assert!(progress.contains(step), "no '{step}' in {progress}");
+    }
+    assert!(
+        progress.contains("env.yml is not installed on a Plinth host: numpy, scikit-learn will not be importable"),
+        "{progress}"
+    );
+    let second = String::from_utf8_lossy(&deploy().stderr).into_owned();
+    assert!(
+        second.contains("deploying version 1") && !second.contains("computeType"),
+        "{second}"
+    );
+    let logs = host.run(&["service", "logs", "ridge"]);
+    assert_eq!(
+        logs.matches("ignored on a Plinth host: computeType").count(),
+        1,
+        "{logs}"
+    );
+}

@@ -132,11 +132,14 @@ impl ControlPlane {
             }
             (&Method::GET, ["services", name, "logs"]) => {
                 ws.service(name)?;
-                let tail = query
-                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("tail=")))
-                    .and_then(|t| t.parse().ok());
+                let param =
+                    |key: &str| query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')));
+                let tail = param("tail").and_then(|t| t.parse().ok());
+                let after = param("after").and_then(|t| t.parse().ok());
+                let (lines, cursor) = self.cx.logs.lines_after(name, after, tail);
                 ok(&Logs {
-                    lines: self.cx.logs.lines(name, tail),
+                    lines,
+                    cursor: cursor.map(|c| c.to_string()),
                 })
             }
             (method, _) => Err(Error::NotFound(format!("no admin route {method} /{}", path.join("/")))),

@@ -118,6 +118,9 @@ pub struct Keys {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Logs {
     pub lines: Vec<String>,
+    /// Where the log stands now: `?after=CURSOR` returns only the lines written since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// The answer to a `DELETE`.

@@ -97,7 +97,11 @@ impl Context {
                     .cache_dir
                     .clone()
                     .unwrap_or_else(|| self.ws.root().join("cache"));
-                Some(crate::scripts::prepare(&path, &cache)?)
+                let tell = |what: &str| {
+                    self.logs
+                        .event(service, "INFO", &format!("version {}: {what}", record.name))
+                };
+                Some(crate::scripts::prepare_telling(&path, &cache, &tell)?)
             }
             None => None,
         };
@@ -138,6 +142,11 @@ impl Context {
             }
             Ok(package)
         });
+        self.logs.event(
+            service,
+            "INFO",
+            &format!("version {}: loading {replicas} replica(s)", record.name),
+        );
         let config = VersionConfig {
             replicas,
             max_concurrent: dc.max_concurrent_requests_per_container,

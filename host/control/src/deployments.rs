@@ -288,7 +288,13 @@ impl Actor {
         record.updated = now();
         record.validate()?;
         self.cx.ws.put_service(&record)?;
-        for note in &ignored {
+        // Said once per version: a redeploy with the same ignored fields does not repeat them.
+        let said = self
+            .deployments
+            .get(&state_key(&record.name, &version.name))
+            .map(|d| d.ignored.clone())
+            .unwrap_or_default();
+        for note in ignored.iter().filter(|n| !said.contains(n)) {
             self.cx
                 .logs
                 .event(&record.name, "WARN", &format!("ignored on a Plinth host: {note}"));

@@ -21,8 +21,14 @@ pub fn default_cache_dir() -> PathBuf {
         .join("cache")
 }
 
-/// Returns the path of a component for `script`, compiling a `.py` first if needed.
+/// Returns the path of a component for `script`, compiling a `.py` first if needed (saying so on
+/// stderr).
 pub fn prepare(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
+    prepare_telling(script, cache_dir, &|what| eprintln!("{what}"))
+}
+
+/// [`prepare`], telling `progress` when a compile starts and how long it took.
+pub fn prepare_telling(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> {
     if !script.is_file() {
         return Err(Error::Script(format!(
             "entry script {} does not exist",
@@ -31,7 +37,7 @@ pub fn prepare(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
     }
     match script.extension().and_then(|e| e.to_str()) {
         Some("wasm") => Ok(script.to_path_buf()),
-        Some("py") => compile_python(script, cache_dir),
+        Some("py") => compile_python(script, cache_dir, progress),
         _ => Err(Error::Script(format!(
             "entry script {}: expected a .py file or a .wasm component",
             script.display()
@@ -39,7 +45,7 @@ pub fn prepare(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
     }
 }
 
-fn compile_python(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
+fn compile_python(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> {
     let module = script
         .file_stem()
         .and_then(|s| s.to_str())
@@ -80,10 +86,11 @@ fn compile_python(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
         }
         std::fs::write(&path, text).map_err(Error::io(&path))?;
     }
-    eprintln!(
-        "compiling {} to a WebAssembly component (first time only)...",
-        script.display()
-    );
+    let name = script.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    progress(&format!(
+        "compiling {name} to a WebAssembly component (first time for this source; about 10-60 s)..."
+    ));
+    let started = std::time::Instant::now();
     let tmp_out = work.join("out.wasm");
     let output = Command::new(&tool)
         .arg("-d")
@@ -113,6 +120,7 @@ fn compile_python(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
     }
     std::fs::rename(&tmp_out, &out).map_err(Error::io(&out))?;
     let _ = std::fs::remove_dir_all(&work);
+    progress(&format!("compiled {name} in {:.1} s", started.elapsed().as_secs_f64()));
     Ok(out)
 }
 

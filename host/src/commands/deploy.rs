@@ -1,6 +1,5 @@
 //! `plinth deploy`: Azure's `az ml model deploy` / `Model.deploy` + `wait_for_deployment(show_output=True)`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -69,10 +68,25 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
         .map(|p| p.display().to_string())
         .unwrap_or("deploymentconfig.json".into());
     // Checked from the file's own bytes, so that a mistake's line and column are the file's.
-    let (ic, ic_ignored) = InferenceConfig::from_json(&ic_name, &ic_bytes)?;
-    let (_, dc_ignored) = DeploymentConfig::from_json(&dc_name, &dc_bytes)?;
-    for note in ic_ignored.iter().chain(&dc_ignored) {
-        eprintln!("note: ignored on a Plinth host: {note}");
+    let (ic, _) = InferenceConfig::from_json(&ic_name, &ic_bytes)?;
+    DeploymentConfig::from_json(&dc_name, &dc_bytes)?;
+    // Ignored fields are the host's to report (once per version, in the service log and the deploy's
+    // progress); the conda file's packages are the CLI's, which can read it.
+    if let Some(conda) = ic.conda_file.as_deref() {
+        let path = inference_config
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+            .join(conda);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let packages = conda_packages(&text);
+            if !packages.is_empty() {
+                eprintln!(
+                    "note: {conda} is not installed on a Plinth host: {} will not be importable unless pure-Python \
+                     and in the source folder (the standard library is there)",
+                    packages.join(", ")
+                );
+            }
+        }
     }
     let base = inference_config
         .and_then(Path::parent)
@@ -107,21 +121,54 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
     })
 }
 
-/// Polls until `version` of `service` (or every version) is Healthy or Failed, printing dots.
+/// Where the service's log stands now (none for a service not there yet): [`wait`] shows what follows.
+pub async fn log_mark(client: &Client, service: &str) -> Option<String> {
+    let logs = client
+        .json(
+            Method::GET,
+            &format!("/api/v1/admin/services/{service}/logs?tail=1"),
+            None,
+        )
+        .await
+        .ok()?;
+    logs["cursor"].as_str().map(str::to_string)
+}
+
+/// Polls until `version` of `service` (or every version) is Healthy or Failed. In text output it shows
+/// the deployment's events as the host logs them (compiling, loading, ...) after `mark`, under a spinner
+/// with the elapsed time when stderr is a terminal, as plain lines when it is not.
 pub async fn wait(
     client: &Client,
     host: &HostArgs,
     service: &str,
     version: Option<&str>,
     timeout: Duration,
+    mark: Option<String>,
 ) -> anyhow::Result<Value> {
     let started = Instant::now();
     let text = host.output == super::Output::Text;
-    if text {
-        eprint!("Running");
-    }
+    let spinner = (text && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
+            pb.set_style(style);
+        }
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb.set_message(format!("deploying {service}"));
+        pb
+    });
+    let say = |line: &str| match &spinner {
+        Some(pb) => {
+            pb.println(line);
+            pb.set_message(line.trim().to_string());
+        }
+        None => eprintln!("{line}"),
+    };
+    let mut last = mark;
     let (status, state, error) = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if text {
+            show_events(client, service, &mut last, &say).await;
+        }
         let status = client
             .json(Method::GET, &format!("/api/v1/admin/services/{service}"), None)
             .await?;
@@ -138,16 +185,15 @@ pub async fn wait(
             _ if started.elapsed() > timeout => {
                 bail!("service {service} is still not ready after {} s", timeout.as_secs())
             }
-            _ => {
-                if text && started.elapsed().as_millis() % 1000 < 100 {
-                    eprint!(".");
-                    let _ = std::io::stderr().flush();
-                }
-            }
+            _ => {}
         }
     };
     if text {
-        eprintln!();
+        // What was logged between the last look and the end.
+        show_events(client, service, &mut last, &say).await;
+    }
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
     }
     if state == Some(DeployState::Failed) {
         let view: ServiceView = typed(&status)?;
@@ -167,6 +213,32 @@ pub async fn wait(
     Ok(status)
 }
 
+/// Shows the service's event lines logged after the `cursor` (request lines left out), without their
+/// date, and moves the cursor past them.
+async fn show_events(client: &Client, service: &str, cursor: &mut Option<String>, say: &dyn Fn(&str)) {
+    let path = match cursor.as_deref() {
+        Some(c) => format!("/api/v1/admin/services/{service}/logs?after={c}"),
+        None => format!("/api/v1/admin/services/{service}/logs"),
+    };
+    let Ok(logs) = client.json(Method::GET, &path, None).await else {
+        return;
+    };
+    for line in super::strings(&logs["lines"]) {
+        // `2026-11-28T19:49:41Z INFO  deploying version 1 ...`: the level stays only when it is news.
+        let Some((_, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        if rest.starts_with("REQ") {
+            continue;
+        }
+        let rest = rest.strip_prefix("INFO").map(str::trim_start).unwrap_or(rest);
+        say(&format!("  {rest}"));
+    }
+    if let Some(c) = logs["cursor"].as_str() {
+        *cursor = Some(c.to_string());
+    }
+}
+
 pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
     let content = content(args.inference_config.as_deref(), args.deployment_config.as_deref())?;
     let client = host.client()?;
@@ -180,6 +252,7 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
             .and_then(|v| typed::<ServiceView>(&v).ok())
             .map(|v| v.models);
         let source = upload(&client, &content.files).await?;
+        let mark = log_mark(&client, &args.name).await;
         let body = DeployRequest {
             name: args.name.clone(),
             models: args.models.clone(),
@@ -202,7 +275,15 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let started = Instant::now();
-        let status = wait(&client, host, &args.name, None, Duration::from_secs(args.timeout_secs)).await?;
+        let status = wait(
+            &client,
+            host,
+            &args.name,
+            None,
+            Duration::from_secs(args.timeout_secs),
+            mark,
+        )
+        .await?;
         let elapsed = started.elapsed().as_secs_f64();
         let now = typed::<ServiceView>(&status).map(|v| v.models).unwrap_or_default();
         let update = match &before {
@@ -228,5 +309,33 @@ fn models_text(models: &[String]) -> String {
         "an entry script alone".into()
     } else {
         models.join(", ")
+    }
+}
+
+/// The packages a conda environment file lists (`- name=1.2` and pip's `- name==1.2`), Python itself left out.
+fn conda_packages(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(|p| p.trim().trim_matches(['"', '\'']))
+        .filter(|p| !p.is_empty() && !p.ends_with(':') && !p.contains("://"))
+        .map(|p| {
+            p.split(['=', '<', '>', '!', '~', ' ', '['])
+                .next()
+                .unwrap_or(p)
+                .to_string()
+        })
+        .filter(|name| !name.is_empty() && name != "python" && name != "pip")
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conda_packages_are_named() {
+        let env = "name: project_environment\ndependencies:\n  - python=3.8\n  - numpy=1.21\n  - pip:\n    - scikit-learn==1.0\n    - azureml-defaults>=1.40\n  - pip\n";
+        assert_eq!(
+            super::conda_packages(env),
+            vec!["numpy", "scikit-learn", "azureml-defaults"]
+        );
     }
 }

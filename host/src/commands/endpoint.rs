@@ -11,7 +11,7 @@ use http::Method;
 use plinth_control::api::{DeployRequest, RollbackPolicy, ServiceView, UpdateRequest, VersionSettings};
 use serde_json::Value;
 
-use super::deploy::{content, wait};
+use super::deploy::{content, log_mark, wait};
 use super::{HostArgs, block_on, typed, upload};
 
 /// Where a version stands in the rollout.
@@ -152,7 +152,7 @@ pub enum VersionCommand {
 pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
     let client = host.client()?;
     block_on(async {
-        let (name, version, result) = match cmd {
+        let (name, version, result, mark) = match cmd {
             Command::Show { name } => {
                 let s = client
                     .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
@@ -167,6 +167,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 settings,
             } => {
                 let body = deploy_body(&client, &c, &settings, Some(&name), &version_name, true).await?;
+                let mark = log_mark(&client, &name).await;
                 let r = client
                     .json(
                         Method::POST,
@@ -174,7 +175,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                         Some(&serde_json::to_value(&body)?),
                     )
                     .await?;
-                (name, version_name, r)
+                (name, version_name, r, mark)
             }
             Command::Version {
                 command:
@@ -186,6 +187,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                     },
             } => {
                 let body = deploy_body(&client, &c, &settings, None, &version, false).await?;
+                let mark = log_mark(&client, &name).await;
                 let r = client
                     .json(
                         Method::POST,
@@ -193,7 +195,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                         Some(&serde_json::to_value(&body)?),
                     )
                     .await?;
-                (name, version, r)
+                (name, version, r, mark)
             }
             Command::Version {
                 command:
@@ -217,6 +219,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                     body.entry_script = full.entry_script;
                 }
                 let path = format!("/api/v1/admin/services/{name}/versions/{version}");
+                let mark = log_mark(&client, &name).await;
                 let r = client
                     .json(Method::PATCH, &path, Some(&serde_json::to_value(&body)?))
                     .await?;
@@ -224,7 +227,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                     host.print(&r, show);
                     return Ok(());
                 }
-                (name, version, r)
+                (name, version, r, mark)
             }
             Command::Version {
                 command: VersionCommand::Delete { name, version },
@@ -236,7 +239,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
             }
         };
         let _ = result;
-        wait(&client, host, &name, Some(&version), Duration::from_secs(600)).await?;
+        wait(&client, host, &name, Some(&version), Duration::from_secs(600), mark).await?;
         let s = client
             .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
             .await?;

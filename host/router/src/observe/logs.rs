@@ -116,8 +116,14 @@ impl LogHub {
 
     /// The last `tail` lines (all when `None`), oldest first.
     pub fn lines(&self, service: &str, tail: Option<usize>) -> Vec<String> {
+        self.lines_after(service, None, tail).0
+    }
+
+    /// The lines kept after the `after` cursor (all when `None`), the last `tail` of them, oldest first;
+    /// and the cursor of the last line kept (for the next call), when there is one.
+    pub fn lines_after(&self, service: &str, after: Option<u128>, tail: Option<usize>) -> (Vec<String>, Option<u128>) {
         let Some(log) = self.services.get(service) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         // Requests are written out only for the lines that are returned (`--follow` asks for a short tail).
         let mut all: Vec<(u128, Kept)> = log
@@ -133,14 +139,20 @@ impl LogHub {
         }
         // Stable: lines from one writer with the same timestamp keep their order.
         all.sort_by_key(|(at, _)| *at);
+        let cursor = all.last().map(|(at, _)| *at);
+        if let Some(after) = after {
+            all.retain(|(at, _)| *at > after);
+        }
         let skip = tail.map(|t| all.len().saturating_sub(t)).unwrap_or(0);
-        all.into_iter()
+        let lines = all
+            .into_iter()
             .skip(skip)
             .map(|(_, kept)| match kept {
                 Kept::Text(line) => line,
                 Kept::Request(r) => r.render(),
             })
-            .collect()
+            .collect();
+        (lines, cursor)
     }
 
     pub fn remove(&self, service: &str) {
@@ -185,7 +197,18 @@ mod tests {
             7,
             Some(&"KeyError: 'data' (at score.py:12)"),
         );
-        let failed = hub.lines("other", Some(1)).pop().unwrap();
+        // A cursor: only what was written after it, even when lines repeat word for word.
+        let (_, cursor) = hub.lines_after("other", None, None);
+        hub.event("other", "INFO", "deployed");
+        hub.event("other", "INFO", "deployed");
+        let (after, next) = hub.lines_after("other", cursor, None);
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert!(hub.lines_after("other", next, None).0.is_empty());
+        let failed = hub
+            .lines("other", None)
+            .into_iter()
+            .find(|l| l.contains("status=500"))
+            .unwrap();
         assert!(
             failed.ends_with(r#"status=500 latency_us=7 error="KeyError: 'data' (at score.py:12)""#),
             "{failed}"
