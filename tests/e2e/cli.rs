@@ -232,3 +232,49 @@ fn a_deploy_shows_its_progress_and_ignored_fields_once() {
         "{logs}"
     );
 }
+
+#[test]
+fn the_rust_example_is_built_by_the_cli_itself() {
+    // `plinth score --script DIR` and `plinth deploy --ic` with an entryScript naming a Rust crate run
+    // cargo for wasm32-wasip2 themselves; the README's one command is all a user types.
+    let out = plinth()
+        .args([
+            "score",
+            "-m",
+            "diabetes=examples/diabetes/model",
+            "--script",
+            "examples/diabetes/script-rust",
+            "-d",
+        ])
+        .arg(crate::support::repo().join("examples/diabetes/sample.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("building the Rust entry script"));
+    let dir = temp_dir("rust-example");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    host.register_diabetes();
+    let out = host.run(&[
+        "deploy",
+        "-m",
+        "diabetes:1",
+        "-n",
+        "diabetes-rust",
+        "--ic",
+        "examples/diabetes/inferenceconfig-rust.json",
+        "--dc",
+        "examples/diabetes/deploymentconfig.json",
+    ]);
+    assert!(out.contains("Healthy"), "{out}");
+    let (key, _) = host.keys("diabetes-rust");
+    let r = score(&host.score_url("diabetes-rust"), Some(&key), &sample_body());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got: Vec<f64> = r.json()["predictions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no predictions: {}", r.body))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let want = crate::support::reference(&crate::support::repo().join("examples/diabetes/sample.json")).0;
+    crate::support::assert_close(&got, &want, 1e-4);
+}

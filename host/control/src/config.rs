@@ -350,9 +350,14 @@ impl InferenceConfig {
             message,
         };
         if let Some(rt) = &config.runtime
-            && !matches!(rt.to_ascii_lowercase().as_str(), "python" | "wasm" | "spark-py")
+            && !matches!(
+                rt.to_ascii_lowercase().as_str(),
+                "python" | "wasm" | "rust" | "spark-py"
+            )
         {
-            return Err(err(format!("runtime must be \"python\" or \"wasm\", got \"{rt}\"")));
+            return Err(err(format!(
+                "runtime must be \"python\", \"wasm\" or \"rust\", got \"{rt}\""
+            )));
         }
         if let Some(script) = &config.entry_script {
             let ext = Path::new(script).extension().and_then(|e| e.to_str()).unwrap_or("");

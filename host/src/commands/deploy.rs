@@ -59,7 +59,24 @@ pub struct Content {
 /// Reads and checks the configs locally (a typo is reported before anything is uploaded) and packs the
 /// source folder.
 pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>) -> anyhow::Result<Content> {
-    let (ic_bytes, ic_value) = read_json(inference_config)?;
+    let (mut ic_bytes, mut ic_value) = read_json(inference_config)?;
+    // An entryScript naming a Rust crate: built here, and the component it makes is what deploys.
+    let base_dir = inference_config.and_then(Path::parent).unwrap_or(Path::new(""));
+    if let Some(entry) = ic_value["entryScript"].as_str() {
+        let src = ic_value["sourceDirectory"]
+            .as_str()
+            .map_or(base_dir.to_path_buf(), |d| base_dir.join(d));
+        let crate_dir = src.join(entry);
+        if super::is_rust_crate(&crate_dir) {
+            let wasm = super::build_rust_script(&crate_dir)?;
+            ic_value["entryScript"] = json!(wasm.to_string_lossy());
+            ic_value["runtime"] = json!("wasm");
+            if let Some(fields) = ic_value.as_object_mut() {
+                fields.remove("sourceDirectory");
+            }
+            ic_bytes = serde_json::to_vec_pretty(&ic_value)?;
+        }
+    }
     let (dc_bytes, dc_value) = read_json(deployment_config)?;
     let ic_name = inference_config
         .map(|p| p.display().to_string())

@@ -101,6 +101,65 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Whether `path` is a Rust entry script's crate (a folder with a `Cargo.toml`).
+pub fn is_rust_crate(path: &Path) -> bool {
+    path.join("Cargo.toml").is_file()
+}
+
+/// Builds a Rust entry script's crate for `wasm32-wasip2` (release) and returns its component: what
+/// `cargo build --release --target wasm32-wasip2 --manifest-path DIR/Cargo.toml` writes, found from
+/// cargo's own report. Cargo's progress goes to stderr as it comes.
+pub fn build_rust_script(dir: &Path) -> anyhow::Result<PathBuf> {
+    eprintln!(
+        "building the Rust entry script in {} (cargo build --release --target wasm32-wasip2)...",
+        dir.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(dir.join("Cargo.toml"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo (is Rust installed? `rustup target add wasm32-wasip2` adds the target)")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "cargo could not build the entry script in {} (its errors are above)",
+            dir.display()
+        );
+    }
+    let mut component = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" {
+            for f in msg["filenames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str())
+            {
+                if f.ends_with(".wasm") {
+                    component = Some(PathBuf::from(f));
+                }
+            }
+        }
+    }
+    component.with_context(|| {
+        format!(
+            "cargo built {} but no .wasm came out: is it a `cdylib` using plinth-plugin?",
+            dir.display()
+        )
+    })
+}
+
 /// Uploads `files` (relative path → local path) as blobs the host does not have yet; returns the refs.
 pub async fn upload(client: &Client, files: &[(String, PathBuf)]) -> anyhow::Result<Vec<FileRef>> {
     let mut refs = Vec::with_capacity(files.len());

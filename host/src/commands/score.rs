@@ -65,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|m| parse_model(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let entry_script = match &args.script {
+        Some(path) if super::is_rust_crate(path) => Some(super::build_rust_script(path)?),
         Some(path) => Some(plinth_control::scripts::prepare(path, &cache_dir)?),
         None => None,
     };
