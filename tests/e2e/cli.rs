@@ -39,6 +39,13 @@ fn azure_spellings_service_run_and_a_foreign_admin_token() {
         dc.to_str().unwrap(),
     ]);
 
+    // Tables are aligned: every row's state starts under the STATE header, whatever the name's length.
+    let list = host.run(&["service", "list"]);
+    let column = list.lines().next().unwrap().find("STATE").unwrap();
+    for row in list.lines().skip(1) {
+        assert_eq!(row.find("Healthy"), Some(column), "{list}");
+    }
+
     // Deploying an existing name again says it updated it, and with what (Azure's --overwrite accepted).
     let again = host.run(&[
         "deploy",

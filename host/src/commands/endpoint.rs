@@ -278,26 +278,39 @@ fn show(s: &Value) -> String {
         Err(e) => return format!("{e:#}"),
     };
     let mut out = format!("{}  {:?}\n", s.name, s.state);
-    out.push_str(&format!(
-        "{:<16} {:<12} {:>7} {:>9} {:>7} {:<10} {:<8} {:>9} {:>8}  MODELS",
-        "VERSION", "STATE", "TRAFFIC", "EFFECTIVE", "MIRROR", "TYPE", "DEFAULT", "REQUESTS", "FAILED"
-    ));
-    for v in s.versions.unwrap_or_default() {
-        let (requests, failures) = v.stats.as_ref().map(|s| (s.requests, s.failures)).unwrap_or((0, 0));
-        out.push_str(&format!(
-            "\n{:<16} {:<12} {:>6}% {:>8}% {:>6}% {:<10} {:<8} {:>9} {:>8}  {}",
-            v.name,
-            format!("{:?}", v.state),
-            v.traffic,
-            v.effective_traffic,
-            v.mirror,
-            v.kind,
-            if v.is_default { "yes" } else { "" },
-            requests,
-            failures,
-            v.models.join(",")
-        ));
-    }
+    let rows = s
+        .versions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| {
+            let (requests, failures) = v.stats.as_ref().map(|s| (s.requests, s.failures)).unwrap_or((0, 0));
+            vec![
+                v.name,
+                format!("{:?}", v.state),
+                format!("{}%", v.traffic),
+                format!("{}%", v.effective_traffic),
+                format!("{}%", v.mirror),
+                v.kind,
+                if v.is_default { "yes" } else { "" }.into(),
+                requests.to_string(),
+                failures.to_string(),
+                v.models.join(","),
+            ]
+        })
+        .collect();
+    let header = [
+        "VERSION",
+        "STATE",
+        "TRAFFIC",
+        "EFFECTIVE",
+        "MIRROR",
+        "TYPE",
+        "DEFAULT",
+        "REQUESTS",
+        "FAILED",
+        "MODELS",
+    ];
+    out.push_str(&super::table(&header, rows, &[2, 3, 4, 7, 8]));
     let events = s.events.unwrap_or_default();
     if !events.is_empty() {
         out.push_str("\nevents:");

@@ -101,6 +101,27 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// An aligned table without borders, each column as wide as its widest cell (`right`: the columns of
+/// numbers, aligned right).
+pub fn table(header: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
+    use comfy_table::{CellAlignment, Table, presets};
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING).set_header(header.to_vec());
+    for row in rows {
+        t.add_row(row);
+    }
+    for (i, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((0, 2));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t.lines()
+        .map(|l| l.trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Whether `path` is a Rust entry script's crate (a folder with a `Cargo.toml`).
 pub fn is_rust_crate(path: &Path) -> bool {
     path.join("Cargo.toml").is_file()

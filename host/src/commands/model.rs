@@ -79,17 +79,18 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                         Ok(m) => m,
                         Err(e) => return format!("{e:#}"),
                     };
-                    let mut out = format!("{:<32} {:>7}  {:>5}  DESCRIPTION", "NAME", "VERSION", "FILES");
-                    for m in models {
-                        out.push_str(&format!(
-                            "\n{:<32} {:>7}  {:>5}  {}",
-                            m.name,
-                            m.version,
-                            m.files.len(),
-                            m.description.unwrap_or_default()
-                        ));
-                    }
-                    out
+                    let rows = models
+                        .into_iter()
+                        .map(|m| {
+                            vec![
+                                m.name,
+                                m.version.to_string(),
+                                m.files.len().to_string(),
+                                m.description.unwrap_or_default(),
+                            ]
+                        })
+                        .collect();
+                    super::table(&["NAME", "VERSION", "FILES", "DESCRIPTION"], rows, &[1, 2])
                 });
             }
             Command::Show { id } => {

@@ -56,26 +56,22 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
             Command::List => {
                 let list = client.json(Method::GET, "/api/v1/admin/services", None).await?;
                 host.print(&list, |l| {
-                    let mut out = format!("{:<28} {:<26} {:<24} SCORING URI", "NAME", "STATE", "MODELS");
                     let services: Vec<ServiceView> = match typed(l) {
                         Ok(s) => s,
                         Err(e) => return format!("{e:#}"),
                     };
-                    for s in services {
-                        let state = match s.serving_previous {
-                            true => format!("{:?} (serving previous)", s.state),
-                            false => format!("{:?}", s.state),
-                        };
-                        out.push_str(&format!(
-                            "\n{:<28} {:<26} {:<24} {}{}",
-                            s.name,
-                            state,
-                            s.models.join(","),
-                            host.host.trim_end_matches('/'),
-                            s.scoring_uri
-                        ));
-                    }
-                    out
+                    let rows = services
+                        .into_iter()
+                        .map(|s| {
+                            let state = match s.serving_previous {
+                                true => format!("{:?} (serving previous)", s.state),
+                                false => format!("{:?}", s.state),
+                            };
+                            let uri = format!("{}{}", host.host.trim_end_matches('/'), s.scoring_uri);
+                            vec![s.name, state, s.models.join(","), uri]
+                        })
+                        .collect();
+                    super::table(&["NAME", "STATE", "MODELS", "SCORING URI"], rows, &[])
                 });
             }
             Command::Show { name } => {
