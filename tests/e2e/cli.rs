@@ -46,6 +46,24 @@ fn azure_spellings_service_run_and_a_foreign_admin_token() {
         assert_eq!(row.find("Healthy"), Some(column), "{list}");
     }
 
+    // `show` without -o is a short summary; -o json keeps the whole record.
+    let show = host.run(&["service", "show", "ridge"]);
+    assert!(show.starts_with("ridge  Healthy"), "{show}");
+    assert!(
+        show.contains(&format!("scoring URI: {}/api/v1/service/ridge/score", host.url)),
+        "{show}"
+    );
+    assert!(
+        show.contains("VERSION") && show.contains("diabetes:1") && show.lines().count() < 15,
+        "{show}"
+    );
+    assert!(host.run_json(&["service", "show", "ridge"])["versions"][0]["deploymentConfig"].is_object());
+    let model = host.run(&["model", "show", "diabetes:1"]);
+    assert!(
+        model.starts_with("diabetes:1  registered ") && model.contains("model.onnx"),
+        "{model}"
+    );
+
     // Deploying an existing name again says it updated it, and with what (Azure's --overwrite accepted).
     let again = host.run(&[
         "deploy",

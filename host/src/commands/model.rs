@@ -97,7 +97,10 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 let m = client
                     .json(Method::GET, &format!("/api/v1/admin/models/{id}"), None)
                     .await?;
-                host.print(&m, |m| serde_json::to_string_pretty(m).unwrap_or_default());
+                host.print(&m, |m| match typed::<ModelRecord>(m) {
+                    Ok(m) => model_summary(&m),
+                    Err(e) => format!("{e:#}"),
+                });
             }
             Command::Delete { id } => {
                 let r = client
@@ -108,4 +111,28 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `model show` as text: the model, its tags and files (`-o json` for the record).
+fn model_summary(m: &ModelRecord) -> String {
+    let mut out = format!(
+        "{}  registered {}",
+        m.id(),
+        plinth_router::time::format_timestamp(m.created)
+    );
+    if let Some(d) = &m.description {
+        out.push_str(&format!("\n{d}"));
+    }
+    if !m.tags.is_empty() {
+        let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("\ntags: {}", tags.join(", ")));
+    }
+    let rows = m
+        .files
+        .iter()
+        .map(|f| vec![f.path.clone(), f.size.to_string(), f.sha256[..12].to_string()])
+        .collect();
+    out.push('\n');
+    out.push_str(&super::table(&["FILE", "BYTES", "SHA-256"], rows, &[1]));
+    out
 }

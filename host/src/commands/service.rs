@@ -78,7 +78,11 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 let s = client
                     .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
                     .await?;
-                host.print(&s, |s| serde_json::to_string_pretty(s).unwrap_or_default());
+                let base = host.host.trim_end_matches('/').to_string();
+                host.print(&s, |s| match typed::<ServiceView>(s) {
+                    Ok(s) => service_summary(&s, &base),
+                    Err(e) => format!("{e:#}"),
+                });
             }
             Command::Delete { name } => {
                 let r = client
@@ -217,4 +221,60 @@ async fn score(client: &crate::client::Client, name: &str, body: Vec<u8>) -> any
 
 fn lines(v: &Value) -> Vec<String> {
     super::strings(&v["lines"]).into_iter().map(str::to_string).collect()
+}
+
+/// `service show` as text: state, where to call it, versions with traffic and replicas, the last events
+/// (`-o json` for everything, configurations included).
+fn service_summary(s: &ServiceView, base: &str) -> String {
+    let state = match s.serving_previous {
+        true => format!("{:?} (serving its previous deployment)", s.state),
+        false => format!("{:?}", s.state),
+    };
+    let auth = match (s.auth_enabled, s.token_auth_enabled) {
+        (true, true) => "keys or tokens",
+        (true, false) => "keys",
+        (false, true) => "tokens",
+        (false, false) => "none",
+    };
+    let mut out = format!("{}  {state}", s.name);
+    if let Some(e) = &s.error {
+        out.push_str(&format!("\nerror:       {e}"));
+    }
+    out.push_str(&format!("\nscoring URI: {base}{}", s.scoring_uri));
+    out.push_str(&format!("\nswagger:     {base}{}", s.swagger_uri));
+    out.push_str(&format!("\nauth:        {auth}"));
+    if let Some(r) = s.replicas {
+        out.push_str(&format!("\nreplicas:    {r}"));
+    }
+    let rows: Vec<Vec<String>> = s
+        .versions
+        .iter()
+        .flatten()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                format!("{:?}", v.state),
+                format!("{}%", v.effective_traffic),
+                v.replicas.map(|r| r.to_string()).unwrap_or_default(),
+                v.models.join(","),
+                v.entry_script.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&super::table(
+            &["VERSION", "STATE", "TRAFFIC", "REPLICAS", "MODELS", "ENTRY SCRIPT"],
+            rows,
+            &[2, 3],
+        ));
+    }
+    let events = s.events.as_deref().unwrap_or_default();
+    if !events.is_empty() {
+        out.push_str("\nlast events:");
+        for e in &events[events.len().saturating_sub(5)..] {
+            out.push_str(&format!("\n  {e}"));
+        }
+    }
+    out
 }
