@@ -77,7 +77,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(std::env::args_os().map(azure_spelling));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().map(azure_spelling).collect();
+    let json_output = args
+        .windows(2)
+        .any(|w| (w[0] == "-o" || w[0] == "--output") && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json" || a == "-ojson");
+    let cli = Cli::parse_from(args);
     let logs = Arc::new(LogHub::new());
     init_logging(cli.log_format, logs.clone());
     let result = match cli.command {
@@ -91,6 +96,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Under `-o json` an error is JSON too, on stderr, so a script reads one format.
+        Err(e) if json_output => {
+            eprintln!("{}", serde_json::json!({"error": format!("{e:#}")}));
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -303,3 +303,124 @@ fn the_rust_example_is_built_by_the_cli_itself() {
     let want = crate::support::reference(&crate::support::repo().join("examples/diabetes/sample.json")).0;
     crate::support::assert_close(&got, &want, 1e-4);
 }
+
+/// Checks one `-o json` output against the schema README's "JSON output" describes.
+fn check_schema(v: &serde_json::Value, at: &str) {
+    match v {
+        serde_json::Value::Array(items) => items.iter().for_each(|i| check_schema(i, at)),
+        serde_json::Value::Object(fields) => {
+            for (k, field) in fields {
+                if k == "deploymentConfig" || k == "inferenceConfig" {
+                    continue;
+                }
+                if k.contains('_') {
+                    let camel: String = k
+                        .split('_')
+                        .enumerate()
+                        .map(|(i, w)| {
+                            if i == 0 {
+                                w.to_string()
+                            } else {
+                                w[..1].to_uppercase() + &w[1..]
+                            }
+                        })
+                        .collect();
+                    assert_eq!(fields.get(&camel), Some(field), "{at}: {k} has no camelCase twin");
+                }
+                if k.ends_with("At") {
+                    let t = field.as_str().unwrap_or_default();
+                    let ok = t.len() == 20 && t.as_bytes()[4] == b'-' && t.as_bytes()[10] == b'T' && t.ends_with('Z');
+                    assert!(ok, "{at}: {k} = {field} is not RFC 3339");
+                }
+                if k == "created" || k == "updated" {
+                    assert!(fields.contains_key(&format!("{k}At")), "{at}: {k} without {k}At");
+                }
+                if k == "scoringUri" || k == "swaggerUri" {
+                    assert!(
+                        field.as_str().unwrap().starts_with("http"),
+                        "{at}: {k} = {field} is not absolute"
+                    );
+                }
+                check_schema(field, at);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn json_output_follows_one_schema() {
+    let dir = temp_dir("schema");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    host.register_diabetes();
+    let dc = Dc::test()
+        .with("authEnabled", false.into())
+        .with("tokenAuthEnabled", true.into())
+        .write(&dir, "dc.json");
+    let deploy = host.run_json(&[
+        "deploy",
+        "-m",
+        "diabetes:1",
+        "-n",
+        "ridge",
+        "--dc",
+        dc.to_str().unwrap(),
+    ]);
+    let token = host.run_json(&["service", "token", "ridge"]);
+    let r = score(&host.score_url("ridge"), token["accessToken"].as_str(), &sample_body());
+    assert_eq!(r.status, 200);
+    let endpoint = host.run_json(&[
+        "endpoint",
+        "version",
+        "update",
+        "ridge",
+        "1",
+        "--rollback-error-rate",
+        "0.5",
+    ]);
+    let outputs = [
+        ("deploy", deploy),
+        ("model list", host.run_json(&["model", "list"])),
+        ("model show", host.run_json(&["model", "show", "diabetes:1"])),
+        ("service list", host.run_json(&["service", "list"])),
+        ("service show", host.run_json(&["service", "show", "ridge"])),
+        ("service keys", host.run_json(&["service", "keys", "ridge"])),
+        ("service token", token.clone()),
+        ("endpoint version update", endpoint),
+        ("endpoint show", host.run_json(&["endpoint", "show", "ridge"])),
+        ("service logs", host.run_json(&["service", "logs", "ridge"])),
+    ];
+    for (at, v) in &outputs {
+        check_schema(v, at);
+    }
+    assert!(
+        token["expiresAt"].is_string() && token["refreshAt"].is_string(),
+        "{token}"
+    );
+    let show = &outputs[4].1;
+    assert!(show["createdAt"].is_string(), "{show}");
+    assert!(
+        show["versions"][0]["stats"]["window"]["errorRate"].is_number(),
+        "{show}"
+    );
+    // Logs as records: a request's line has its id, status and latency as fields.
+    let logs = &outputs[9].1;
+    let records = logs["records"].as_array().unwrap();
+    let req = records.iter().find(|r| r["level"] == "REQ").expect("a request record");
+    assert_eq!(req["status"], 200, "{req}");
+    assert!(req["requestId"].is_string() && req["latencyUs"].is_u64(), "{req}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["time"].is_string() && r["message"].is_string())
+    );
+    // An error under -o json is JSON too, on stderr.
+    let out = host
+        .cli()
+        .args(["service", "show", "nope", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("a JSON error on stderr");
+    assert!(err["error"].as_str().unwrap().contains("nope"), "{err}");
+}

@@ -313,7 +313,7 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
             None => String::new(),
         };
         host.print(
-            &json!({"state": "Healthy", "scoringUri": uri, "service": status, "updated": before.is_some(),
+            &json!({"state": "Healthy", "scoringUri": uri, "service": status, "updatedExisting": before.is_some(),
                     "previousModels": before}),
             |_| format!("Healthy ({elapsed:.1} s){update}\nScoring URI: {uri}"),
         );

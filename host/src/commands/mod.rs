@@ -68,10 +68,15 @@ impl HostArgs {
         Client::new(self.host.trim_end_matches('/'), Some(token), self.cacert.as_deref())
     }
 
-    /// Prints `value` as JSON, or as the text `text` renders.
+    /// Prints `value` as JSON in the CLI's one schema (see [`json_schema`]), or as the text `text`
+    /// renders.
     pub fn print(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
         match self.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+            Output::Json => {
+                let mut v = value.clone();
+                json_schema(&mut v, self.host.trim_end_matches('/'));
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+            }
             Output::Text => {
                 let t = text(value);
                 if !t.is_empty() {
@@ -80,6 +85,63 @@ impl HostArgs {
             }
         }
     }
+}
+
+/// The CLI's JSON output, one schema for every command (README, "JSON output"): keys in camelCase (a
+/// snake_case key gets its camelCase twin beside it, kept for scripts that read it), times also as RFC
+/// 3339 (`created` → `createdAt`, `expiryOn` → `expiresAt`, `refreshAfter` → `refreshAt`), and `scoringUri`/`swaggerUri` absolute. The configurations inside
+/// (`deploymentConfig`, `inferenceConfig`) are left as Azure spells them.
+pub fn json_schema(v: &mut Value, host: &str) {
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(|i| json_schema(i, host)),
+        Value::Object(fields) => {
+            let mut extra = Vec::new();
+            for (k, field) in fields.iter_mut() {
+                match k.as_str() {
+                    "deploymentConfig" | "inferenceConfig" | "deployment_config" | "inference_config" => continue,
+                    "scoringUri" | "swaggerUri" => {
+                        if let Some(path) = field.as_str().filter(|p| p.starts_with('/')) {
+                            *field = Value::String(format!("{host}{path}"));
+                        }
+                    }
+                    "created" | "updated" | "expiryOn" | "refreshAfter" => {
+                        let twin = match k.as_str() {
+                            "expiryOn" => "expiresAt".to_string(),
+                            "refreshAfter" => "refreshAt".to_string(),
+                            other => format!("{other}At"),
+                        };
+                        if let Some(secs) = field.as_u64() {
+                            extra.push((twin, Value::String(plinth_router::time::format_timestamp(secs))));
+                        }
+                    }
+                    _ => json_schema(field, host),
+                }
+                if k.contains('_') {
+                    extra.push((camel_case(k), field.clone()));
+                }
+            }
+            for (k, field) in extra {
+                fields.entry(k).or_insert(field);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn camel_case(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A host's answer as the admin API type it is (see `plinth_control::api`).

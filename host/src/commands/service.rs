@@ -95,8 +95,14 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                     Some(t) => format!("/api/v1/admin/services/{name}/logs?tail={t}"),
                     None => format!("/api/v1/admin/services/{name}/logs"),
                 };
-                let first = client.json(Method::GET, &path(tail), None).await?;
+                let mut first = client.json(Method::GET, &path(tail), None).await?;
                 let mut last: Vec<String> = lines(&first);
+                if let Some(fields) = first.as_object_mut() {
+                    fields.insert(
+                        "records".into(),
+                        Value::Array(last.iter().map(|l| log_record(l)).collect()),
+                    );
+                }
                 host.print(&first, |_| last.join("\n"));
                 if follow {
                     loop {
@@ -217,6 +223,41 @@ async fn score(client: &crate::client::Client, name: &str, body: Vec<u8>) -> any
         anyhow::bail!("service {name} answered {}: {message}", status.as_u16());
     }
     Ok(value)
+}
+
+/// A log line as a record: `time`, `level` (`REQ` for a request), `message`; a request's line also has
+/// `requestId`, `version`, `status`, `latencyUs` and, when it failed, `error`.
+fn log_record(line: &str) -> Value {
+    let mut parts = line.splitn(2, ' ');
+    let time = parts.next().unwrap_or_default();
+    let rest = parts.next().unwrap_or_default();
+    let (level, message) = rest.split_once(' ').unwrap_or((rest, ""));
+    let message = message.trim_start();
+    let mut record = serde_json::json!({"time": time, "level": level, "message": message});
+    if level == "REQ"
+        && let Some((id, fields)) = message.strip_prefix('[').and_then(|m| m.split_once("] "))
+    {
+        record["requestId"] = id.into();
+        let (fields, error) = match fields.split_once(" error=") {
+            Some((f, e)) => (
+                f,
+                Some(serde_json::from_str::<String>(e).unwrap_or_else(|_| e.to_string())),
+            ),
+            None => (fields, None),
+        };
+        for kv in fields.split(' ') {
+            match kv.split_once('=') {
+                Some(("version", v)) => record["version"] = v.into(),
+                Some(("status", v)) => record["status"] = v.parse::<u16>().map(Value::from).unwrap_or(v.into()),
+                Some(("latency_us", v)) => record["latencyUs"] = v.parse::<u64>().map(Value::from).unwrap_or(v.into()),
+                _ => {}
+            }
+        }
+        if let Some(e) = error {
+            record["error"] = e.into();
+        }
+    }
+    record
 }
 
 fn lines(v: &Value) -> Vec<String> {
