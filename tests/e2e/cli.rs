@@ -424,3 +424,49 @@ fn json_output_follows_one_schema() {
     let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("a JSON error on stderr");
     assert!(err["error"].as_str().unwrap().contains("nope"), "{err}");
 }
+
+#[test]
+fn the_readme_walkthrough_runs_as_written() {
+    let readme = std::fs::read_to_string(crate::support::repo().join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("plinth serve --listen"))
+        .expect("the README's walkthrough")
+        .to_string();
+    // A free port instead of 8080, and a wait for the host the block starts in the background.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut script = String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n");
+    for line in block.replace("8080", &port.to_string()).lines() {
+        script.push_str(line);
+        script.push('\n');
+        if line.starts_with("plinth serve") {
+            script.push_str(&format!(
+                "until curl -sf {url}/healthz >/dev/null; do sleep 0.1; done\n"
+            ));
+        }
+    }
+    let dir = temp_dir("readme");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_plinth")).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = plinth_in_shell(&script)
+        .env("PATH", path)
+        .env("PLINTH_WORKSPACE", dir.join("ws"))
+        .env("PLINTH_HOST", &url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // score.py through `service run`, through curl, and the Rust script: three answers.
+    assert_eq!(stdout.matches("predictions").count(), 3, "{stdout}");
+}

@@ -25,6 +25,13 @@ fn plinth_with_nofile(nofile: u32) -> Command {
     with_test_env(sh)
 }
 
+/// `bash -c SCRIPT` with the tests' environment (the shared script cache among it).
+pub fn plinth_in_shell(script: &str) -> Command {
+    let mut bash = Command::new("bash");
+    bash.arg("-c").arg(script);
+    with_test_env(bash)
+}
+
 fn with_test_env(mut cmd: Command) -> Command {
     cmd.current_dir(repo())
         .env("PLINTH_CACHE_DIR", cache_dir())
