@@ -470,3 +470,37 @@ fn the_readme_walkthrough_runs_as_written() {
     // score.py through `service run`, through curl, and the Rust script: three answers.
     assert_eq!(stdout.matches("predictions").count(), 3, "{stdout}");
 }
+
+#[test]
+fn the_demo_stops_at_a_busy_port_and_runs_on_a_free_one() {
+    let demo = |port: u16, ws: &std::path::Path| {
+        plinth_in_shell("scripts/demo")
+            .env("PLINTH_BIN", env!("CARGO_BIN_EXE_plinth"))
+            .env("PLINTH_PORT", port.to_string())
+            .env("PLINTH_WORKSPACE", ws)
+            .output()
+            .unwrap()
+    };
+    let dir = temp_dir("demo");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = demo(busy.local_addr().unwrap().port(), &dir.join("ws1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("plinth serve exited (is port"),
+        "{err}"
+    );
+    drop(busy);
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = demo(free, &dir.join("ws2"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"predictions\""), "{stdout}");
+}
