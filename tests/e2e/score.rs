@@ -81,14 +81,17 @@ fn json_output_wraps_the_response() {
 
 #[test]
 fn rust_entry_script_matches_scikit_learn() {
-    let script = component("diabetes_script");
-    let out = plinth()
-        .args(["score", "-m", "diabetes=examples/diabetes/model", "--script"])
-        .arg(script)
-        .arg("-d")
-        .arg(sample())
-        .output();
-    assert_close(&predictions(&ok(out.unwrap())), &reference(&sample()).0, 1e-4);
+    // The built component, and the crate itself (which `plinth score` builds with cargo first).
+    let crate_dir = repo().join("examples/diabetes/script-rust");
+    for script in [component("diabetes_script"), crate_dir] {
+        let out = plinth()
+            .args(["score", "-m", "diabetes=examples/diabetes/model", "--script"])
+            .arg(&script)
+            .arg("-d")
+            .arg(sample())
+            .output();
+        assert_close(&predictions(&ok(out.unwrap())), &reference(&sample()).0, 1e-4);
+    }
 }
 
 #[test]
