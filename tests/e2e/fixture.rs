@@ -212,15 +212,21 @@ impl TestHost {
         format!("{}/api/v1/service/{service}/score", self.url)
     }
 
-    /// Waits until `/readyz` says every deployment has loaded.
+    /// Waits until `/readyz` says every deployment has loaded (up to 5 minutes: restoring several
+    /// Python versions on a loaded 2-core machine compiles each component anew when its cache was cut
+    /// off by a crash).
     pub fn wait_ready(&self) {
-        for _ in 0..600 {
-            if curl(&format!("{}/readyz", self.url), &[]).status == 200 {
+        let started = std::time::Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < Duration::from_secs(300) {
+            let r = curl(&format!("{}/readyz", self.url), &[]);
+            if r.status == 200 {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            last = r.body;
+            std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("host never became ready");
+        panic!("host never became ready: {last}");
     }
 
     /// The host's resident memory, in KiB.
