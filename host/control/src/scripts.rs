@@ -73,6 +73,13 @@ fn compile_python(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> R
     }
     let tool = componentize_py()?;
     check_python(script, &source_dir, &tool)?;
+    // One compile at a time in this process (its build folder is named by hash and process): versions
+    // of one script deployed or restored together compile it once, the others find it cached.
+    static COMPILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = COMPILING.lock().unwrap_or_else(|p| p.into_inner());
+    if out.is_file() {
+        return Ok(out);
+    }
     let work = cache_dir
         .join("python")
         .join(format!("build-{hash}-{}", std::process::id()));

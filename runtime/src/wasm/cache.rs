@@ -34,17 +34,35 @@ pub(crate) fn load(engine: &Engine, cache_dir: Option<&Path>, script: &str, wasm
         return Ok((compile()?, false));
     };
     let path = cache_path(dir, engine, wasm);
-    if path.is_file() {
-        match deserialize(engine, &path) {
-            Ok(component) => return Ok((component, true)),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled component"),
-        }
+    if let Some(component) = cached(engine, &path) {
+        return Ok((component, true));
+    }
+    // One compile at a time in this process: replicas or versions of one script loading together
+    // compile it once (the others find it cached), and never write the same cache file at once.
+    static COMPILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = COMPILING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(component) = cached(engine, &path) {
+        return Ok((component, true));
     }
     let component = compile()?;
     if let Err(e) = store(dir, &path, &component) {
         tracing::warn!(path = %path.display(), error = %e, "could not cache compiled component");
     }
     Ok((component, false))
+}
+
+/// The compiled component at `path`, if there is a usable one.
+fn cached(engine: &Engine, path: &Path) -> Option<Component> {
+    if !path.is_file() {
+        return None;
+    }
+    match deserialize(engine, path) {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled component");
+            None
+        }
+    }
 }
 
 #[allow(unsafe_code)]
