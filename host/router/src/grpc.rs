@@ -71,19 +71,12 @@ impl Grpc {
     }
 }
 
-/// A pinned version by name, or the one the split would serve; NOT_FOUND naming the known ones.
+/// A pinned version by name, or the default when none is pinned; NOT_FOUND naming the known ones.
 fn version<'s>(service: &'s Service, pinned: &str) -> Result<&'s Arc<Version>, Status> {
     if pinned.is_empty() {
         return Ok(service.default_version());
     }
-    service.version(pinned).map_err(|_| {
-        let known: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
-        Status::not_found(format!(
-            "model {} has no version {pinned} (versions: {})",
-            service.name(),
-            known.join(", ")
-        ))
-    })
+    service.version(pinned).map_err(|e| status(&e))
 }
 
 /// Protobuf as tonic encodes it, except that a message that does not parse is the client's mistake

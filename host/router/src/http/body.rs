@@ -21,7 +21,15 @@ pub(crate) async fn read_body(
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes> {
-    within(timeout, read_within(headers, body, limit)).await
+    within(timeout, read_within(declared_length(headers), body, limit)).await
+}
+
+/// The `Content-Length` a client declared, if it did (and sensibly).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// `f` within `timeout`, or a 408. No timer is registered when `f` is ready at once (a small body
@@ -33,14 +41,9 @@ async fn within<T>(timeout: Duration, f: impl std::future::Future<Output = Resul
 }
 
 /// Reads the whole body, refusing one over `limit` before reading it when the length is declared.
-async fn read_within(headers: &http::HeaderMap, body: Incoming, limit: usize) -> Result<Bytes> {
+async fn read_within(declared: Option<u64>, body: Incoming, limit: usize) -> Result<Bytes> {
     let too_large = || Error::PayloadTooLarge { limit };
-    if let Some(len) = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
+    if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
     let mut body = Limited::new(body, limit);
@@ -86,10 +89,7 @@ pub struct AdminBody {
 
 impl AdminBody {
     pub(crate) fn new(headers: &http::HeaderMap, body: Incoming, timeout: Duration) -> Self {
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(headers);
         AdminBody {
             declared,
             body: Some(body),
@@ -105,13 +105,14 @@ impl AdminBody {
 
     /// The whole body, for a JSON request: a 413 over [`MAX_ADMIN_JSON_BYTES`](super::MAX_ADMIN_JSON_BYTES).
     pub async fn json(mut self) -> Result<Bytes> {
-        let limit = super::MAX_ADMIN_JSON_BYTES;
-        let mut headers = http::HeaderMap::new();
-        if let Some(len) = self.declared {
-            headers.insert(CONTENT_LENGTH, len.into());
-        }
         match self.body.take() {
-            Some(body) => read_body(&headers, body, limit, self.timeout).await,
+            Some(body) => {
+                within(
+                    self.timeout,
+                    read_within(self.declared, body, super::MAX_ADMIN_JSON_BYTES),
+                )
+                .await
+            }
             None => Ok(Bytes::new()),
         }
     }
