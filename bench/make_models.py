@@ -1,6 +1,8 @@
-"""Writes the benchmark models: a dense MLP 256→1024→1024→10 with random (seeded) weights.
+"""Writes the benchmark models: a dense MLP 256→1024→1024→10 with random (seeded) weights, and with
+`--large` also a GPU-sized one, 1024→4096→4096→4096→10 (about 150 MB), for bench/gpu/run.
 
-    python bench/make_models.py      # writes bench/models/mlp/model.onnx (about 5 MB, not committed)
+    python bench/make_models.py          # writes bench/models/mlp/model.onnx (about 5 MB, not committed)
+    python bench/make_models.py --large  # and bench/models/mlp4096/model.onnx
 
 The diabetes Ridge comes from examples/diabetes/make_model.py.
 """
@@ -41,8 +43,16 @@ def mlp(sizes=(256, 1024, 1024, 10), seed=7):
     return model
 
 
-if __name__ == "__main__":
-    out = HERE / "models" / "mlp" / "model.onnx"
+def save(model, name):
+    out = HERE / "models" / name / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(mlp(), out)
+    onnx.save(model, out)
     print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    save(mlp(), "mlp")
+    if "--large" in sys.argv[1:]:
+        save(mlp((1024, 4096, 4096, 4096, 10)), "mlp4096")

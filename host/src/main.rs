@@ -74,6 +74,13 @@ enum Command {
     Score(commands::score::Args),
     /// Replicas needed for a load, by Azure ML's sizing rule.
     Capacity(commands::capacity::Args),
+    /// The host: version, ONNX Runtime and its execution providers, GPUs, cores, memory, reservations.
+    Info {
+        #[command(flatten)]
+        args: commands::info::Args,
+        #[command(flatten)]
+        host: commands::HostArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +100,7 @@ fn main() -> ExitCode {
         Command::Service { command, host } => commands::service::run(command, &host),
         Command::Score(args) => commands::score::run(args),
         Command::Capacity(args) => commands::capacity::run(args),
+        Command::Info { args, host } => commands::info::run(args, &host),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

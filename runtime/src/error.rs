@@ -17,6 +17,10 @@ pub enum Error {
     #[error("unknown model '{model}' (this deployment has: {known})")]
     UnknownModel { model: String, known: String },
 
+    /// A model's execution providers could not be used (missing from the library, or failed to start).
+    #[error("model {model}: {message}")]
+    Provider { model: String, message: String },
+
     /// The caller's input does not fit the model or the script (bad JSON, wrong datatype or shape).
     #[error("{0}")]
     InvalidInput(String),
@@ -95,6 +99,7 @@ impl Error {
         match self {
             Error::OrtLibrary(_) => "ort_library",
             Error::ModelLoad { .. } => "model_load",
+            Error::Provider { .. } => "provider",
             Error::UnknownModel { .. } => "unknown_model",
             Error::InvalidInput(_) => "invalid_input",
             Error::Inference { .. } => "inference",

@@ -13,4 +13,5 @@ mod grpc;
 mod host;
 mod observe;
 mod oip;
+mod providers;
 mod score;

@@ -48,6 +48,11 @@ impl ControlPlane {
                     blocking(move || ws.register_model(&req.name, req.description, req.tags, req.files)).await?;
                 Ok((StatusCode::CREATED, to_json(&record)))
             }
+            (&Method::GET, ["info"]) => {
+                let capacity = self.cx.capacity.clone();
+                let library = self.cx.options.ort_library.clone();
+                ok(&blocking(move || Ok(crate::info::host_info(Some(&capacity), library.as_deref()))).await?)
+            }
             (&Method::GET, ["models"]) => ok(&ws.models()?),
             (&Method::GET, ["models", id]) => ok(&ws.model(id)?),
             (&Method::DELETE, ["models", id]) => {

@@ -203,8 +203,22 @@ pub struct VersionView {
     pub replicas: Option<u32>,
     pub utilization: Option<f64>,
     pub stats: Option<VersionStats>,
+    /// Where each model of the running version executes (empty while it is not running).
+    #[serde(default)]
+    pub providers: Vec<ModelProvider>,
     pub deployment_config: Value,
     pub inference_config: Value,
+}
+
+/// The execution provider serving one model, and the fallback taken when a preferred one was unusable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelProvider {
+    pub model: String,
+    /// The provider serving the model (`cpu`, `cuda`, `tensorrt`, `openvino`, `vitis`).
+    pub provider: String,
+    /// Every provider registered, in order.
+    pub providers: Vec<String>,
+    pub fallback: Option<String>,
 }
 
 /// What a version's requests did: totals since it started, and a window (the rollback window, or 60 s).
@@ -221,4 +235,47 @@ pub struct VersionStats {
 /// Any API type as JSON.
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or_default()
+}
+
+/// What `plinth info` prints: the host's software, its ONNX Runtime and providers, its hardware and what
+/// services have reserved of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Plinth's version.
+    pub version: String,
+    pub onnx_runtime: OnnxRuntimeInfo,
+    pub gpus: GpuInfo,
+    pub cores: f64,
+    pub memory_bytes: u64,
+    /// Reserved by the replicas now placed (absent when no host is running).
+    pub reserved: Option<Reserved>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OnnxRuntimeInfo {
+    /// The library file loaded (or that would be).
+    pub library: Option<String>,
+    pub version: Option<String>,
+    /// Providers the library was built with, by Plinth's names (`cpu`, `cuda`, ...); ONNX Runtime's
+    /// name for one Plinth does not place models on.
+    pub providers: Vec<String>,
+    /// Why the library could not be loaded.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// GPUs replicas may be placed on.
+    pub count: u32,
+    /// NVIDIA GPUs the kernel driver lists.
+    pub nvidia: u32,
+    /// GPUs ONNX Runtime's device discovery sees (`vendor:id`).
+    pub onnx_runtime: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reserved {
+    pub cores: f64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use plinth_router::{Factory, Policy, Reporting, Sampling, Version, VersionConfig};
@@ -84,6 +85,11 @@ impl Context {
         for f in &record.source {
             self.materialize(f, &src_dir)?;
         }
+        let cache = self
+            .options
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.ws.root().join("cache"));
         let entry_script = match &record.entry_script {
             Some(script) => {
                 self.logs.event(
@@ -92,11 +98,6 @@ impl Context {
                     &format!("version {}: preparing entry script {script}", record.name),
                 );
                 let path = src_dir.join(script);
-                let cache = self
-                    .options
-                    .cache_dir
-                    .clone()
-                    .unwrap_or_else(|| self.ws.root().join("cache"));
                 let tell = |what: &str| {
                     self.logs
                         .event(service, "INFO", &format!("version {}: {what}", record.name))
@@ -111,6 +112,17 @@ impl Context {
             ));
         }
         let dc = &record.deployment_config;
+        let enable_gpu = record.inference_config.enable_gpu.unwrap_or(false);
+        let providers = dc.providers(enable_gpu).map_err(Error::BadRequest)?;
+        let host_gpus = self.capacity.gpus();
+        let replica_gpus = dc.replica_gpus(&providers, host_gpus);
+        if replica_gpus > host_gpus {
+            return Err(Error::BadRequest(format!(
+                "gpuCores: {replica_gpus} asks for {replica_gpus} GPU(s) per replica and this host has {host_gpus} \
+                 (`plinth info` lists what it has): deploy to a host with an NVIDIA GPU and the GPU build of ONNX \
+                 Runtime (`scripts/setup --gpu`), or leave gpuCores out to run on the CPU"
+            )));
+        }
         let replicas = dc.initial_replicas();
         let slots = (replicas * dc.max_concurrent_requests_per_container) as usize;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -123,6 +135,10 @@ impl Context {
             session: SessionOptions {
                 intra_threads: (dc.container_resource_requirements.cpu.ceil() as usize).clamp(1, cores),
                 sessions: slots.clamp(1, 64),
+                providers,
+                cache_dir: Some(cache),
+                device_id: None,
+                base_dir: Some(src_dir.clone()),
             },
             limits: ScriptLimits {
                 deadline: Duration::from_millis(dc.scoring_timeout_ms),
@@ -135,8 +151,17 @@ impl Context {
         let engine = self.engine.clone();
         let warm_rows = dc.max_batch_size.unwrap_or(1) as usize;
         // Every replica runs each batch size it will see once at load, so no request pays for a first size.
+        // GPU replicas are spread over the host's GPUs in the order they load; each has its own sessions
+        // (and so its own CUDA streams).
+        let loaded = AtomicU32::new(0);
         let factory: Factory = Arc::new(move || {
-            let package = Package::load(&spec, Some(&engine))?;
+            let package = if replica_gpus > 0 {
+                let mut spec = spec.clone();
+                spec.session.device_id = Some((loaded.fetch_add(1, Ordering::Relaxed) % host_gpus.max(1)) as i32);
+                Package::load(&spec, Some(&engine))?
+            } else {
+                Package::load(&spec, Some(&engine))?
+            };
             if warm_rows > 1 {
                 plinth_router::warm_batch_sizes(&package, warm_rows);
             }
@@ -154,6 +179,7 @@ impl Context {
             scoring_timeout: Duration::from_millis(dc.scoring_timeout_ms),
             replica_cpu: dc.container_resource_requirements.cpu,
             replica_memory: memory_bytes,
+            replica_gpus,
         };
         let collection = match (&self.options.collector, dc.data_collection.storage_enabled) {
             (Some(c), true) => {
@@ -172,7 +198,7 @@ impl Context {
             metrics: Some(self.metrics.clone()),
             collection,
         };
-        Version::with_factory(
+        let version = Version::with_factory(
             service,
             &record.name,
             factory,
@@ -181,12 +207,42 @@ impl Context {
             reporting,
         )
         .map_err(|e| match e {
-            // A script that fails to load or init is the deployer's problem, reported as such.
+            // A script that fails to load or init, or providers the host cannot give, are the deployer's
+            // problem, reported as such.
             plinth_router::Error::Runtime(
-                e @ (plinth_runtime::Error::ScriptInit { .. } | plinth_runtime::Error::ScriptLoad { .. }),
+                e @ (plinth_runtime::Error::ScriptInit { .. }
+                | plinth_runtime::Error::ScriptLoad { .. }
+                | plinth_runtime::Error::Provider { .. }),
             ) => Error::BadRequest(e.to_string()),
             e => Error::Router(e),
-        })
+        })?;
+        let listed = !record
+            .deployment_config
+            .providers(enable_gpu)
+            .unwrap_or_default()
+            .is_empty();
+        for (model, p) in &version.info().placements {
+            if let Some(fallback) = &p.fallback {
+                self.logs.event(
+                    service,
+                    "WARN",
+                    &format!("version {}: model {model}: {fallback}", record.name),
+                );
+            } else if listed {
+                let all: Vec<&str> = p.providers.iter().map(|p| p.name()).collect();
+                self.logs.event(
+                    service,
+                    "INFO",
+                    &format!(
+                        "version {}: model {model} runs on {} ({})",
+                        record.name,
+                        p.provider,
+                        all.join(", ")
+                    ),
+                );
+            }
+        }
+        Ok(version)
     }
 
     /// Places a blob at `base/<path>`: a hard link where the filesystem allows, else a copy.

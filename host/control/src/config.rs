@@ -1,11 +1,12 @@
 //! Azure ML's deployment files, read as they are: `deploymentconfig.json` and `inferenceconfig.json`.
 //!
 //! Every field Azure defines is accepted. Those that mean nothing on a Plinth host (compute type,
-//! namespace, GPU cores, Application Insights, ...) are collected in [`Ignored`] and reported once.
+//! namespace, Application Insights, ...) are collected in [`Ignored`] and reported once.
 //! A field nobody defines, a wrong type or an impossible value is an error that names the field.
 
 use std::path::{Path, PathBuf};
 
+use plinth_runtime::onnx::ep::{Provider, ProviderSpec};
 use serde::{Deserialize, Serialize};
 
 /// What went wrong reading a configuration file.
@@ -46,11 +47,17 @@ pub struct DeploymentConfig {
     pub max_batch_size: Option<u32>,
     /// Plinth: how long a request may wait for others to batch with, in microseconds. Default 500.
     pub max_batch_delay_micros: Option<u64>,
+    /// Plinth: ONNX Runtime execution providers in order of preference, each a name (`"cuda"`) or an
+    /// object with a name and options (`{"name": "tensorrt", "fp16": true}`). Default: `["cuda"]` when
+    /// `gpuCores` ≥ 1 (or the inference config's `enableGpu`), else the CPU.
+    pub execution_providers: Option<Vec<serde_json::Value>>,
+    /// GPUs per replica (Azure's field): counted against the host's GPUs; without
+    /// `executionProviders`, ≥ 1 means `["cuda"]`.
+    pub gpu_cores: Option<u32>,
     pub description: Option<String>,
     pub tags: Option<serde_json::Map<String, serde_json::Value>>,
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
     // Accepted, without effect on a Plinth host:
-    pub gpu_cores: Option<u32>,
     pub app_insights_enabled: Option<bool>,
     pub namespace: Option<String>,
     pub compute_target_name: Option<String>,
@@ -87,6 +94,7 @@ impl Default for DeploymentConfig {
             data_collection: DataCollection::default(),
             max_batch_size: None,
             max_batch_delay_micros: None,
+            execution_providers: None,
             description: None,
             tags: None,
             properties: None,
@@ -199,6 +207,7 @@ pub struct InferenceConfig {
     pub extra_docker_file_steps: Option<String>,
     pub base_image: Option<String>,
     pub base_image_registry: Option<serde_json::Value>,
+    /// Azure's GPU switch: without `executionProviders` in the deployment config, models run on `cuda`.
     pub enable_gpu: Option<bool>,
     pub cuda_version: Option<String>,
     pub schema_file: Option<String>,
@@ -228,6 +237,25 @@ impl DeploymentConfig {
             self.auto_scaler.min_replicas.max(1)
         } else {
             self.num_replicas.unwrap_or(1).max(1)
+        }
+    }
+
+    /// The execution providers to place models on: `executionProviders` as given, else `["cuda"]` when
+    /// GPUs are asked for (`gpuCores` ≥ 1, or `enable_gpu` from the inference config), else none (CPU).
+    pub fn providers(&self, enable_gpu: bool) -> Result<Vec<ProviderSpec>, String> {
+        match &self.execution_providers {
+            Some(list) => ProviderSpec::list_from_json(list).map_err(|e| format!("executionProviders{e}")),
+            None if self.gpu_cores.unwrap_or(0) >= 1 || enable_gpu => Ok(vec![ProviderSpec::of(Provider::Cuda)]),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// GPUs one replica takes from the host: `gpuCores` when given, else one when a GPU provider is
+    /// listed first and the host has a GPU to give (on a host without, a listed `cpu` takes over).
+    pub fn replica_gpus(&self, providers: &[ProviderSpec], host_gpus: u32) -> u32 {
+        match self.gpu_cores {
+            Some(n) => n,
+            None => u32::from(host_gpus > 0 && providers.first().is_some_and(|p| p.provider().uses_gpu())),
         }
     }
 
@@ -275,6 +303,7 @@ impl DeploymentConfig {
         {
             return Err(format!("maxBatchSize must be 1..4096, got {n}"));
         }
+        self.providers(false)?;
         if self.num_replicas == Some(0) {
             return Err("numReplicas must be at least 1".into());
         }
@@ -304,7 +333,6 @@ impl DeploymentConfig {
             }
         };
         note(self.compute_type.is_some(), "computeType");
-        note(self.gpu_cores.is_some(), "gpuCores");
         note(self.app_insights_enabled.is_some(), "appInsightsEnabled");
         note(self.namespace.is_some(), "namespace");
         note(self.compute_target_name.is_some(), "computeTargetName");
@@ -377,7 +405,6 @@ impl InferenceConfig {
             (config.extra_docker_file_steps.is_some(), "extraDockerfileSteps"),
             (config.base_image.is_some(), "baseImage"),
             (config.base_image_registry.is_some(), "baseImageRegistry"),
-            (config.enable_gpu.is_some(), "enableGpu"),
             (config.cuda_version.is_some(), "cudaVersion"),
             (config.schema_file.is_some(), "schemaFile"),
             (config.docker_file.is_some(), "dockerFile"),

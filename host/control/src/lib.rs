@@ -24,6 +24,7 @@ mod deployments;
 mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod info;
 mod plane;
 mod rollback;
 pub mod scripts;

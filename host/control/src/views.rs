@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::api::{DeployState, ServiceView, VersionStats, VersionView, to_json};
+use crate::api::{DeployState, ModelProvider, ServiceView, VersionStats, VersionView, to_json};
 use crate::context::Context;
 use crate::state::{Deployment, state_key};
 use crate::store::ServiceRecord;
@@ -99,6 +99,21 @@ pub(crate) fn service(
                     .as_ref()
                     .map(|(_, x)| (x.utilization() * 1000.0).round() / 1000.0),
                 stats,
+                providers: running
+                    .as_ref()
+                    .map(|(_, x)| {
+                        x.info()
+                            .placements
+                            .iter()
+                            .map(|(model, p)| ModelProvider {
+                                model: model.clone(),
+                                provider: p.provider.name().into(),
+                                providers: p.providers.iter().map(|p| p.name().to_string()).collect(),
+                                fallback: p.fallback.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 deployment_config: to_json(&ver.deployment_config),
                 inference_config: to_json(&ver.inference_config),
             }

@@ -66,7 +66,7 @@ pub use self::http::{
 };
 pub use self::observe::{COLLECT_QUEUE, Collector, LINES_KEPT, LogHub, Metrics, Sampling, is_service_event};
 pub use self::queue::COLD_START_WAIT;
-pub use self::replicas::{Capacity, Factory};
+pub use self::replicas::{Capacity, Factory, Reservation};
 pub use self::router::Router;
 pub use self::scale::{Decision, Policy};
 pub use self::server::{

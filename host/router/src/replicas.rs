@@ -18,7 +18,23 @@ pub type Factory = Arc<dyn Fn() -> plinth_runtime::Result<Package> + Send + Sync
 pub struct Capacity {
     cpu: f64,
     memory: u64,
-    used: Mutex<(f64, u64)>,
+    gpus: u32,
+    used: Mutex<Used>,
+}
+
+#[derive(Default)]
+struct Used {
+    cpu: f64,
+    memory: u64,
+    gpus: u32,
+}
+
+/// What one replica reserves on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reservation {
+    pub cpu: f64,
+    pub memory: u64,
+    pub gpus: u32,
 }
 
 impl Capacity {
@@ -26,8 +42,20 @@ impl Capacity {
         Capacity {
             cpu,
             memory,
-            used: Mutex::new((0.0, 0)),
+            gpus: 0,
+            used: Mutex::new(Used::default()),
         }
+    }
+
+    /// The same budget with `gpus` GPUs to give out.
+    pub fn with_gpus(mut self, gpus: u32) -> Self {
+        self.gpus = gpus;
+        self
+    }
+
+    /// GPUs of this host that replicas may take.
+    pub fn gpus(&self) -> u32 {
+        self.gpus
     }
 
     /// This machine: its available cores and physical memory.
@@ -42,29 +70,45 @@ impl Capacity {
             })
             .map(|kb| kb * 1024)
             .unwrap_or(u64::MAX);
-        Capacity::new(cpu, memory)
+        Capacity::new(cpu, memory).with_gpus(plinth_runtime::onnx::Gpus::of_host().count())
     }
 
-    fn reserve(&self, cpu: f64, memory: u64) -> bool {
+    fn reserve(&self, r: Reservation) -> bool {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if used.0 + cpu > self.cpu + 1e-9 || used.1.saturating_add(memory) > self.memory {
+        if used.cpu + r.cpu > self.cpu + 1e-9
+            || used.memory.saturating_add(r.memory) > self.memory
+            || used.gpus + r.gpus > self.gpus
+        {
             return false;
         }
-        used.0 += cpu;
-        used.1 += memory;
+        used.cpu += r.cpu;
+        used.memory += r.memory;
+        used.gpus += r.gpus;
         true
     }
 
-    fn release(&self, cpu: f64, memory: u64) {
+    fn release(&self, r: Reservation) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        used.0 = (used.0 - cpu).max(0.0);
-        used.1 = used.1.saturating_sub(memory);
+        used.cpu = (used.cpu - r.cpu).max(0.0);
+        used.memory = used.memory.saturating_sub(r.memory);
+        used.gpus = used.gpus.saturating_sub(r.gpus);
     }
 
     /// (cores, bytes) still free.
     pub fn free(&self) -> (f64, u64) {
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        (self.cpu - used.0, self.memory.saturating_sub(used.1))
+        (self.cpu - used.cpu, self.memory.saturating_sub(used.memory))
+    }
+
+    /// GPUs not taken by a replica.
+    pub fn free_gpus(&self) -> u32 {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        self.gpus.saturating_sub(used.gpus)
+    }
+
+    /// The host's totals: (cores, bytes, GPUs).
+    pub fn total(&self) -> (f64, u64, u32) {
+        (self.cpu, self.memory, self.gpus)
     }
 }
 
@@ -100,18 +144,16 @@ pub(crate) struct Replicas {
     list: ArcSwap<Vec<Arc<Replica>>>,
     factory: Option<Factory>,
     capacity: Option<Arc<Capacity>>,
-    cpu: f64,
-    memory: u64,
+    need: Reservation,
 }
 
 impl Replicas {
-    pub(crate) fn new(factory: Option<Factory>, capacity: Option<Arc<Capacity>>, cpu: f64, memory: u64) -> Self {
+    pub(crate) fn new(factory: Option<Factory>, capacity: Option<Arc<Capacity>>, need: Reservation) -> Self {
         Replicas {
             list: ArcSwap::from_pointee(Vec::new()),
             factory,
             capacity,
-            cpu,
-            memory,
+            need,
         }
     }
 
@@ -172,14 +214,14 @@ impl Replicas {
         }
     }
 
-    /// Reserves one replica's cores and memory; false if the host has no room.
+    /// Reserves one replica's cores, memory and GPUs; false if the host has no room.
     pub(crate) fn reserve(&self) -> bool {
-        self.capacity.as_ref().is_none_or(|c| c.reserve(self.cpu, self.memory))
+        self.capacity.as_ref().is_none_or(|c| c.reserve(self.need))
     }
 
     pub(crate) fn unreserve(&self) {
         if let Some(c) = &self.capacity {
-            c.release(self.cpu, self.memory);
+            c.release(self.need);
         }
     }
 
@@ -188,12 +230,25 @@ impl Replicas {
         match &self.capacity {
             Some(c) => {
                 let (cpu, mem) = c.free();
-                format!(
+                let mut note = format!(
                     "a replica needs {} cores and {} MiB; the host has {cpu:.2} cores and {} MiB free",
-                    self.cpu,
-                    self.memory >> 20,
+                    self.need.cpu,
+                    self.need.memory >> 20,
                     mem >> 20
-                )
+                );
+                if self.need.gpus > 0 {
+                    note = format!(
+                        "a replica needs {} GPU(s), {} cores and {} MiB; the host has {} of {} GPU(s), {cpu:.2} \
+                         cores and {} MiB free",
+                        self.need.gpus,
+                        self.need.cpu,
+                        self.need.memory >> 20,
+                        c.free_gpus(),
+                        c.gpus(),
+                        mem >> 20
+                    );
+                }
+                note
             }
             None => "no capacity limit".into(),
         }
@@ -214,11 +269,21 @@ mod tests {
 
     #[test]
     fn capacity_is_a_budget() {
+        let r = |cpu, memory, gpus| Reservation { cpu, memory, gpus };
         let c = Capacity::new(2.0, 1 << 30);
-        assert!(c.reserve(1.5, 1 << 29));
-        assert!(!c.reserve(1.0, 1), "no cores left");
-        assert!(!c.reserve(0.5, 1 << 30), "no memory left");
-        c.release(1.5, 1 << 29);
+        assert!(c.reserve(r(1.5, 1 << 29, 0)));
+        assert!(!c.reserve(r(1.0, 1, 0)), "no cores left");
+        assert!(!c.reserve(r(0.5, 1 << 30, 0)), "no memory left");
+        assert!(!c.reserve(r(0.1, 1, 1)), "no GPU on this host");
+        c.release(r(1.5, 1 << 29, 0));
         assert_eq!(c.free(), (2.0, 1 << 30));
+
+        let c = Capacity::new(8.0, 1 << 30).with_gpus(2);
+        assert!(c.reserve(r(0.1, 1, 1)));
+        assert!(c.reserve(r(0.1, 1, 1)));
+        assert!(!c.reserve(r(0.1, 1, 1)), "both GPUs taken");
+        assert_eq!(c.free_gpus(), 0);
+        c.release(r(0.1, 1, 1));
+        assert_eq!(c.free_gpus(), 1);
     }
 }

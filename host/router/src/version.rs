@@ -14,7 +14,7 @@ use crate::batch::{BatchConfig, BatchTarget, Batcher};
 use crate::exec::{Placement, ServiceTime, TIMEOUT_GRACE};
 use crate::observe::{Collector, Metrics, Record, Sampling, VersionSeries};
 use crate::queue::Queue;
-use crate::replicas::{Capacity, Factory, Replicas};
+use crate::replicas::{Capacity, Factory, Replicas, Reservation};
 use crate::scale::{Decision, Scalable};
 use crate::stats::Stats;
 use crate::{Error, Result};
@@ -32,6 +32,8 @@ pub struct VersionConfig {
     /// CPU cores and bytes of memory one replica reserves on the host.
     pub replica_cpu: f64,
     pub replica_memory: u64,
+    /// GPUs one replica takes from the host.
+    pub replica_gpus: u32,
 }
 
 impl Default for VersionConfig {
@@ -43,6 +45,7 @@ impl Default for VersionConfig {
             scoring_timeout: Duration::from_secs(60),
             replica_cpu: 0.0,
             replica_memory: 0,
+            replica_gpus: 0,
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct VersionInfo {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub has_script: bool,
+    /// Each model's execution provider (and any fallback taken), by model name.
+    pub placements: Vec<(String, plinth_runtime::onnx::ep::Placement)>,
 }
 
 /// Where a version reports: the host's metrics, and (optionally) data collection.
@@ -165,6 +170,7 @@ impl Version {
             }
         }
         v.report_replicas();
+        v.report_providers();
         Ok(v)
     }
 
@@ -181,7 +187,15 @@ impl Version {
             name: name.into(),
             service,
             info,
-            replicas: Replicas::new(factory, capacity, config.replica_cpu, config.replica_memory),
+            replicas: Replicas::new(
+                factory,
+                capacity,
+                Reservation {
+                    cpu: config.replica_cpu,
+                    memory: config.replica_memory,
+                    gpus: config.replica_gpus,
+                },
+            ),
             queue: Queue::new(config.max_queue_wait),
             config,
             service_time: ServiceTime::default(),
@@ -498,6 +512,29 @@ impl Version {
         self.replica_count()
     }
 
+    /// `plinth_model_provider_info` (and `plinth_model_provider_fallback`) for each model of this version,
+    /// replacing what an earlier deployment of the same version name reported.
+    fn report_providers(&self) {
+        let Some(m) = &self.reporting.metrics else {
+            return;
+        };
+        for (model, p) in &self.info.placements {
+            let (service, version, model) = (self.service.as_str(), &*self.name, model.as_str());
+            for other in plinth_runtime::onnx::ep::Provider::ALL {
+                if other != p.provider {
+                    let _ = m
+                        .model_provider
+                        .remove_label_values(&[service, version, model, other.name()]);
+                }
+            }
+            m.model_provider
+                .with_label_values(&[service, version, model, p.provider.name()])
+                .set(1);
+            let fallback = m.model_provider_fallback.with_label_values(&[service, version, model]);
+            fallback.set(i64::from(p.fallback.is_some()));
+        }
+    }
+
     fn report_replicas(&self) {
         if let Some(m) = &self.reporting.metrics {
             m.replicas
@@ -607,5 +644,10 @@ fn info_of(package: &Package) -> VersionInfo {
         inputs: first.map(|m| m.inputs().to_vec()).unwrap_or_default(),
         outputs: first.map(|m| m.outputs().to_vec()).unwrap_or_default(),
         has_script: package.script().is_some(),
+        placements: package
+            .models()
+            .iter()
+            .map(|m| (m.name().to_string(), m.placement().clone()))
+            .collect(),
     }
 }

@@ -3,6 +3,7 @@
 pub mod capacity;
 pub mod deploy;
 pub mod endpoint;
+pub mod info;
 pub mod model;
 pub mod score;
 pub mod serve;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use plinth_runtime::onnx::SessionOptions;
+use plinth_runtime::onnx::ep::ProviderSpec;
 use plinth_runtime::wasm::{CallContext, EngineConfig, ScriptLimits, WasmEngine};
 use plinth_runtime::{ModelSource, Package, PackageSpec};
 
@@ -49,6 +51,15 @@ pub struct Args {
     /// The ONNX Runtime library file (default: found in ./.venv, beside the binary, or system-wide).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_lib: Option<PathBuf>,
+
+    /// Execution providers in order of preference, as in a deployment config (`tensorrt,cuda,cpu`).
+    #[arg(
+        long = "execution-providers",
+        alias = "ep",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    providers: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -70,6 +81,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let body = read_body(&args)?;
+    let names: Vec<serde_json::Value> = args.providers.iter().map(|p| p.as_str().into()).collect();
+    let providers = ProviderSpec::list_from_json(&names).map_err(|e| anyhow::anyhow!("--execution-providers{e}"))?;
 
     let spec = PackageSpec {
         models,
@@ -85,6 +98,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ..ScriptLimits::default()
         },
         ort_library: args.ort_lib.clone(),
+        session: SessionOptions {
+            providers,
+            cache_dir: Some(cache_dir.clone()),
+            ..SessionOptions::default()
+        },
         ..PackageSpec::default()
     };
     let engine = match spec.entry_script {
@@ -98,6 +116,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let package = Package::load(&spec, engine.as_ref())?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "package loaded");
+    for m in package.models().iter() {
+        if let Some(f) = &m.placement().fallback {
+            eprintln!("model {}: {f}", m.name());
+        }
+    }
 
     let ctx = CallContext {
         request_id: Some("cli".into()),

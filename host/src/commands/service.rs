@@ -266,6 +266,24 @@ fn lines(v: &Value) -> Vec<String> {
 
 /// `service show` as text: state, where to call it, versions with traffic and replicas, the last events
 /// (`-o json` for everything, configurations included).
+/// The provider column: `cpu` for one model, `ridge=cuda,tok=cpu` for several; `(fallback)` marks one
+/// that serves in place of a preferred provider.
+fn providers(v: &plinth_control::api::VersionView) -> String {
+    let one = |p: &plinth_control::api::ModelProvider| match &p.fallback {
+        Some(_) => format!("{} (fallback)", p.provider),
+        None => p.provider.clone(),
+    };
+    match v.providers.as_slice() {
+        [] => String::new(),
+        [p] => one(p),
+        many => many
+            .iter()
+            .map(|p| format!("{}={}", p.model, one(p)))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
 fn service_summary(s: &ServiceView, base: &str) -> String {
     let state = match s.serving_previous {
         true => format!("{:?} (serving its previous deployment)", s.state),
@@ -299,16 +317,32 @@ fn service_summary(s: &ServiceView, base: &str) -> String {
                 v.replicas.map(|r| r.to_string()).unwrap_or_default(),
                 v.models.join(","),
                 v.entry_script.clone().unwrap_or_default(),
+                providers(v),
             ]
         })
         .collect();
     if !rows.is_empty() {
         out.push('\n');
         out.push_str(&super::table(
-            &["VERSION", "STATE", "TRAFFIC", "REPLICAS", "MODELS", "ENTRY SCRIPT"],
+            &[
+                "VERSION",
+                "STATE",
+                "TRAFFIC",
+                "REPLICAS",
+                "MODELS",
+                "ENTRY SCRIPT",
+                "PROVIDER",
+            ],
             rows,
             &[2, 3],
         ));
+    }
+    for v in s.versions.iter().flatten() {
+        for p in &v.providers {
+            if let Some(f) = &p.fallback {
+                out.push_str(&format!("\nfallback:    {} model {}: {f}", v.name, p.model));
+            }
+        }
     }
     let events = s.events.as_deref().unwrap_or_default();
     if !events.is_empty() {

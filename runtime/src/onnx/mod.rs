@@ -1,18 +1,46 @@
 //! Native ONNX models on ONNX Runtime, loaded dynamically from the PyPI wheel's library.
 
+pub mod ep;
 mod library;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
+use self::ep::{Placement, Provider, ProviderSpec};
 pub use self::library::{INSTALL_HINT, ORT_DYLIB_PATH};
 use crate::{DataType, Error, Result, Tensor, TensorData, TensorSpec};
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Whether this process has loaded ONNX Runtime (calls into it before then would panic).
+pub fn loaded() -> bool {
+    matches!(ENVIRONMENT.get(), Some(Ok(_)))
+}
+
+/// The ONNX Runtime library this process loaded, once it has.
+pub fn library_path() -> Option<&'static Path> {
+    LIBRARY.get().map(PathBuf::as_path)
+}
+
+/// The loaded library's version (`1.32.0`), from its build information or else its file name.
+pub fn library_version() -> Option<String> {
+    ENVIRONMENT.get()?.as_ref().ok()?;
+    let info = ort::info();
+    let from_info = info
+        .split([',', ' '])
+        .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
+        .map(str::to_string);
+    from_info.or_else(|| {
+        let name = library_path()?.file_name()?.to_str()?;
+        name.strip_prefix("libonnxruntime.so.").map(str::to_string)
+    })
+}
 
 /// Loads ONNX Runtime once per process and returns its environment.
 ///
@@ -27,6 +55,7 @@ pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environme
                     shown.join(", ")
                 )
             })?;
+            let _ = LIBRARY.set(path.clone());
             let builder = ort::init_from(&path).map_err(|e| {
                 format!(
                     "ONNX Runtime library {} could not be loaded: {e}; {INSTALL_HINT}",
@@ -51,6 +80,14 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// Sessions kept for this model; concurrent calls beyond this wait for a free one. Default 1.
     pub sessions: usize,
+    /// Execution providers in order of preference (see [`ep`]). Empty: the CPU provider.
+    pub providers: Vec<ProviderSpec>,
+    /// Where providers cache compiled engines (TensorRT, OpenVINO, Vitis AI), under `ep/<model sha256>/`.
+    pub cache_dir: Option<PathBuf>,
+    /// The GPU given to this replica, for providers whose options name none.
+    pub device_id: Option<i32>,
+    /// Where relative files in provider options are read from.
+    pub base_dir: Option<PathBuf>,
 }
 
 impl Default for SessionOptions {
@@ -58,7 +95,47 @@ impl Default for SessionOptions {
         SessionOptions {
             intra_threads: 1,
             sessions: 1,
+            providers: Vec::new(),
+            cache_dir: None,
+            device_id: None,
+            base_dir: None,
         }
+    }
+}
+
+/// The GPUs of this machine, as far as they can be seen without a driver call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Gpus {
+    /// NVIDIA GPUs the kernel driver lists (`/proc/driver/nvidia/gpus`).
+    pub nvidia: u32,
+    /// GPUs ONNX Runtime's device discovery reports for its providers (`vendor:id`), when loaded.
+    pub onnx_runtime: Vec<String>,
+}
+
+impl Gpus {
+    /// This machine's GPUs.
+    pub fn of_host() -> Gpus {
+        let nvidia = std::fs::read_dir("/proc/driver/nvidia/gpus")
+            .map(|d| d.flatten().count() as u32)
+            .unwrap_or(0);
+        let mut onnx_runtime = Vec::new();
+        if let Some(Ok(env)) = ENVIRONMENT.get() {
+            for device in env.devices() {
+                let hw = device.hardware_device();
+                if hw.ty() == ort::memory::DeviceType::GPU {
+                    let name = format!("{}:{}", hw.vendor().unwrap_or("?"), hw.id());
+                    if !onnx_runtime.contains(&name) {
+                        onnx_runtime.push(name);
+                    }
+                }
+            }
+        }
+        Gpus { nvidia, onnx_runtime }
+    }
+
+    /// How many GPUs replicas may be placed on.
+    pub fn count(&self) -> u32 {
+        self.nvidia.max(self.onnx_runtime.len() as u32)
     }
 }
 
@@ -72,6 +149,7 @@ pub struct OnnxModel {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     sessions: Box<[Mutex<Session>]>,
+    placement: Placement,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -81,6 +159,7 @@ impl std::fmt::Debug for OnnxModel {
             .field("path", &self.path)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
+            .field("placement", &self.placement)
             .finish_non_exhaustive()
     }
 }
@@ -96,16 +175,70 @@ impl OnnxModel {
         if !path.is_file() {
             return Err(load_err(format!("{} is not a file", path.display())));
         }
+        let library = library_path().map(|p| p.display().to_string()).unwrap_or_default();
+        let provider_err = |message: String| Error::Provider {
+            model: name.to_string(),
+            message,
+        };
+        let (mut specs, mut dropped) =
+            ep::plan(&options.providers, Provider::is_available, &library).map_err(provider_err)?;
+        let caches = specs
+            .iter()
+            .any(|s| matches!(s.provider(), Provider::TensorRt | Provider::OpenVino | Provider::Vitis));
+        let cx = ep::Context {
+            cache_dir: match (&options.cache_dir, caches) {
+                (Some(root), true) => Some(root.join("ep").join(content_key(path)?)),
+                _ => None,
+            },
+            device_id: options.device_id,
+            base_dir: options.base_dir.clone(),
+        };
+        // The first session settles which providers start: one that fails is dropped when cpu follows it.
+        let first = loop {
+            match new_session(&env, options, &specs, &cx, path) {
+                Ok(session) => break session,
+                Err((Some(i), e)) if ep::cpu_after(&specs, i) => {
+                    dropped.push(format!("{} could not start: {e}", specs[i].provider()));
+                    specs.remove(i);
+                }
+                Err((Some(i), e)) => {
+                    let p = specs[i].provider();
+                    return Err(provider_err(format!("{p} could not start: {e}; {}", p.install_hint())));
+                }
+                // A load failure with a device provider in use may be the provider's (an operator it
+                // cannot take, a device it cannot open): with cpu listed, try the CPU alone.
+                Err((None, e)) if specs.len() > 1 && specs.iter().any(|s| s.provider() == Provider::Cpu) => {
+                    let gone: Vec<&str> = specs
+                        .iter()
+                        .map(|s| s.provider())
+                        .filter(|p| *p != Provider::Cpu)
+                        .map(Provider::name)
+                        .collect();
+                    dropped.push(format!("{} could not load the model: {e}", gone.join(", ")));
+                    specs.retain(|s| s.provider() == Provider::Cpu);
+                }
+                Err((None, e)) => return Err(load_err(e)),
+            }
+        };
         let count = options.sessions.max(1);
         let mut sessions = Vec::with_capacity(count);
-        for _ in 0..count {
-            let session = Session::builder(&env)
-                .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)).map_err(Into::into))
-                .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
-                .and_then(|mut b| b.commit_from_file(path))
-                .map_err(|e| load_err(e.to_string()))?;
+        sessions.push(Mutex::new(first));
+        for _ in 1..count {
+            let session = new_session(&env, options, &specs, &cx, path).map_err(|(_, e)| load_err(e))?;
             sessions.push(Mutex::new(session));
         }
+        let providers: Vec<Provider> = specs.iter().map(ProviderSpec::provider).collect();
+        let placement = Placement {
+            provider: providers.first().copied().unwrap_or(Provider::Cpu),
+            fallback: (!dropped.is_empty()).then(|| {
+                format!(
+                    "{}; serving on {}",
+                    dropped.join("; "),
+                    providers.first().copied().unwrap_or(Provider::Cpu)
+                )
+            }),
+            providers,
+        };
         let first = sessions[0]
             .lock()
             .map_err(|_| load_err("session lock poisoned".into()))?;
@@ -135,7 +268,13 @@ impl OnnxModel {
             inputs,
             outputs,
             sessions: sessions.into_boxed_slice(),
+            placement,
         })
+    }
+
+    /// Where the model runs: the provider serving it, and any fallback taken.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     pub fn name(&self) -> &str {
@@ -290,6 +429,55 @@ impl OnnxModel {
             message: e.to_string(),
         }
     }
+}
+
+/// One session with `specs` registered in order; on failure, the position of the provider that failed to
+/// register (None: the session itself failed).
+fn new_session(
+    env: &ort::environment::Environment,
+    options: &SessionOptions,
+    specs: &[ProviderSpec],
+    cx: &ep::Context,
+    path: &Path,
+) -> std::result::Result<Session, (Option<usize>, String)> {
+    let mut builder = Session::builder(env)
+        .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)).map_err(Into::into))
+        .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+        .map_err(|e| (None, e.to_string()))?;
+    for (i, spec) in specs.iter().enumerate() {
+        let Some(dispatch) = spec.dispatch(cx) else {
+            continue;
+        };
+        spec.prepare();
+        builder = builder
+            .with_execution_providers([dispatch])
+            .map_err(|e| (Some(i), e.to_string()))?;
+    }
+    builder.commit_from_file(path).map_err(|e| (None, e.to_string()))
+}
+
+/// The SHA-256 of a model file, remembered per file (by path, size and modification time) so that
+/// replicas of one model hash it once.
+fn content_key(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    type FileId = (PathBuf, u64, std::time::SystemTime);
+    static KEYS: OnceLock<Mutex<HashMap<FileId, String>>> = OnceLock::new();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let id = (path.to_path_buf(), meta.len(), meta.modified().map_err(io)?);
+    let keys = KEYS.get_or_init(Default::default);
+    if let Some(k) = keys.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        return Ok(k.clone());
+    }
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io)?;
+    let key: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    keys.lock().unwrap_or_else(|p| p.into_inner()).insert(id, key.clone());
+    Ok(key)
 }
 
 fn view<'t, T>(shape: &'t [i64], data: &'t [T]) -> ort::Result<SessionInputValue<'t>>

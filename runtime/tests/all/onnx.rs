@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use plinth_runtime::onnx::ep::{self, Provider, ProviderSpec};
 use plinth_runtime::onnx::{OnnxModel, SessionOptions};
 use plinth_runtime::wasm::CallContext;
 use plinth_runtime::{DataType, Error, Package, PackageSpec, Tensor, TensorData};
@@ -122,6 +123,7 @@ fn a_session_is_shared_safely_by_concurrent_callers() {
             &SessionOptions {
                 intra_threads: 1,
                 sessions: 2,
+                ..SessionOptions::default()
             },
             None,
         )
@@ -168,4 +170,75 @@ fn a_corrupt_model_file_is_a_load_error() {
     let err = OnnxModel::load("broken", &path, &SessionOptions::default(), None).unwrap_err();
     assert_eq!(err.kind(), "model_load", "{err}");
     std::fs::remove_file(path).unwrap();
+}
+
+fn with_providers(list: serde_json::Value) -> plinth_runtime::Result<OnnxModel> {
+    let providers = ProviderSpec::list_from_json(list.as_array().unwrap()).unwrap();
+    OnnxModel::load(
+        "diabetes",
+        &diabetes_model_dir().join("model.onnx"),
+        &SessionOptions {
+            providers,
+            ..SessionOptions::default()
+        },
+        None,
+    )
+}
+
+#[test]
+fn the_cpu_library_lists_its_providers_and_serves_on_cpu() {
+    let m = ridge();
+    assert_eq!(m.placement().provider, Provider::Cpu);
+    assert_eq!(m.placement().fallback, None);
+    let names = ep::library_providers();
+    assert!(names.iter().any(|n| n == "CPUExecutionProvider"), "{names:?}");
+    assert!(Provider::Cpu.is_available());
+    assert!(
+        !Provider::Cuda.is_available(),
+        "the CPU wheel has no CUDA provider: {names:?}"
+    );
+    assert!(!Provider::TensorRt.is_available());
+    let version = plinth_runtime::onnx::library_version().unwrap();
+    assert!(version.starts_with("1."), "{version}");
+}
+
+#[test]
+fn cuda_alone_is_refused_naming_it_and_how_to_get_it() {
+    let err = with_providers(serde_json::json!(["cuda"])).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Provider { .. }), "{msg}");
+    assert!(
+        msg.starts_with("model diabetes: cuda is not in this host's ONNX Runtime library ("),
+        "{msg}"
+    );
+    assert!(msg.contains("libonnxruntime.so"), "{msg}");
+    assert!(msg.contains("onnxruntime-gpu"), "{msg}");
+    assert!(msg.contains("ORT_DYLIB_PATH"), "{msg}");
+    let err = with_providers(serde_json::json!(["tensorrt", "cuda"])).unwrap_err();
+    assert!(err.to_string().contains("tensorrt is not in"), "{err}");
+}
+
+#[test]
+fn cuda_then_cpu_falls_back_and_says_so_with_the_same_answers() {
+    let m = with_providers(serde_json::json!(["tensorrt", {"name": "cuda", "deviceId": 0}, "cpu"])).unwrap();
+    let p = m.placement();
+    assert_eq!(p.provider, Provider::Cpu);
+    assert_eq!(p.providers, vec![Provider::Cpu]);
+    let note = p.fallback.as_deref().unwrap();
+    assert!(
+        note.contains("tensorrt is not in this host's ONNX Runtime library"),
+        "{note}"
+    );
+    assert!(note.contains("cuda is not in"), "{note}");
+    assert!(note.ends_with("serving on cpu"), "{note}");
+    let x = Tensor {
+        name: "X".into(),
+        shape: vec![1, 10],
+        data: TensorData::Fp32(vec![0.03; 10]),
+    };
+    assert_eq!(m.infer(std::slice::from_ref(&x)).unwrap(), ridge().infer(&[x]).unwrap());
+    // The CPU provider with options is registered for real.
+    let m = with_providers(serde_json::json!([{"name": "cpu", "arena": false}])).unwrap();
+    assert_eq!(m.placement().provider, Provider::Cpu);
+    assert_eq!(m.placement().fallback, None);
 }

@@ -69,3 +69,45 @@ fn inference_config() {
     let err = InferenceConfig::from_json("ic.json", br#"{"entryScript": "score.R"}"#).unwrap_err();
     assert!(err.to_string().contains("entryScript must be a .py file"), "{err}");
 }
+
+#[test]
+fn execution_providers_and_azure_gpu_switches() {
+    use plinth_runtime::onnx::ep::Provider;
+    let dc = |json: &str| DeploymentConfig::from_json("dc.json", json.as_bytes());
+    let names = |c: &DeploymentConfig, gpu: bool| -> Vec<Provider> {
+        c.providers(gpu).unwrap().iter().map(|s| s.provider()).collect()
+    };
+    let (c, ignored) = dc(r#"{"executionProviders": ["TensorrtExecutionProvider", "cuda", "cpu"]}"#).unwrap();
+    assert!(ignored.is_empty(), "{ignored:?}");
+    assert_eq!(names(&c, false), [Provider::TensorRt, Provider::Cuda, Provider::Cpu]);
+    // Azure's switches: gpuCores (no longer ignored) and the inference config's enableGpu.
+    let (c, ignored) = dc(r#"{"gpuCores": 1}"#).unwrap();
+    assert!(ignored.is_empty(), "{ignored:?}");
+    assert_eq!(names(&c, false), [Provider::Cuda]);
+    assert_eq!(
+        c.replica_gpus(&c.providers(false).unwrap(), 0),
+        1,
+        "asked for, even where there is none"
+    );
+    let (c, _) = dc("{}").unwrap();
+    assert_eq!(names(&c, false), []);
+    assert_eq!(names(&c, true), [Provider::Cuda]);
+    let (_, ignored) = InferenceConfig::from_json("ic.json", br#"{"enableGpu": true}"#).unwrap();
+    assert!(ignored.is_empty(), "{ignored:?}");
+    // A GPU provider listed first takes a GPU only where the host has one; gpuCores 0 takes none.
+    let (c, _) = dc(r#"{"executionProviders": ["cuda", "cpu"]}"#).unwrap();
+    let list = c.providers(false).unwrap();
+    assert_eq!((c.replica_gpus(&list, 0), c.replica_gpus(&list, 2)), (0, 1));
+    let (c, _) = dc(r#"{"executionProviders": ["cuda"], "gpuCores": 0}"#).unwrap();
+    assert_eq!(c.replica_gpus(&c.providers(false).unwrap(), 2), 0);
+    // Mistakes name the field.
+    let err = dc(r#"{"executionProviders": ["cuda", "rocm"]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("executionProviders[1]: unknown execution provider \"rocm\""),
+        "{err}"
+    );
+    let err = dc(r#"{"executionProviders": "cuda"}"#).unwrap_err().to_string();
+    assert!(err.contains("executionProviders: invalid type"), "{err}");
+}

@@ -42,6 +42,10 @@ pub struct Metrics {
     /// `shed`, `turned_away`).
     pub open_connections: IntGauge,
     pub connections_closed: IntCounterVec,
+    /// 1 for the execution provider serving each model of each version.
+    pub model_provider: IntGaugeVec,
+    /// 1 for a model whose listed providers were not all usable, so a later one (cpu) serves it.
+    pub model_provider_fallback: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -139,6 +143,22 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            model_provider: IntGaugeVec::new(
+                Opts::new(
+                    "plinth_model_provider_info",
+                    "1 for the ONNX Runtime execution provider serving each model",
+                ),
+                &["service", "version", "model", "provider"],
+            )
+            .unwrap(),
+            model_provider_fallback: IntGaugeVec::new(
+                Opts::new(
+                    "plinth_model_provider_fallback",
+                    "1 when a model's preferred execution providers could not be used and a later one serves it",
+                ),
+                &["service", "version", "model"],
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -157,6 +177,8 @@ impl Metrics {
         r.register(Box::new(m.batch_queue_seconds.clone())).unwrap();
         r.register(Box::new(m.open_connections.clone())).unwrap();
         r.register(Box::new(m.connections_closed.clone())).unwrap();
+        r.register(Box::new(m.model_provider.clone())).unwrap();
+        r.register(Box::new(m.model_provider_fallback.clone())).unwrap();
         m
     }
 

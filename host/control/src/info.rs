@@ -1,0 +1,56 @@
+//! `GET /api/v1/admin/info` and `plinth info`: the host's ONNX Runtime, providers, GPUs, cores, memory
+//! and what is reserved.
+
+use std::path::Path;
+
+use plinth_router::Capacity;
+use plinth_runtime::onnx::{self, Gpus, ep};
+
+use crate::api::{GpuInfo, HostInfo, OnnxRuntimeInfo, Reserved};
+
+/// This host as it is now: `capacity` is the running host's budget (None: this machine as a new host
+/// would see it).
+pub fn host_info(capacity: Option<&Capacity>, library: Option<&Path>) -> HostInfo {
+    let loaded = onnx::environment(library);
+    let providers = ep::library_providers()
+        .into_iter()
+        .map(|name| match ep::short_name(&name) {
+            Some(p) => p.name().to_string(),
+            None => name,
+        })
+        .collect();
+    let onnx_runtime = OnnxRuntimeInfo {
+        library: onnx::library_path().map(|p| p.display().to_string()),
+        version: onnx::library_version(),
+        providers,
+        error: loaded.err().map(|e| e.to_string()),
+    };
+    let gpus = Gpus::of_host();
+    let running = capacity.is_some();
+    let own;
+    let capacity = match capacity {
+        Some(c) => c,
+        None => {
+            own = Capacity::of_host();
+            &own
+        }
+    };
+    let (cores, memory_bytes, count) = capacity.total();
+    let (free_cores, free_memory) = capacity.free();
+    HostInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        onnx_runtime,
+        gpus: GpuInfo {
+            count: count.max(gpus.count()),
+            nvidia: gpus.nvidia,
+            onnx_runtime: gpus.onnx_runtime,
+        },
+        cores,
+        memory_bytes,
+        reserved: running.then(|| Reserved {
+            cores: ((cores - free_cores) * 1000.0).round() / 1000.0,
+            memory_bytes: memory_bytes - free_memory,
+            gpus: count - capacity.free_gpus(),
+        }),
+    }
+}
