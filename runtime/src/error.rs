@@ -61,6 +61,14 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// A script answered with a status of its own (Azure's `AMLResponse`): not a failure of the host.
+    #[error("the entry script answered {status}")]
+    Response {
+        status: u16,
+        content_type: Option<String>,
+        body: Vec<u8>,
+    },
+
     /// A package or limit setting is invalid.
     #[error("{0}")]
     Config(String),
@@ -120,6 +128,7 @@ impl Error {
             Error::Overloaded { .. } => "overloaded",
             Error::Io { .. } => "io",
             Error::Config(_) => "config",
+            Error::Response { .. } => "script_response",
         }
     }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::onnx::{OnnxModel, SessionOptions};
-use crate::wasm::{CallContext, EntryScript, ScriptLimits, WasmEngine};
+use crate::wasm::{CallContext, EntryScript, ScienceScript, ScriptLimits, WasmEngine};
 use crate::{Error, Result, json};
 
 /// At most this many models per deployment (as Azure ML allows).
@@ -23,8 +23,9 @@ pub struct ModelSource {
 #[derive(Debug, Clone, Default)]
 pub struct PackageSpec {
     pub models: Vec<ModelSource>,
-    /// A WebAssembly component implementing the `plinth:scoring` world. Without one, the package must
-    /// hold exactly one model, served directly ("no-code").
+    /// A WebAssembly component implementing the `plinth:scoring` world, or a `.py` script run as it is on
+    /// the scientific Python runtime (numpy, pandas, scikit-learn, ...; see [`ScienceScript`]). Without
+    /// one, the package must hold exactly one model, served directly ("no-code").
     pub entry_script: Option<PathBuf>,
     /// The entry script's name in logs and errors. Default: the file's stem.
     pub script_name: Option<String>,
@@ -79,6 +80,7 @@ impl ModelSet {
 pub struct Package {
     models: Arc<ModelSet>,
     script: Option<EntryScript>,
+    science: Option<ScienceScript>,
 }
 
 impl Package {
@@ -110,8 +112,25 @@ impl Package {
             )?));
         }
         let models = Arc::new(ModelSet::new(models));
+        let science = match &spec.entry_script {
+            Some(path) if path.extension().is_some_and(|e| e == "py") => {
+                let engine = engine.ok_or_else(|| Error::Config("an entry script needs a wasm engine".into()))?;
+                let model_dir = spec.model_dir.clone().or_else(|| default_model_dir(spec));
+                let name = spec.script_name.clone().unwrap_or_else(|| "score".into());
+                Some(ScienceScript::load(
+                    &name,
+                    path,
+                    models.clone(),
+                    model_dir.as_deref(),
+                    spec.limits.clone(),
+                    engine.config().cache_dir.as_deref(),
+                )?)
+            }
+            _ => None,
+        };
         let script = match &spec.entry_script {
             None => None,
+            Some(_) if science.is_some() => None,
             Some(path) => {
                 let engine = engine.ok_or_else(|| Error::Config("an entry script needs a wasm engine".into()))?;
                 let model_dir = spec.model_dir.clone().or_else(|| default_model_dir(spec));
@@ -130,20 +149,51 @@ impl Package {
                 )?)
             }
         };
-        Ok(Package { models, script })
+        Ok(Package {
+            models,
+            script,
+            science,
+        })
     }
 
     pub fn models(&self) -> &ModelSet {
         &self.models
     }
 
+    /// The entry script, when it is a component.
     pub fn script(&self) -> Option<&EntryScript> {
         self.script.as_ref()
+    }
+
+    /// The entry script, when it runs on the scientific Python runtime.
+    pub fn science(&self) -> Option<&ScienceScript> {
+        self.science.as_ref()
+    }
+
+    /// Whether requests go through an entry script (of either kind).
+    pub fn has_script(&self) -> bool {
+        self.script.is_some() || self.science.is_some()
     }
 
     /// Scores one request body: through the entry script's `run`, or, for a no-code package, by decoding
     /// the JSON into the model's inputs and encoding its outputs.
     pub fn score(&self, body: &[u8], ctx: &CallContext) -> Result<Vec<u8>> {
+        if let Some(science) = &self.science {
+            let r = science.run(body, ctx)?;
+            let json = r
+                .content_type
+                .as_deref()
+                .is_none_or(|t| t.starts_with("application/json"));
+            if r.status == 200 && json {
+                return Ok(r.body);
+            }
+            // Azure's AMLResponse: the script chose the status (and perhaps a content type).
+            return Err(Error::Response {
+                status: r.status,
+                content_type: r.content_type,
+                body: r.body,
+            });
+        }
         match &self.script {
             Some(script) => {
                 let text = std::str::from_utf8(body)

@@ -210,7 +210,7 @@ fn a_deploy_shows_its_progress_and_ignored_fields_once() {
         .write(&dir, "dc.json");
     std::fs::write(
         dir.join("env.yml"),
-        "name: env\ndependencies:\n  - python=3.8\n  - numpy=1.21\n  - pip:\n    - scikit-learn==1.0\n",
+        "name: env\ndependencies:\n  - python=3.8\n  - numpy=1.21\n  - pip:\n    - scikit-learn==1.0\n    - tensorflow==2.0\n",
     )
     .unwrap();
     let ic = write_json(&dir, "ic.json", &serde_json::json!({"condaFile": "env.yml"}));
@@ -242,7 +242,8 @@ fn a_deploy_shows_its_progress_and_ignored_fields_once() {
         assert!(progress.contains(step), "no '{step}' in {progress}");
     }
     assert!(
-        progress.contains("env.yml is not installed on a Plinth host: numpy, scikit-learn will not be importable"),
+        progress.contains("env.yml is not installed on a Plinth host: tensorflow will not be importable")
+            && progress.contains("numpy, scikit-learn come with the scientific Python runtime"),
         "{progress}"
     );
     let second = String::from_utf8_lossy(&deploy().stderr).into_owned();

@@ -14,4 +14,5 @@ mod host;
 mod observe;
 mod oip;
 mod providers;
+mod science;
 mod score;

@@ -247,13 +247,13 @@ fn a_python_mistake_is_named_before_the_long_compile() {
     let (err, took) = run(&syntax);
     assert!(err.contains("score.py:4: SyntaxError: expected ':'"), "{err}");
     assert!(took < std::time::Duration::from_secs(5), "before any compile: {took:?}");
-    let numpy = write(
-        "numpy",
-        "import json\nimport numpy as np\n\ndef init():\n    pass\n\ndef run(raw):\n    return raw\n",
+    let missing = write(
+        "missing",
+        "import json\nimport tensorflow as tf\n\ndef init():\n    pass\n\ndef run(raw):\n    return raw\n",
     );
-    let (err, _) = run(&numpy);
+    let (err, _) = run(&missing);
     assert!(
-        err.contains("score.py:2: module numpy is not available in the sandbox") && err.contains("source folder"),
+        err.contains("score.py:2: module tensorflow is not available in the sandbox") && err.contains("source folder"),
         "{err}"
     );
     // An optional import inside try, and a module of the source folder, are fine for the check.

@@ -206,6 +206,11 @@ pub struct VersionView {
     /// Where each model of the running version executes (empty while it is not running).
     #[serde(default)]
     pub providers: Vec<ModelProvider>,
+    /// What serves requests: `onnx` (no code), `python` (a pure-Python score.py compiled to a
+    /// component), `python-scientific` (a score.py with numpy, pandas, scikit-learn, ... as it is) or
+    /// `wasm` (a component).
+    #[serde(default)]
+    pub runtime: Option<String>,
     pub deployment_config: Value,
     pub inference_config: Value,
 }

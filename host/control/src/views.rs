@@ -114,6 +114,16 @@ pub(crate) fn service(
                             .collect()
                     })
                     .unwrap_or_default(),
+                runtime: running.as_ref().map(|(_, x)| {
+                    let info = x.info();
+                    match (info.has_script, info.wants_http) {
+                        (false, _) => "onnx",
+                        (true, true) => "python-scientific",
+                        (true, false) if ver.entry_script.as_deref().is_some_and(|s| s.ends_with(".py")) => "python",
+                        (true, false) => "wasm",
+                    }
+                    .to_string()
+                }),
                 deployment_config: to_json(&ver.deployment_config),
                 inference_config: to_json(&ver.inference_config),
             }

@@ -104,6 +104,10 @@ impl Error {
             | Error::BodyTimeout { .. } => Fault::Client,
             Error::Overloaded(_) => Fault::Busy,
             Error::Timeout(_) => Fault::Late,
+            Error::Runtime(plinth_runtime::Error::Response { status, .. }) => match status {
+                500.. => Fault::Server,
+                _ => Fault::Client,
+            },
             Error::Runtime(e) => match e.kind() {
                 "invalid_input" | "unknown_model" => Fault::Client,
                 "deadline" => Fault::Late,

@@ -238,7 +238,7 @@ impl GrpcInferenceService for Grpc {
         }
         let decoded = convert::request(message).map_err(|e| status(&e))?;
         let payload = Payload::Oip { decoded, raw: None };
-        let scoring = self.host.score(&service, payload, pinned.as_deref(), &request_id);
+        let scoring = self.host.score(&service, payload, pinned.as_deref(), &request_id, None);
         let scored = match deadline {
             Some(d) => tokio::time::timeout(d, scoring).await.map_err(|_| {
                 Status::deadline_exceeded(format!("the client's deadline of {d:?} passed before an answer"))

@@ -58,6 +58,10 @@ pub struct VersionInfo {
     pub has_script: bool,
     /// Each model's execution provider (and any fallback taken), by model name.
     pub placements: Vec<(String, plinth_runtime::onnx::ep::Placement)>,
+    /// The script runs on the scientific Python runtime and reads the HTTP request around the body.
+    pub wants_http: bool,
+    /// The input and output schemas the script declared (Azure's `inference_schema`).
+    pub schema: Option<serde_json::Value>,
 }
 
 /// Where a version reports: the host's metrics, and (optionally) data collection.
@@ -643,7 +647,9 @@ fn info_of(package: &Package) -> VersionInfo {
     VersionInfo {
         inputs: first.map(|m| m.inputs().to_vec()).unwrap_or_default(),
         outputs: first.map(|m| m.outputs().to_vec()).unwrap_or_default(),
-        has_script: package.script().is_some(),
+        has_script: package.has_script(),
+        wants_http: package.science().is_some(),
+        schema: package.science().and_then(|s| s.schema().cloned()),
         placements: package
             .models()
             .iter()

@@ -95,12 +95,19 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
             .unwrap_or(Path::new("."))
             .join(conda);
         if let Ok(text) = std::fs::read_to_string(&path) {
-            let packages = conda_packages(&text);
-            if !packages.is_empty() {
+            let (carried, missing): (Vec<String>, Vec<String>) =
+                conda_packages(&text).into_iter().partition(|p| carried_package(p));
+            if !carried.is_empty() {
+                eprintln!(
+                    "note: {conda}: {} come with the scientific Python runtime, which serves a score.py importing them",
+                    carried.join(", ")
+                );
+            }
+            if !missing.is_empty() {
                 eprintln!(
                     "note: {conda} is not installed on a Plinth host: {} will not be importable unless pure-Python \
                      and in the source folder (the standard library is there)",
-                    packages.join(", ")
+                    missing.join(", ")
                 );
             }
         }
@@ -330,6 +337,55 @@ fn models_text(models: &[String]) -> String {
 }
 
 /// The packages a conda environment file lists (`- name=1.2` and pip's `- name==1.2`), Python itself left out.
+/// Packages (by their PyPI or conda names) the scientific runtime carries, and Azure's packages whose
+/// parts a score.py uses there (`azureml-defaults`, `inference-schema`).
+fn carried_package(name: &str) -> bool {
+    const CARRIED: &[&str] = &[
+        "numpy",
+        "pandas",
+        "scipy",
+        "scikit-learn",
+        "sklearn",
+        "joblib",
+        "statsmodels",
+        "matplotlib",
+        "seaborn",
+        "pillow",
+        "lxml",
+        "openpyxl",
+        "xlsxwriter",
+        "xlrd",
+        "pypdf",
+        "beautifulsoup4",
+        "html5lib",
+        "pyyaml",
+        "jinja2",
+        "markupsafe",
+        "tabulate",
+        "networkx",
+        "patsy",
+        "sympy",
+        "mpmath",
+        "attrs",
+        "toolz",
+        "tqdm",
+        "typing-extensions",
+        "cloudpickle",
+        "threadpoolctl",
+        "python-dateutil",
+        "tzdata",
+        "six",
+        "regex",
+        "packaging",
+        "inference-schema",
+        "azureml-defaults",
+        "azureml-core",
+        "azureml-inference-server-http",
+    ];
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    CARRIED.contains(&n.as_str())
+}
+
 fn conda_packages(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("- "))

@@ -124,6 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let ctx = CallContext {
         request_id: Some("cli".into()),
+        ..CallContext::default()
     };
     let mut response = Vec::new();
     let started = Instant::now();

@@ -317,6 +317,7 @@ fn service_summary(s: &ServiceView, base: &str) -> String {
                 v.replicas.map(|r| r.to_string()).unwrap_or_default(),
                 v.models.join(","),
                 v.entry_script.clone().unwrap_or_default(),
+                v.runtime.clone().unwrap_or_default(),
                 providers(v),
             ]
         })
@@ -331,6 +332,7 @@ fn service_summary(s: &ServiceView, base: &str) -> String {
                 "REPLICAS",
                 "MODELS",
                 "ENTRY SCRIPT",
+                "RUNTIME",
                 "PROVIDER",
             ],
             rows,

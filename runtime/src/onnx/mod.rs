@@ -12,7 +12,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
 use self::ep::{Placement, Provider, ProviderSpec};
-pub use self::library::{INSTALL_HINT, ORT_DYLIB_PATH};
+pub use self::library::{INSTALL_HINT, ORT_DYLIB_PATH, site_packages_dirs};
 use crate::{DataType, Error, Result, Tensor, TensorData, TensorSpec};
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();

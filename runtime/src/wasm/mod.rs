@@ -4,6 +4,7 @@
 mod cache;
 mod host;
 mod limits;
+mod science;
 mod script;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use self::limits::{EPOCH_TICK, ScriptLimits};
+pub use self::science::{APP_DIR, Artifacts, HttpRequest, ScienceResponse, ScienceRuntime, ScienceScript};
 pub use self::script::{CallContext, EntryScript};
 use crate::{Error, Result};
 

@@ -25,6 +25,9 @@ pub const MODEL_DIR: &str = "/models";
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
     pub request_id: Option<Arc<str>>,
+    /// The HTTP request around the body, for scripts that read it (Azure's `@rawhttp`); set only for
+    /// those.
+    pub http: Option<Arc<super::science::HttpRequest>>,
 }
 
 struct Live {

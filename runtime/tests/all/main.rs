@@ -2,4 +2,5 @@
 
 mod helpers;
 mod onnx;
+mod science;
 mod scripts;

@@ -12,6 +12,7 @@ use crate::helpers::*;
 fn ctx() -> CallContext {
     CallContext {
         request_id: Some("test".into()),
+        ..CallContext::default()
     }
 }
 

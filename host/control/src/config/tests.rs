@@ -38,7 +38,6 @@ fn errors_name_the_field() {
             .to_string()
     };
     assert!(err(r#"{"autoScaler": {"minReplicas": "two"}}"#).contains("autoScaler.minReplicas: invalid type"));
-    assert!(err(r#"{"autoScalr": {}}"#).contains("unknown field `autoScalr`"));
     assert!(err(r#"{"autoScaler": {"minReplicas": 5, "maxReplicas": 2}}"#).contains("minReplicas (5) is above"));
     assert!(err(r#"{"autoScaler": {"targetUtilization": 150}}"#).contains("targetUtilization must be 1..100"));
     assert!(err(r#"{"maxConcurrentRequestsPerContainer": 0}"#).contains("maxConcurrentRequestsPerContainer"));
@@ -110,4 +109,48 @@ fn execution_providers_and_azure_gpu_switches() {
     );
     let err = dc(r#"{"executionProviders": "cuda"}"#).unwrap_err().to_string();
     assert!(err.contains("executionProviders: invalid type"), "{err}");
+}
+
+#[test]
+fn real_files_spellings_and_unknown_keys_never_fail() {
+    // As found in public repositories: older top-level sizes, Azure's other spellings, keys nobody defines.
+    let (c, ignored) = DeploymentConfig::from_json(
+        "dc.json",
+        br#"{"computeType": "ACI", "cpuCores": 1, "memoryInGb": 2, "enableAppInsights": true,
+             "autoScalr": {"x": 1}, "containerResourceRequirements": {"gpu": 0, "shmSize": "2g"}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.container_resource_requirements.cpu, 1.0);
+    assert_eq!(c.container_resource_requirements.memory_in_gb, 2.0);
+    assert_eq!(c.app_insights_enabled, Some(true));
+    for want in [
+        "computeType",
+        "appInsightsEnabled",
+        "autoScalr (not a field of this file)",
+        "containerResourceRequirements.shmSize (not a field of this file)",
+    ] {
+        assert!(ignored.iter().any(|i| i == want), "no {want} in {ignored:?}");
+    }
+    let (c, _) = DeploymentConfig::from_json(
+        "dc.json",
+        br#"{"containerResourceRequirements": {"cpuCores": 0.5, "memoryInGB": 1.5}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.container_resource_requirements.cpu, 0.5);
+    // A known key with a wrong type still fails, naming it.
+    let err = DeploymentConfig::from_json("dc.json", br#"{"cpuCores": "one"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cpuCores: invalid type"), "{err}");
+    let (ic, ignored) = InferenceConfig::from_json(
+        "ic.json",
+        br#"{"entryScript": "score.py", "extraDockerfileSteps": "RUN true", "enableGpu": false, "weird": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(ic.extra_docker_file_steps.as_deref(), Some("RUN true"));
+    assert!(ignored.contains(&"extraDockerfileSteps".to_string()), "{ignored:?}");
+    assert!(
+        ignored.contains(&"weird (not a field of this file)".to_string()),
+        "{ignored:?}"
+    );
 }

@@ -194,13 +194,20 @@ impl Host {
             (method, ["api", "v1", "service", name, rest @ ..]) => {
                 let service = self.router.get(name).ok_or_else(|| self.missing("service", name))?;
                 match (method, rest) {
-                    (&Method::POST, ["score"]) => {
+                    // GET only for scripts that read the request themselves (Azure's @rawhttp).
+                    (&Method::POST, ["score"]) | (&Method::GET, ["score"]) => {
+                        let wants_http = service.versions().iter().any(|v| v.info().wants_http);
+                        if method == Method::GET && !wants_http {
+                            return Err(Error::NotFound(format!("no route {method} {path} (scoring is POST)")));
+                        }
                         service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
                         let (parts, body) = req.into_parts();
+                        // The request around the body, only for scripts that read it.
+                        let http = wants_http.then(|| Arc::new(http_request(&parts)));
                         let body = read_body(&parts.headers, body, self.max_body_bytes, self.body_timeout).await?;
                         let pinned = header_str(&parts.headers, VERSION_HEADER);
                         Ok(self
-                            .score_http(&service, Payload::Score(body), pinned, request_id)
+                            .score_http(&service, Payload::Score(body), pinned, request_id, http)
                             .await)
                     }
                     (&Method::GET, ["swagger.json"]) => {
@@ -285,7 +292,7 @@ impl Host {
                     decoded,
                     raw: Some(body),
                 };
-                Ok(self.score_http(&service, payload, pinned, request_id).await)
+                Ok(self.score_http(&service, payload, pinned, request_id, None).await)
             }
             (method, _) => Err(Error::NotFound(format!(
                 "no route {method} /v2/models/{name}/{}",
@@ -329,4 +336,19 @@ fn header_str<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
+}
+
+/// The method, path, query and headers of a request, for a script that reads them.
+fn http_request(parts: &http::request::Parts) -> plinth_runtime::wasm::HttpRequest {
+    plinth_runtime::wasm::HttpRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != AUTHORIZATION)
+            .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+            .collect(),
+    }
 }

@@ -14,6 +14,9 @@ pub type Body = Full<Bytes>;
 
 /// The HTTP status of an error. Client mistakes are 4xx; nothing a caller sends is a 500.
 pub fn status_of(e: &Error) -> StatusCode {
+    if let Error::Runtime(plinth_runtime::Error::Response { status, .. }) = e {
+        return StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    }
     match e.fault() {
         Fault::Busy => StatusCode::SERVICE_UNAVAILABLE,
         Fault::Late => StatusCode::GATEWAY_TIMEOUT,
@@ -33,6 +36,17 @@ pub fn status_of(e: &Error) -> StatusCode {
 impl From<&Error> for Response<Body> {
     fn from(e: &Error) -> Self {
         let status = status_of(e);
+        // A script's own answer (Azure's AMLResponse): its status, body and content type, as it gave them.
+        if let Error::Runtime(plinth_runtime::Error::Response { content_type, body, .. }) = e {
+            let mut r = Response::new(Full::new(Bytes::from(body.clone())));
+            *r.status_mut() = status;
+            let ct = content_type.as_deref().unwrap_or("application/json");
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+            );
+            return r;
+        }
         // Busy and late answers are counted in metrics; under overload a line each would flood the log.
         match e.fault() {
             crate::Fault::Server => tracing::warn!(kind = e.kind(), error = %e, "request failed"),

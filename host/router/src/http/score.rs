@@ -1,13 +1,14 @@
 //! The scoring flow, once for every protocol: route to a version (the split, or a pin), mirror copies,
 //! hold the in-flight gauge, score, collect the data, count and log the request, name the version.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::Response;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http_body_util::Full;
-use plinth_runtime::wasm::CallContext;
+use plinth_runtime::wasm::{CallContext, HttpRequest};
 
 use http::StatusCode;
 use plinth_runtime::Tensor;
@@ -54,11 +55,13 @@ impl Host {
         payload: Payload,
         pinned: Option<&str>,
         request_id: &str,
+        http: Option<Arc<HttpRequest>>,
     ) -> Scored<'s> {
         let started = Instant::now();
         let name = service.name();
         let ctx = CallContext {
             request_id: Some(request_id.into()),
+            http,
         };
         let (version, copies) = match service.route(pinned) {
             Ok(routed) => routed,
@@ -110,8 +113,9 @@ impl Host {
         payload: Payload,
         pinned: Option<&str>,
         request_id: &str,
+        http: Option<Arc<HttpRequest>>,
     ) -> Response<Body> {
-        let scored = self.score(service, payload, pinned, request_id).await;
+        let scored = self.score(service, payload, pinned, request_id, http).await;
         let response = match (scored.result, scored.version) {
             (Ok(Answer::Json(body)), _) => json_bytes(body),
             (Ok(Answer::Tensors { request, outputs }), Some(version)) => {

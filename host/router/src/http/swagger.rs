@@ -25,7 +25,24 @@ pub(crate) fn swagger(service: &Service) -> serde_json::Value {
             }
             json!({"type": "object", "properties": props})
         }
-        _ => json!({"type": "object", "description": "passed as it is to the entry script's run(raw_data)"}),
+        _ => match info
+            .schema
+            .as_ref()
+            .and_then(|s| s.get("input"))
+            .filter(|s| !s.is_null())
+        {
+            Some(schema) => schema.clone(),
+            None => json!({"type": "object", "description": "passed as it is to the entry script's run(raw_data)"}),
+        },
+    };
+    let output = info
+        .schema
+        .as_ref()
+        .and_then(|s| s.get("output"))
+        .filter(|s| !s.is_null());
+    let ok = match output {
+        Some(schema) => json!({"description": "The prediction", "content": {"application/json": {"schema": schema}}}),
+        None => json!({"description": "The prediction"}),
     };
     json!({
         "openapi": "3.0.1",
@@ -37,7 +54,7 @@ pub(crate) fn swagger(service: &Service) -> serde_json::Value {
                     "security": [{"bearer": []}],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": request_schema}}},
                     "responses": {
-                        "200": {"description": "The prediction"},
+                        "200": ok,
                         "400": {"description": "The request does not fit the model"},
                         "401": {"description": "Missing or invalid key or token"},
                         "503": {"description": "No free replica within maxQueueWaitMs"},

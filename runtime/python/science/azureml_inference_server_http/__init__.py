@@ -1,0 +1,1 @@
+"""The names newer Azure ML docs import score.py helpers from (``azureml_inference_server_http.api``)."""

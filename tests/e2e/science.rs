@@ -1,0 +1,189 @@
+//! Azure users' score.py files, unchanged, on a real host: the scientific runtime (the real python.wasm
+//! with numpy, pandas, scikit-learn and joblib) behind the real HTTP routes, deployed by the CLI from the
+//! files Azure made them write.
+
+use crate::fixture::*;
+use crate::support::repo;
+
+fn make_model(dir: &std::path::Path) {
+    let out = std::process::Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("examples/azure-sklearn/make_model.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_azure_example_runs_unchanged_and_answers_as_scikit_learn() {
+    let dir = temp_dir("azure-sklearn");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    make_model(&dir.join("model"));
+    host.run(&[
+        "model",
+        "register",
+        "--name",
+        "ridge",
+        "--path",
+        dir.join("model").to_str().unwrap(),
+    ]);
+    let out = host
+        .cli()
+        .args([
+            "deploy",
+            "-m",
+            "ridge:1",
+            "-n",
+            "ridge",
+            "-ic",
+            "examples/azure-sklearn/inferenceconfig.json",
+            "-dc",
+            "examples/azure-sklearn/deploymentconfig.json",
+        ])
+        .output()
+        .unwrap();
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{progress}");
+    assert!(
+        progress.contains("runs as it is on the scientific Python runtime"),
+        "{progress}"
+    );
+    let (key, _) = host.keys("ridge");
+    let sample = std::fs::read_to_string(repo().join("examples/azure-sklearn/sample.json")).unwrap();
+    let r = score(&host.score_url("ridge"), Some(&key), &sample);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got: Vec<f64> = serde_json::from_str(&r.body).unwrap();
+    let want = std::process::Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("examples/azure-sklearn/make_model.py"))
+        .args(["--predict", "examples/azure-sklearn/sample.json"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let want: Vec<f64> = serde_json::from_slice(&want.stdout).unwrap();
+    assert_eq!(got, want);
+    // Which runtime serves is said.
+    let show = host.run_json(&["service", "show", "ridge"]);
+    assert_eq!(show["versions"][0]["runtime"], "python-scientific", "{show}");
+    assert!(host.run(&["service", "show", "ridge"]).contains("python-scientific"));
+    // A script exception is a 500 with the script's line, in the caller's answer and the log.
+    let r = score(&host.score_url("ridge"), Some(&key), r#"{"rows": []}"#);
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("KeyError: 'data' (at score.py:15)"), "{}", r.body);
+}
+
+#[test]
+fn schemas_raw_requests_native_models_and_model_paths() {
+    let dir = temp_dir("azure-helpers");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    host.register_diabetes();
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("score.py"),
+        r#"import numpy as np
+import plinth
+from azureml.core.model import Model
+from azureml.contrib.services.aml_request import rawhttp
+from azureml.contrib.services.aml_response import AMLResponse
+
+
+def init():
+    global path
+    path = Model.get_model_path("diabetes")
+
+
+@rawhttp
+def run(request):
+    if request.method == "GET":
+        return AMLResponse({"model": path, "n": request.args.get("n")}, 200)
+    rows = np.array(request.get_json()["data"], dtype=np.float32)
+    out = plinth.infer("diabetes", {"X": rows})
+    return AMLResponse({"variable": out["variable"], "who": request.headers.get("X-Who")}, 201)
+"#,
+    )
+    .unwrap();
+    let ic = write_json(&dir, "ic.json", &serde_json::json!({"entryScript": "src/score.py"}));
+    let dc = Dc::test().no_auth().write(&dir, "dc.json");
+    host.run(&[
+        "deploy",
+        "-m",
+        "diabetes:1",
+        "-n",
+        "raw",
+        "--ic",
+        ic.to_str().unwrap(),
+        "--dc",
+        dc.to_str().unwrap(),
+    ]);
+    let url = host.score_url("raw");
+    let r = curl(&format!("{url}?n=3"), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), serde_json::json!({"model": "/models/model.onnx", "n": "3"}));
+    let r = curl(
+        &url,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "X-Who: me",
+            "-d",
+            &sample_body(),
+        ],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    // The native ONNX model's answer, through plinth.infer from numpy, equals the no-code route's.
+    let plain = Dc::test().no_auth().write(&dir, "plain.json");
+    host.deploy("diabetes:1", "plain", &plain);
+    let direct = score(&host.score_url("plain"), None, &sample_body()).json();
+    let f32s = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row[0].as_f64().unwrap() as f32)
+            .collect()
+    };
+    assert_eq!(f32s(&r.json()["variable"]), f32s(&direct["variable"]), "{}", r.body);
+    assert_eq!(r.json()["who"], "me");
+
+    // inference_schema: decoded arguments, a 400 naming the parameter, and the schema in swagger.json.
+    std::fs::write(
+        src.join("score.py"),
+        r#"import numpy as np
+import pandas as pd
+from inference_schema.schema_decorators import input_schema, output_schema
+from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
+
+
+@input_schema("data", PandasParameterType(pd.DataFrame({"a": [1.0], "b": [2.0]})))
+@output_schema(NumpyParameterType(np.array([3.0])))
+def run(data):
+    return (data["a"] + data["b"]).to_numpy()
+"#,
+    )
+    .unwrap();
+    host.run(&[
+        "deploy",
+        "-n",
+        "schema",
+        "--ic",
+        ic.to_str().unwrap(),
+        "--dc",
+        dc.to_str().unwrap(),
+    ]);
+    let url = host.score_url("schema");
+    let r = score(&url, None, r#"{"data": [{"a": 1, "b": 2}, {"a": 0.5, "b": 0.25}]}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), serde_json::json!([3.0, 0.75]));
+    let r = score(&url, None, r#"{"rows": []}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("data"), "{}", r.body);
+    let swagger = curl(&url.replace("/score", "/swagger.json"), &[]).json();
+    let schema = &swagger["paths"]["/api/v1/service/schema/score"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(
+        schema["example"]["data"],
+        serde_json::json!([{"a": 1.0, "b": 2.0}]),
+        "{swagger}"
+    );
+}
