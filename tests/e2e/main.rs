@@ -5,6 +5,7 @@ mod support;
 
 mod attack;
 mod batch;
+mod capacity;
 mod cli;
 mod embedded;
 mod endpoint;

@@ -187,3 +187,69 @@ def run(data):
         "{swagger}"
     );
 }
+
+#[test]
+fn pure_python_packages_of_the_conda_file_are_vendored_and_native_ones_refused() {
+    let dir = temp_dir("azure-vendor");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    std::fs::write(
+        dir.join("score.py"),
+        "import json\nimport numpy as np\nimport humanize\n\ndef run(raw):\n    \
+         return humanize.intcomma(int(np.sum(json.loads(raw)['data'])))\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("env.yml"),
+        "name: env\ndependencies:\n  - python=3.9\n  - numpy\n  - pip:\n    - humanize==4.9.0\n",
+    )
+    .unwrap();
+    let ic = write_json(
+        &dir,
+        "ic.json",
+        &serde_json::json!({"entryScript": "score.py", "condaFile": "env.yml"}),
+    );
+    let dc = Dc::test().no_auth().write(&dir, "dc.json");
+    let out = host
+        .cli()
+        .args([
+            "deploy",
+            "-n",
+            "vendored",
+            "--ic",
+            ic.to_str().unwrap(),
+            "--dc",
+            dc.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{progress}");
+    assert!(
+        progress.contains("vendoring humanize (pure Python, from PyPI)"),
+        "{progress}"
+    );
+    let r = score(&host.score_url("vendored"), None, r#"{"data": [1000000, 234567]}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), "1,234,567");
+    // A package with native code that the runtime does not carry: refused before anything is uploaded.
+    std::fs::write(dir.join("env.yml"), "dependencies:\n  - pip:\n    - ujson==5.10.0\n").unwrap();
+    let out = host
+        .cli()
+        .args([
+            "deploy",
+            "-n",
+            "native",
+            "--ic",
+            ic.to_str().unwrap(),
+            "--dc",
+            dc.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("env.yml: ujson cannot be vendored") && err.contains("native code"),
+        "{err}"
+    );
+}

@@ -165,6 +165,9 @@ pub struct ServiceView {
     /// Replicas of every version, while the service is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
+    /// The host's CPU requests over its cores (full view only; above 1: oversubscribed).
+    #[serde(default)]
+    pub host_cpu_subscription: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
     /// The default version's configuration.
@@ -280,7 +283,14 @@ pub struct GpuInfo {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reserved {
+    /// CPU requests of the replicas placed (may exceed the cores: CPU is shared, not reserved).
     pub cores: f64,
+    /// CPU requests over cores (above 1: oversubscribed), and the cap `plinth serve
+    /// --cpu-oversubscription` set, if any.
+    #[serde(default)]
+    pub cpu_subscription: f64,
+    #[serde(default)]
+    pub cpu_oversubscription_cap: Option<f64>,
     pub memory_bytes: u64,
     pub gpus: u32,
 }

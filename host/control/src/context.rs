@@ -34,6 +34,8 @@ pub struct ControlOptions {
     pub scale_down_after: Duration,
     /// Where versions with `dataCollection.storageEnabled` send their records.
     pub collector: Option<Arc<Collector>>,
+    /// CPU requests at most this multiple of the host's cores; None: no cap.
+    pub cpu_oversubscription: Option<f64>,
 }
 
 impl Default for ControlOptions {
@@ -44,6 +46,7 @@ impl Default for ControlOptions {
             cache_dir: None,
             scale_down_after: Duration::from_secs(60),
             collector: None,
+            cpu_oversubscription: None,
         }
     }
 }

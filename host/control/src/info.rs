@@ -49,6 +49,8 @@ pub fn host_info(capacity: Option<&Capacity>, library: Option<&Path>) -> HostInf
         memory_bytes,
         reserved: running.then(|| Reserved {
             cores: ((cores - free_cores) * 1000.0).round() / 1000.0,
+            cpu_subscription: (capacity.cpu_subscription().0 * 1000.0).round() / 1000.0,
+            cpu_oversubscription_cap: capacity.cpu_subscription().1,
             memory_bytes: memory_bytes - free_memory,
             gpus: count - capacity.free_gpus(),
         }),

@@ -41,7 +41,7 @@ impl ControlPlane {
             tokens,
             logs,
             metrics,
-            capacity: Arc::new(Capacity::of_host()),
+            capacity: Arc::new(Capacity::of_host().with_cpu_oversubscription(options.cpu_oversubscription)),
             options,
         });
         let (tx, rx) = mpsc::channel(COMMANDS);

@@ -16,6 +16,18 @@ const WIT: &str = include_str!("../../../plugins/wit/scoring.wit");
 const SDK_PLINTH: &str = include_str!("../../../plugins/sdk-python/plinth.py");
 const SDK_APP: &str = include_str!("../../../plugins/sdk-python/plinth_app.py");
 
+/// The folder, beside the entry script, holding the pure-Python packages vendored at deploy time.
+pub const VENDOR_DIR: &str = ".plinth_vendor";
+
+/// The Python beside componentize-py (the project's `.venv`), for tools such as `pip`.
+pub fn venv_python() -> Option<PathBuf> {
+    componentize_py()
+        .ok()?
+        .parent()
+        .map(|d| d.join("python"))
+        .filter(|p| p.is_file())
+}
+
 /// `$PLINTH_WORKSPACE/cache`, else `./.plinth/cache`.
 pub fn default_cache_dir() -> PathBuf {
     std::env::var_os("PLINTH_WORKSPACE")
@@ -257,7 +269,8 @@ except SyntaxError as e:
 have = set(sys.stdlib_module_names) | {"plinth", "plinth_app", "wit_world", "componentize_py_types"}
 science = set(sys.argv[3].split(","))
 def local(top):
-    return os.path.exists(os.path.join(src, top + ".py")) or os.path.isdir(os.path.join(src, top))
+    return any(os.path.exists(os.path.join(d, top + ".py")) or os.path.isdir(os.path.join(d, top))
+               for d in (src, os.path.join(src, ".plinth_vendor")))
 missing = []
 scientific = False
 def visit(node, guarded):

@@ -52,6 +52,7 @@ pub(crate) fn service(
         updated: r.updated,
         versions: None,
         replicas: None,
+        host_cpu_subscription: None,
         events: None,
         deployment_config: None,
         inference_config: None,
@@ -134,6 +135,7 @@ pub(crate) fn service(
         view.replicas = Some(svc.versions().iter().map(|x| x.replica_count()).sum());
     }
     view.events = Some(r.events.clone());
+    view.host_cpu_subscription = Some((cx.capacity.cpu_subscription().0 * 1000.0).round() / 1000.0);
     if let Some(first) = r.versions.iter().find(|x| x.is_default) {
         view.deployment_config = Some(to_json(&first.deployment_config));
         view.inference_config = Some(to_json(&first.inference_config));

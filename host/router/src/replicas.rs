@@ -14,11 +14,17 @@ use crate::{Error, Result};
 /// Builds a replica's package: the models and the script, loaded anew, so replicas share nothing.
 pub type Factory = Arc<dyn Fn() -> plinth_runtime::Result<Package> + Send + Sync>;
 
-/// The host's cores and memory, and what replicas have reserved of them.
+/// The host's cores, memory and GPUs, and what replicas have reserved of them.
+///
+/// Memory and GPUs are hard budgets. CPU requests share cores as Kubernetes limits do: they may add up to
+/// more than the host's cores (reported as the subscription ratio), up to an optional cap
+/// ([`Capacity::with_cpu_oversubscription`]).
 pub struct Capacity {
     cpu: f64,
     memory: u64,
     gpus: u32,
+    /// The most CPU requests may add up to, as a multiple of the cores; None: no cap.
+    cpu_cap: Option<f64>,
     used: Mutex<Used>,
 }
 
@@ -27,6 +33,15 @@ struct Used {
     cpu: f64,
     memory: u64,
     gpus: u32,
+    /// What each version's replicas hold, by the replica set's id.
+    holders: std::collections::HashMap<u64, Holder>,
+}
+
+struct Holder {
+    /// `service/version`.
+    name: String,
+    replicas: u32,
+    each: Reservation,
 }
 
 /// What one replica reserves on the host.
@@ -37,12 +52,31 @@ pub struct Reservation {
     pub gpus: u32,
 }
 
+/// Who reserves: a version's replica set (`id`, unique per set) named `service/version`. Sets with the
+/// same name are generations of one version: a new one may count what the one it replaces holds.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+}
+
+impl Owner {
+    pub(crate) fn new(name: String) -> Owner {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Owner {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            name,
+        }
+    }
+}
+
 impl Capacity {
     pub fn new(cpu: f64, memory: u64) -> Self {
         Capacity {
             cpu,
             memory,
             gpus: 0,
+            cpu_cap: None,
             used: Mutex::new(Used::default()),
         }
     }
@@ -50,6 +84,12 @@ impl Capacity {
     /// The same budget with `gpus` GPUs to give out.
     pub fn with_gpus(mut self, gpus: u32) -> Self {
         self.gpus = gpus;
+        self
+    }
+
+    /// Caps CPU requests at `ratio` × the host's cores (`plinth serve --cpu-oversubscription`).
+    pub fn with_cpu_oversubscription(mut self, ratio: Option<f64>) -> Self {
+        self.cpu_cap = ratio;
         self
     }
 
@@ -73,28 +113,50 @@ impl Capacity {
         Capacity::new(cpu, memory).with_gpus(plinth_runtime::onnx::Gpus::of_host().count())
     }
 
-    fn reserve(&self, r: Reservation) -> bool {
+    fn reserve(&self, owner: &Owner, r: Reservation) -> bool {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if used.cpu + r.cpu > self.cpu + 1e-9
-            || used.memory.saturating_add(r.memory) > self.memory
-            || used.gpus + r.gpus > self.gpus
-        {
+        // What the generation being replaced holds is as good as free: it goes once this one serves.
+        let replaced = |f: fn(&Reservation) -> u64| -> u64 {
+            used.holders
+                .iter()
+                .filter(|(id, h)| **id != owner.id && h.name == owner.name)
+                .map(|(_, h)| f(&h.each) * h.replicas as u64)
+                .sum()
+        };
+        let memory_free = self.memory.saturating_sub(used.memory) + replaced(|e| e.memory);
+        let gpus_free = self.gpus.saturating_sub(used.gpus) as u64 + replaced(|e| e.gpus as u64);
+        let cpu_ok = self
+            .cpu_cap
+            .is_none_or(|ratio| used.cpu + r.cpu <= self.cpu * ratio + 1e-9);
+        if r.memory > memory_free || r.gpus as u64 > gpus_free || !cpu_ok {
             return false;
         }
         used.cpu += r.cpu;
         used.memory += r.memory;
         used.gpus += r.gpus;
+        let holder = used.holders.entry(owner.id).or_insert_with(|| Holder {
+            name: owner.name.clone(),
+            replicas: 0,
+            each: r,
+        });
+        holder.replicas += 1;
         true
     }
 
-    fn release(&self, r: Reservation) {
+    fn release(&self, owner: &Owner, r: Reservation) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         used.cpu = (used.cpu - r.cpu).max(0.0);
         used.memory = used.memory.saturating_sub(r.memory);
         used.gpus = used.gpus.saturating_sub(r.gpus);
+        if let Some(h) = used.holders.get_mut(&owner.id) {
+            h.replicas = h.replicas.saturating_sub(1);
+            if h.replicas == 0 {
+                used.holders.remove(&owner.id);
+            }
+        }
     }
 
-    /// (cores, bytes) still free.
+    /// (cores, bytes) still free (cores below zero when CPU is oversubscribed).
     pub fn free(&self) -> (f64, u64) {
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         (self.cpu - used.cpu, self.memory.saturating_sub(used.memory))
@@ -109,6 +171,22 @@ impl Capacity {
     /// The host's totals: (cores, bytes, GPUs).
     pub fn total(&self) -> (f64, u64, u32) {
         (self.cpu, self.memory, self.gpus)
+    }
+
+    /// CPU requests over cores (above 1: oversubscribed), and the cap if any.
+    pub fn cpu_subscription(&self) -> (f64, Option<f64>) {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        (used.cpu / self.cpu.max(1e-9), self.cpu_cap)
+    }
+
+    /// Who holds the host's memory: `service/version (replicas × MiB each)`, largest first.
+    pub fn memory_holders(&self) -> Vec<String> {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<&Holder> = used.holders.values().collect();
+        v.sort_by_key(|h| std::cmp::Reverse(h.each.memory * h.replicas as u64));
+        v.iter()
+            .map(|h| format!("{} ({} × {} MiB)", h.name, h.replicas, h.each.memory >> 20))
+            .collect()
     }
 }
 
@@ -145,15 +223,22 @@ pub(crate) struct Replicas {
     factory: Option<Factory>,
     capacity: Option<Arc<Capacity>>,
     need: Reservation,
+    owner: Owner,
 }
 
 impl Replicas {
-    pub(crate) fn new(factory: Option<Factory>, capacity: Option<Arc<Capacity>>, need: Reservation) -> Self {
+    pub(crate) fn new(
+        factory: Option<Factory>,
+        capacity: Option<Arc<Capacity>>,
+        need: Reservation,
+        owner: Owner,
+    ) -> Self {
         Replicas {
             list: ArcSwap::from_pointee(Vec::new()),
             factory,
             capacity,
             need,
+            owner,
         }
     }
 
@@ -216,42 +301,57 @@ impl Replicas {
 
     /// Reserves one replica's cores, memory and GPUs; false if the host has no room.
     pub(crate) fn reserve(&self) -> bool {
-        self.capacity.as_ref().is_none_or(|c| c.reserve(self.need))
+        self.capacity.as_ref().is_none_or(|c| c.reserve(&self.owner, self.need))
     }
 
     pub(crate) fn unreserve(&self) {
         if let Some(c) = &self.capacity {
-            c.release(self.need);
+            c.release(&self.owner, self.need);
         }
     }
 
-    /// What a replica needs against what the host has free, for messages.
+    /// What a replica needs against what the host has free, for messages: which budget is short, what
+    /// would fit, and who holds the memory.
     pub(crate) fn capacity_note(&self) -> String {
-        match &self.capacity {
-            Some(c) => {
-                let (cpu, mem) = c.free();
-                let mut note = format!(
-                    "a replica needs {} cores and {} MiB; the host has {cpu:.2} cores and {} MiB free",
-                    self.need.cpu,
-                    self.need.memory >> 20,
-                    mem >> 20
-                );
-                if self.need.gpus > 0 {
-                    note = format!(
-                        "a replica needs {} GPU(s), {} cores and {} MiB; the host has {} of {} GPU(s), {cpu:.2} \
-                         cores and {} MiB free",
-                        self.need.gpus,
-                        self.need.cpu,
-                        self.need.memory >> 20,
-                        c.free_gpus(),
-                        c.gpus(),
-                        mem >> 20
-                    );
-                }
-                note
-            }
-            None => "no capacity limit".into(),
+        let Some(c) = &self.capacity else {
+            return "no capacity limit".into();
+        };
+        let (cpu_free, mem_free) = c.free();
+        let (cores, memory, gpus) = c.total();
+        let need = self.need;
+        if need.memory > mem_free {
+            let holders = c.memory_holders();
+            return format!(
+                "a replica needs {} MiB of memory; the host has {} MiB free of {} MiB{}: a replica of at most \
+                 {:.2} GB (containerResourceRequirements.memoryInGB) would fit, or free memory by deleting or \
+                 scaling down a service",
+                need.memory >> 20,
+                mem_free >> 20,
+                memory >> 20,
+                if holders.is_empty() {
+                    String::new()
+                } else {
+                    format!(", held by {}", holders.join(", "))
+                },
+                mem_free as f64 / (1u64 << 30) as f64
+            );
         }
+        if need.gpus > c.free_gpus() {
+            return format!(
+                "a replica needs {} GPU(s); the host has {} of {gpus} free",
+                need.gpus,
+                c.free_gpus()
+            );
+        }
+        let (ratio, cap) = c.cpu_subscription();
+        format!(
+            "a replica needs {} cores; the host's {cores} cores are {:.2}× subscribed ({:.2} cores unrequested){}",
+            need.cpu,
+            ratio,
+            cpu_free.max(0.0),
+            cap.map(|r| format!(", capped at {r}× by --cpu-oversubscription"))
+                .unwrap_or_default()
+        )
     }
 }
 
@@ -270,20 +370,57 @@ mod tests {
     #[test]
     fn capacity_is_a_budget() {
         let r = |cpu, memory, gpus| Reservation { cpu, memory, gpus };
+        let a = Owner::new("a/1".into());
         let c = Capacity::new(2.0, 1 << 30);
-        assert!(c.reserve(r(1.5, 1 << 29, 0)));
-        assert!(!c.reserve(r(1.0, 1, 0)), "no cores left");
-        assert!(!c.reserve(r(0.5, 1 << 30, 0)), "no memory left");
-        assert!(!c.reserve(r(0.1, 1, 1)), "no GPU on this host");
-        c.release(r(1.5, 1 << 29, 0));
+        assert!(c.reserve(&a, r(1.5, 1 << 29, 0)));
+        assert!(c.reserve(&a, r(1.0, 1, 0)), "CPU may be oversubscribed");
+        assert_eq!(c.cpu_subscription().0, 1.25);
+        assert!(!c.reserve(&a, r(0.5, 1 << 30, 0)), "no memory left");
+        assert!(!c.reserve(&a, r(0.1, 1, 1)), "no GPU on this host");
+        c.release(&a, r(1.5, 1 << 29, 0));
+        c.release(&a, r(1.0, 1, 0));
         assert_eq!(c.free(), (2.0, 1 << 30));
 
+        let capped = Capacity::new(2.0, 1 << 30).with_cpu_oversubscription(Some(1.5));
+        assert!(capped.reserve(&a, r(2.0, 1, 0)));
+        assert!(capped.reserve(&a, r(1.0, 1, 0)));
+        assert!(!capped.reserve(&a, r(0.1, 1, 0)), "past 1.5× the cores");
+
         let c = Capacity::new(8.0, 1 << 30).with_gpus(2);
-        assert!(c.reserve(r(0.1, 1, 1)));
-        assert!(c.reserve(r(0.1, 1, 1)));
-        assert!(!c.reserve(r(0.1, 1, 1)), "both GPUs taken");
+        assert!(c.reserve(&a, r(0.1, 1, 1)));
+        assert!(c.reserve(&a, r(0.1, 1, 1)));
+        assert!(!c.reserve(&a, r(0.1, 1, 1)), "both GPUs taken");
         assert_eq!(c.free_gpus(), 0);
-        c.release(r(0.1, 1, 1));
+        c.release(&a, r(0.1, 1, 1));
         assert_eq!(c.free_gpus(), 1);
+    }
+
+    #[test]
+    fn a_redeploy_counts_what_it_replaces_and_refusals_name_the_holders() {
+        let r = |memory| Reservation {
+            cpu: 0.1,
+            memory,
+            gpus: 0,
+        };
+        let c = Arc::new(Capacity::new(2.0, 3 << 30));
+        let old = Owner::new("ridge/1".into());
+        assert!(c.reserve(&old, r(2 << 30)));
+        // The next generation of ridge/1 may use what the old one holds; another service may not.
+        let new = Owner::new("ridge/1".into());
+        assert!(c.reserve(&new, r(2 << 30)));
+        let other = Replicas::new(None, Some(c.clone()), r(2 << 30), Owner::new("big/1".into()));
+        assert!(!other.reserve());
+        let note = other.capacity_note();
+        assert!(
+            note.contains("a replica needs 2048 MiB of memory; the host has 0 MiB free of 3072 MiB"),
+            "{note}"
+        );
+        assert!(
+            note.contains("held by ridge/1 (1 × 2048 MiB), ridge/1 (1 × 2048 MiB)"),
+            "{note}"
+        );
+        c.release(&old, r(2 << 30));
+        let note = other.capacity_note();
+        assert!(note.contains("at most 1.00 GB"), "{note}");
     }
 }

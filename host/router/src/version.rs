@@ -14,7 +14,7 @@ use crate::batch::{BatchConfig, BatchTarget, Batcher};
 use crate::exec::{Placement, ServiceTime, TIMEOUT_GRACE};
 use crate::observe::{Collector, Metrics, Record, Sampling, VersionSeries};
 use crate::queue::Queue;
-use crate::replicas::{Capacity, Factory, Replicas, Reservation};
+use crate::replicas::{Capacity, Factory, Owner, Replicas, Reservation};
 use crate::scale::{Decision, Scalable};
 use crate::stats::Stats;
 use crate::{Error, Result};
@@ -187,6 +187,7 @@ impl Version {
         capacity: Option<Arc<Capacity>>,
         reporting: Reporting,
     ) -> Self {
+        let owner = Owner::new(format!("{service}/{name}"));
         Version {
             name: name.into(),
             service,
@@ -199,6 +200,7 @@ impl Version {
                     memory: config.replica_memory,
                     gpus: config.replica_gpus,
                 },
+                owner,
             ),
             queue: Queue::new(config.max_queue_wait),
             config,

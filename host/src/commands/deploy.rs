@@ -89,6 +89,8 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
     DeploymentConfig::from_json(&dc_name, &dc_bytes)?;
     // Ignored fields are the host's to report (once per version, in the service log and the deploy's
     // progress); the conda file's packages are the CLI's, which can read it.
+    let python_script = ic.entry_script.as_deref().is_some_and(|s| s.ends_with(".py"));
+    let mut to_vendor = Vec::new();
     if let Some(conda) = ic.conda_file.as_deref() {
         let path = inference_config
             .and_then(Path::parent)
@@ -97,6 +99,14 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
         if let Ok(text) = std::fs::read_to_string(&path) {
             let (carried, missing): (Vec<String>, Vec<String>) =
                 conda_packages(&text).into_iter().partition(|p| carried_package(p));
+            // A score.py gets the others vendored (pure Python only), below.
+            if python_script {
+                to_vendor = conda_specs(&text)
+                    .into_iter()
+                    .filter(|(name, _)| missing.contains(name))
+                    .collect();
+            }
+            let missing = if python_script { Vec::new() } else { missing };
             if !carried.is_empty() {
                 eprintln!(
                     "note: {conda}: {} come with the scientific Python runtime, which serves a score.py importing them",
@@ -137,12 +147,118 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
             }
         },
     };
+    let mut files = files;
+    if !to_vendor.is_empty()
+        && let Some(rel) = &entry_script
+    {
+        let conda = ic.conda_file.as_deref().unwrap_or("condaFile");
+        let beside = Path::new(rel)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (path_in, host_path) in vendor(conda, &to_vendor)? {
+            let rel = match beside.as_str() {
+                "" => format!("{}/{path_in}", plinth_control::scripts::VENDOR_DIR),
+                dir => format!("{dir}/{}/{path_in}", plinth_control::scripts::VENDOR_DIR),
+            };
+            files.push((rel, host_path));
+        }
+    }
     Ok(Content {
         ic: ic_value,
         dc: dc_value,
         files,
         entry_script,
     })
+}
+
+/// Downloads the pure-Python wheels (`py3-none-any`) of `specs` from PyPI and unpacks them; returns the
+/// files, relative to the vendor folder. A package without one has native code the scientific runtime
+/// does not carry: an error naming it.
+fn vendor(conda: &str, specs: &[(String, String)]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let python = plinth_control::scripts::venv_python()
+        .context("vendoring the condaFile's packages needs the project's .venv (scripts/setup)")?;
+    let names: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).collect();
+    eprintln!(
+        "vendoring {} (pure Python, from PyPI) for the scientific Python runtime",
+        names.join(", ")
+    );
+    let root = std::env::temp_dir().join(format!("plinth-vendor-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let site = root.join("site");
+    std::fs::create_dir_all(&site)?;
+    for (name, spec) in specs {
+        let wheels = root.join("wheels").join(name);
+        let out = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+            ])
+            .args(["--only-binary=:all:", "--platform", "any", "--python-version", "3.15"])
+            .args(["--implementation", "py", "--abi", "none", "-d"])
+            .arg(&wheels)
+            .arg(spec)
+            .output()
+            .context("running pip")?;
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("no output")
+                .trim()
+                .to_string();
+            bail!(
+                "{conda}: {name} cannot be vendored: PyPI has no pure-Python wheel of {spec}, so it has native code \
+                 the scientific Python runtime does not carry (it carries numpy, pandas, scipy, scikit-learn, \
+                 joblib, statsmodels, matplotlib, ...); remove it from {conda} (pip: {why})"
+            );
+        }
+        for wheel in std::fs::read_dir(&wheels)?.flatten().map(|e| e.path()) {
+            let ok = std::process::Command::new(&python)
+                .args(["-m", "zipfile", "-e"])
+                .arg(&wheel)
+                .arg(&site)
+                .status()?;
+            if !ok.success() {
+                bail!("{conda}: could not unpack {}", wheel.display());
+            }
+        }
+    }
+    let files = super::pack(&site)?;
+    Ok(files)
+}
+
+/// The condaFile's packages as pip specs (`numpy=1.21` → `numpy==1.21`), by name.
+fn conda_specs(text: &str) -> Vec<(String, String)> {
+    let names = conda_packages(text);
+    let items = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(|p| p.trim().trim_matches(['"', '\'']).to_string());
+    let mut out = Vec::new();
+    for item in items {
+        let name = item
+            .split(['=', '<', '>', '!', '~', ' ', '['])
+            .next()
+            .unwrap_or(&item)
+            .to_string();
+        if !names.contains(&name) || out.iter().any(|(n, _): &(String, String)| *n == name) {
+            continue;
+        }
+        let spec = match item.split_once('=') {
+            // conda's `name=1.2` (and `name=1.2=build`) is pip's `name==1.2`.
+            Some((n, rest)) if !rest.starts_with('=') && !n.ends_with(['<', '>', '!', '~']) => {
+                format!("{n}=={}", rest.split('=').next().unwrap_or(rest))
+            }
+            _ => item.clone(),
+        };
+        out.push((name, spec));
+    }
+    out
 }
 
 /// Where the service's log stands now (none for a service not there yet): [`wait`] shows what follows.
@@ -403,6 +519,19 @@ fn conda_packages(text: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn conda_specs_are_pip_specs() {
+        let env = "dependencies:\n  - python=3.8\n  - humanize=4.9\n  - pip:\n    - tabulate>=0.9\n    - six==1.16\n";
+        assert_eq!(
+            super::conda_specs(env),
+            vec![
+                ("humanize".to_string(), "humanize==4.9".to_string()),
+                ("tabulate".to_string(), "tabulate>=0.9".to_string()),
+                ("six".to_string(), "six==1.16".to_string()),
+            ]
+        );
+    }
+
     #[test]
     fn conda_packages_are_named() {
         let env = "name: project_environment\ndependencies:\n  - python=3.8\n  - numpy=1.21\n  - pip:\n    - scikit-learn==1.0\n    - azureml-defaults>=1.40\n  - pip\n";

@@ -95,12 +95,19 @@ fn text(i: &HostInfo, from: Option<&str>) -> String {
     out.push_str(&format!("\ncores:        {}", i.cores));
     out.push_str(&format!("\nmemory:       {}", gib(i.memory_bytes)));
     match &i.reserved {
-        Some(r) => out.push_str(&format!(
-            "\nreserved:     {} cores, {}, {} GPU(s)",
-            r.cores,
-            gib(r.memory_bytes),
-            r.gpus
-        )),
+        Some(r) => {
+            out.push_str(&format!(
+                "\nreserved:     {} cores, {}, {} GPU(s)",
+                r.cores,
+                gib(r.memory_bytes),
+                r.gpus
+            ));
+            let cap = r
+                .cpu_oversubscription_cap
+                .map(|c| format!(" (capped at {c}×)"))
+                .unwrap_or_default();
+            out.push_str(&format!("\nCPU:          {:.2}× subscribed{cap}", r.cpu_subscription));
+        }
         None => out.push_str("\nreserved:     (no host running)"),
     }
     out

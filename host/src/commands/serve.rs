@@ -56,6 +56,10 @@ pub struct Args {
     /// descriptor limit, raised to its hard maximum, less a quarter kept for models, logs and data).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Caps CPU requests at RATIO × the host's cores (default: no cap). CPU is shared as Kubernetes
+    /// limits share it: requests may add up to more than the cores; memory stays a hard budget.
+    #[arg(long, env = "PLINTH_CPU_OVERSUBSCRIPTION", value_name = "RATIO")]
+    cpu_oversubscription: Option<f64>,
     /// Serve /metrics without the admin credential (for a Prometheus that scrapes without one).
     #[arg(long)]
     open_metrics: bool,
@@ -111,6 +115,7 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
             cache_dir: Some(cache_dir),
             scale_down_after: Duration::from_secs(args.scale_down_window_secs),
             collector: Some(collector.clone()),
+            cpu_oversubscription: args.cpu_oversubscription,
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -305,6 +305,11 @@ fn service_summary(s: &ServiceView, base: &str) -> String {
     if let Some(r) = s.replicas {
         out.push_str(&format!("\nreplicas:    {r}"));
     }
+    if let Some(ratio) = s.host_cpu_subscription.filter(|r| *r > 1.0) {
+        out.push_str(&format!(
+            "\nhost CPU:    {ratio:.2}× subscribed (CPU requests share cores; memory is reserved)"
+        ));
+    }
     let rows: Vec<Vec<String>> = s
         .versions
         .iter()

@@ -112,6 +112,9 @@ def _describe(e, script_path):
 # ---- load -------------------------------------------------------------------------------------------
 
 
+VENDOR_DIR = ".plinth_vendor"
+
+
 def load(source_dir, module_name="score"):
     """Imports the entry script ``module_name`` from ``source_dir``, sends its swagger schemas (``S``) when
     ``run`` is decorated with inference-schema, and calls ``init()``. Returns True, or sends ``E`` (kind
@@ -152,9 +155,12 @@ def _normalise(source_dir, module_name):
 def _import(source_dir, module_name):
     import importlib
 
-    if source_dir in sys.path:
-        sys.path.remove(source_dir)
-    sys.path.insert(0, source_dir)
+    # Pure-Python packages the deployment's conda/pip file named, vendored at deploy time.
+    for folder in (os.path.join(source_dir, VENDOR_DIR), source_dir):
+        if folder in sys.path:
+            sys.path.remove(folder)
+        if folder == source_dir or os.path.isdir(folder):
+            sys.path.insert(0, folder)
     # A second load in the same interpreter (tests, or a reload) imports the script afresh.
     for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
         del sys.modules[name]
