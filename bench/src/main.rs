@@ -11,6 +11,7 @@ use plinth_runtime::onnx::{OnnxModel, SessionOptions};
 use plinth_runtime::wasm::{CallContext, EngineConfig, ScriptLimits, WasmEngine};
 use plinth_runtime::{ModelSource, Package, PackageSpec, Tensor, TensorData};
 
+mod azure;
 mod grpc;
 mod load;
 mod suite;
@@ -27,6 +28,14 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(suite::suite(&repo(), secs, rounds))
+        }
+        "azure" => {
+            let secs = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(azure::azure(&repo(), secs))
         }
         "protocols" => {
             let secs = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -90,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        other => bail!("unknown benchmark '{other}' (known: runtime, http, protocols, bare, load)"),
+        other => bail!("unknown benchmark '{other}' (known: runtime, http, protocols, azure, bare, load)"),
     }
 }
 

@@ -19,7 +19,7 @@ pub(crate) const KEY: &str = "bench-key-0123456789abcdef0123";
 const RIDGE_ROW: &str = "[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.01]";
 
 pub(crate) struct Host {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
     /// The gRPC listener, when started with `--grpc-listen`.
     pub(crate) grpc: Option<SocketAddr>,

@@ -66,6 +66,7 @@ pub enum Error {
     Response {
         status: u16,
         content_type: Option<String>,
+        headers: Vec<(String, String)>,
         body: Vec<u8>,
     },
 

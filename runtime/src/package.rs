@@ -184,13 +184,14 @@ impl Package {
                 .content_type
                 .as_deref()
                 .is_none_or(|t| t.starts_with("application/json"));
-            if r.status == 200 && json {
+            if r.status == 200 && json && r.headers.is_empty() {
                 return Ok(r.body);
             }
-            // Azure's AMLResponse: the script chose the status (and perhaps a content type).
+            // Azure's AMLResponse: the script chose the status (and perhaps a content type and headers).
             return Err(Error::Response {
                 status: r.status,
                 content_type: r.content_type,
+                headers: r.headers,
                 body: r.body,
             });
         }

@@ -98,7 +98,8 @@ def run(request):
         return AMLResponse({"model": path, "n": request.args.get("n")}, 200)
     rows = np.array(request.get_json()["data"], dtype=np.float32)
     out = plinth.infer("diabetes", {"X": rows})
-    return AMLResponse({"variable": out["variable"], "who": request.headers.get("X-Who")}, 201)
+    return AMLResponse({"variable": out["variable"], "who": request.headers.get("X-Who")}, 201,
+                       {"X-Served-By": "score.py"})
 "#,
     )
     .unwrap();
@@ -131,6 +132,7 @@ def run(request):
         ],
     );
     assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("x-served-by").as_deref(), Some("score.py"));
     // The native ONNX model's answer, through plinth.infer from numpy, equals the no-code route's.
     let plain = Dc::test().no_auth().write(&dir, "plain.json");
     host.deploy("diabetes:1", "plain", &plain);

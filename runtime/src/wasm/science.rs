@@ -167,6 +167,14 @@ impl ScienceRuntime {
         }
         let scratch = root.join("tmp");
         std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+        // Private /tmp folders of instances whose host was killed: their process is gone.
+        for entry in std::fs::read_dir(&scratch).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
 
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(cfg_err)?;
@@ -285,6 +293,8 @@ pub struct HttpRequest {
 pub struct ScienceResponse {
     pub status: u16,
     pub content_type: Option<String>,
+    /// Other headers the script set (`AMLResponse(..., response_headers={...})`).
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -358,6 +368,14 @@ fn answer(state: &mut State, frame: &[u8]) -> Vec<u8> {
             state.reply = Some(Reply::Response(ScienceResponse {
                 status: head["status"].as_u64().unwrap_or(200).clamp(100, 599) as u16,
                 content_type: head["contentType"].as_str().map(str::to_string),
+                headers: head["headers"]
+                    .as_object()
+                    .map(|h| {
+                        h.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 body: body.to_vec(),
             }));
             Vec::new()

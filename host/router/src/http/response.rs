@@ -37,7 +37,13 @@ impl From<&Error> for Response<Body> {
     fn from(e: &Error) -> Self {
         let status = status_of(e);
         // A script's own answer (Azure's AMLResponse): its status, body and content type, as it gave them.
-        if let Error::Runtime(plinth_runtime::Error::Response { content_type, body, .. }) = e {
+        if let Error::Runtime(plinth_runtime::Error::Response {
+            content_type,
+            body,
+            headers,
+            ..
+        }) = e
+        {
             let mut r = Response::new(Full::new(Bytes::from(body.clone())));
             *r.status_mut() = status;
             let ct = content_type.as_deref().unwrap_or("application/json");
@@ -45,6 +51,18 @@ impl From<&Error> for Response<Body> {
                 CONTENT_TYPE,
                 HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
             );
+            for (name, value) in headers {
+                // Only well-formed headers, and none that would change how the response is framed.
+                if let (Ok(n), Ok(v)) = (
+                    http::header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) && !matches!(
+                    n.as_str(),
+                    "content-length" | "transfer-encoding" | "connection" | "content-type"
+                ) {
+                    r.headers_mut().append(n, v);
+                }
+            }
             return r;
         }
         // Busy and late answers are counted in metrics; under overload a line each would flood the log.
