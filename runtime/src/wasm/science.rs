@@ -521,6 +521,8 @@ struct Inner {
     idle: Mutex<Vec<mpsc::Sender<Job>>>,
     freed: Condvar,
     threads: AtomicUsize,
+    /// Set when the script is dropped: instance threads then end (and free their interpreters).
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for ScienceScript {
@@ -529,6 +531,15 @@ impl std::fmt::Debug for ScienceScript {
             .field("name", &self.inner.name)
             .field("module", &self.inner.module)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ScienceScript {
+    fn drop(&mut self) {
+        // The instance threads hold the script's state; dropping their job senders ends them, and with
+        // them their interpreters (a replica removed or a version replaced frees its memory).
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -568,6 +579,7 @@ impl ScienceScript {
             idle: Mutex::new(Vec::new()),
             freed: Condvar::new(),
             threads: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         });
         let (sender, schema) = Inner::spawn(&inner)?;
         inner.give_back(sender);
@@ -644,7 +656,12 @@ impl Inner {
     }
 
     fn give_back(&self, sender: mpsc::Sender<Job>) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Once closed, a sender given back is dropped, which ends its thread.
+        if !self.closed.load(Ordering::Acquire) {
+            idle.push(sender);
+        }
+        drop(idle);
         self.freed.notify_one();
     }
 

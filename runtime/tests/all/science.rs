@@ -30,7 +30,15 @@ fn load(d: &Path, script: &str, limits: ScriptLimits) -> plinth_runtime::Result<
     std::fs::write(d.join("app/score.py"), script).unwrap();
     let spec = PackageSpec {
         entry_script: Some(d.join("app/score.py")),
-        script_name: Some("score".into()),
+        script_name: Some(
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .split('-')
+                .nth(2)
+                .unwrap_or("score")
+                .into(),
+        ),
         model_dir: Some(d.join("models")),
         limits,
         ..PackageSpec::default()
@@ -78,6 +86,21 @@ fn the_canonical_azure_script_answers_what_scikit_learn_answers() {
         package.score(&body, &CallContext::default()).unwrap();
     }
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // Dropping the package (a replica removed, a version replaced) ends its interpreters' threads.
+    let threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "plinth-py-canon"))
+            .count()
+    };
+    assert_eq!(threads(), 1);
+    drop(package);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while threads() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(threads(), 0, "an interpreter thread outlived its script");
 }
 
 #[test]
