@@ -61,6 +61,24 @@ fn the_azure_example_runs_unchanged_and_answers_as_scikit_learn() {
         .unwrap();
     let want: Vec<f64> = serde_json::from_slice(&want.stdout).unwrap();
     assert_eq!(got, want);
+    // The interpreter's own echo never reaches the service log; the script's output would.
+    let logs = host.run(&["service", "logs", "ridge"]);
+    assert!(!logs.lines().any(|l| l.trim_end().ends_with(" True")), "{logs}");
+    // "Debug locally first": the same files in process, the pickle's folder as AZUREML_MODEL_DIR.
+    let out = plinth()
+        .args(["score", "-m"])
+        .arg(format!("ridge={}", dir.join("model").display()))
+        .args([
+            "--script",
+            "examples/azure-sklearn/score.py",
+            "-d",
+            "examples/azure-sklearn/sample.json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let local: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(local, got);
     // Which runtime serves is said.
     let show = host.run_json(&["service", "show", "ridge"]);
     assert_eq!(show["versions"][0]["runtime"], "python-scientific", "{show}");

@@ -13,6 +13,7 @@ use plinth_runtime::{ModelSource, Package, PackageSpec};
 #[derive(clap::Args)]
 pub struct Args {
     /// A model as NAME=PATH (an .onnx file or a folder holding one); PATH alone names it after the file.
+    /// With a script, a folder without an .onnx file (a pickled model) is the script's AZUREML_MODEL_DIR.
     #[arg(short = 'm', long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
 
@@ -70,11 +71,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .cache_dir
         .clone()
         .unwrap_or_else(plinth_control::scripts::default_cache_dir);
-    let models = args
+    let mut models = args
         .models
         .iter()
         .map(|m| parse_model(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // A folder without an .onnx file (a pickled scikit-learn model, say) is the script's model folder
+    // (AZUREML_MODEL_DIR), not an ONNX model.
+    let mut model_dir = None;
+    if args.script.is_some() {
+        models.retain(|m| {
+            let onnx = m.path.is_file()
+                || std::fs::read_dir(&m.path)
+                    .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "onnx")))
+                    .unwrap_or(false);
+            if !onnx && model_dir.is_none() {
+                model_dir = Some(m.path.clone());
+            }
+            onnx
+        });
+    }
     let entry_script = match &args.script {
         Some(path) if super::is_rust_crate(path) => Some(super::build_rust_script(path)?),
         Some(path) => Some(plinth_control::scripts::prepare(path, &cache_dir)?),
@@ -98,6 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ..ScriptLimits::default()
         },
         ort_library: args.ort_lib.clone(),
+        model_dir,
         session: SessionOptions {
             providers,
             cache_dir: Some(cache_dir.clone()),

@@ -800,7 +800,8 @@ impl Inner {
             _tmp: tmp,
         };
         let source = format!(
-            "import sys; sys.path[0:0] = [{LIB_DIR:?}]; import plinth_science; plinth_science.load({APP_DIR:?}, {:?})",
+            // Assigned, so that the interpreter does not echo the result as it would an expression's.
+            "import sys; sys.path[0:0] = [{LIB_DIR:?}]; import plinth_science; _ = plinth_science.load({APP_DIR:?}, {:?})",
             self.module
         );
         let turned = turn(&mut live, &source);
@@ -857,7 +858,7 @@ impl Inner {
             state.log_budget = self.limits.max_log_bytes;
         }
         live.store.set_epoch_deadline(ticks(self.limits.deadline));
-        let turned = turn(live, "plinth_science.call()");
+        let turned = turn(live, "_ = plinth_science.call()");
         let out = self.flush(&live.stdio, ctx.request_id.as_deref());
         let reply = live.store.data_mut().reply.take();
         match turned {
