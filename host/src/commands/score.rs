@@ -120,7 +120,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cache_dir: Some(cache_dir.clone()),
             ..SessionOptions::default()
         },
-        ..PackageSpec::default()
     };
     let engine = match spec.entry_script {
         Some(_) => Some(WasmEngine::new(EngineConfig {
