@@ -143,4 +143,9 @@ fn init_logging(format: LogFormat, logs: Arc<LogHub>) {
         LogFormat::Text => registry.with(fmt.with_filter(filter)).init(),
         LogFormat::Json => registry.with(fmt.json().with_filter(filter)).init(),
     }
+    // Records from crates that log through `log` (cranelift and regalloc2 while compiling wasm, rustls)
+    // reach tracing through a bridge that asks every filter per record; the script layer's filter has no
+    // level hint, so without a cap every trace! inside the compiler took that path (a Python component or
+    // the scientific interpreter compiled 4× slower). They are capped at info before the bridge.
+    log::set_max_level(log::LevelFilter::Info);
 }

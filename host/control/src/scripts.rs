@@ -19,6 +19,15 @@ const SDK_APP: &str = include_str!("../../../plugins/sdk-python/plinth_app.py");
 /// The folder, beside the entry script, holding the pure-Python packages vendored at deploy time.
 pub const VENDOR_DIR: &str = ".plinth_vendor";
 
+/// The runtime a `.py` entry script will run on (the component runtime when it cannot be checked).
+pub fn python_runtime(script: &Path) -> PythonRuntime {
+    let Ok(tool) = componentize_py() else {
+        return PythonRuntime::Component;
+    };
+    let dir = script.parent().unwrap_or(Path::new("."));
+    run_check(script, dir, &tool, &["runtime-only"]).unwrap_or(PythonRuntime::Component)
+}
+
 /// The Python beside componentize-py (the project's `.venv`), for tools such as `pip`.
 pub fn venv_python() -> Option<PathBuf> {
     componentize_py()
@@ -257,6 +266,12 @@ fn compile_python(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> R
 /// and line; a script importing the scientific stack goes to the scientific runtime. Imports inside `try`
 /// (optional ones) are left alone. No Python beside the tool: no check, the component runtime.
 fn check_python(script: &Path, source_dir: &Path, tool: &Path) -> Result<PythonRuntime> {
+    run_check(script, source_dir, tool, &[])
+}
+
+/// [`check_python`]; `runtime-only` in `extra` decides the runtime without reporting missing modules
+/// (the CLI asks before vendoring them).
+fn run_check(script: &Path, source_dir: &Path, tool: &Path, extra: &[&str]) -> Result<PythonRuntime> {
     const CHECK: &str = r#"
 import ast, os, sys
 path, src = sys.argv[1], sys.argv[2]
@@ -291,7 +306,7 @@ def visit(node, guarded):
     for child in ast.iter_child_nodes(node):
         visit(child, guarded)
 visit(tree, False)
-if missing:
+if missing and sys.argv[4:] != ["runtime-only"]:
     line, top = missing[0]
     print(f"{name}:{line}: module {top} is not available in the sandbox: an entry script can import the "
           "Python standard library, plinth, Azure's inference_schema and azureml helpers, the scientific "
@@ -308,6 +323,7 @@ sys.exit(4 if scientific else 0)
         .arg(script)
         .arg(source_dir)
         .arg(SCIENCE.join(","))
+        .args(extra)
         .output()
         .map_err(Error::io(&python))?;
     match output.status.code() {

@@ -92,6 +92,12 @@ impl Error {
         }
     }
 
+    /// A script's own answer with a success status (Azure's `AMLResponse` with 2xx or 3xx): carried as
+    /// an error only because it is not JSON or not 200; counted and logged as the success it is.
+    pub fn is_answer(&self) -> bool {
+        matches!(self, Error::Runtime(plinth_runtime::Error::Response { status, .. }) if *status < 400)
+    }
+
     /// Whose fault the failure is. Error rates, rollbacks and the 4xx/5xx split follow from this;
     /// the exact status code is the HTTP layer's choice.
     pub fn fault(&self) -> Fault {

@@ -115,16 +115,20 @@ impl Capacity {
 
     fn reserve(&self, owner: &Owner, r: Reservation) -> bool {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        // What the generation being replaced holds is as good as free: it goes once this one serves.
+        // What an older generation of the same version holds is as good as free: it goes once this one
+        // serves. Only older ones (ids grow), so the generation being replaced gets no credit back.
         let replaced = |f: fn(&Reservation) -> u64| -> u64 {
             used.holders
                 .iter()
-                .filter(|(id, h)| **id != owner.id && h.name == owner.name)
+                .filter(|(id, h)| **id < owner.id && h.name == owner.name)
                 .map(|(_, h)| f(&h.each) * h.replicas as u64)
                 .sum()
         };
-        let memory_free = self.memory.saturating_sub(used.memory) + replaced(|e| e.memory);
-        let gpus_free = self.gpus.saturating_sub(used.gpus) as u64 + replaced(|e| e.gpus as u64);
+        let memory_free = self
+            .memory
+            .saturating_add(replaced(|e| e.memory))
+            .saturating_sub(used.memory);
+        let gpus_free = (self.gpus as u64 + replaced(|e| e.gpus as u64)).saturating_sub(used.gpus as u64);
         let cpu_ok = self
             .cpu_cap
             .is_none_or(|ratio| used.cpu + r.cpu <= self.cpu * ratio + 1e-9);
@@ -408,6 +412,12 @@ mod tests {
         // The next generation of ridge/1 may use what the old one holds; another service may not.
         let new = Owner::new("ridge/1".into());
         assert!(c.reserve(&new, r(2 << 30)));
+        // The credit is what the old one holds, once: not a licence to grow past the host.
+        assert!(!c.reserve(&new, r(2 << 30)), "3 GiB host: 2 old + 2 new is the most");
+        assert!(
+            !c.reserve(&old, r(1 << 30)),
+            "the old generation gets no credit from the new"
+        );
         let other = Replicas::new(None, Some(c.clone()), r(2 << 30), Owner::new("big/1".into()));
         assert!(!other.reserve());
         let note = other.capacity_note();

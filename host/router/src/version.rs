@@ -461,7 +461,7 @@ impl Version {
     /// Records one request's outcome: a rejected request (4xx) or a failure (5xx other than a full queue).
     pub(crate) fn record(&self, started: Instant, error: Option<&Error>) {
         let ended = Instant::now();
-        let fault = error.map(Error::fault);
+        let fault = error.filter(|e| !e.is_answer()).map(Error::fault);
         if fault == Some(crate::Fault::Client) {
             self.stats.reject();
         }

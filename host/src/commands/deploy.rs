@@ -89,7 +89,15 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
     DeploymentConfig::from_json(&dc_name, &dc_bytes)?;
     // Ignored fields are the host's to report (once per version, in the service log and the deploy's
     // progress); the conda file's packages are the CLI's, which can read it.
-    let python_script = ic.entry_script.as_deref().is_some_and(|s| s.ends_with(".py"));
+    // Only a script for the scientific runtime gets packages vendored (the component runtime compiles
+    // its source folder alone).
+    let base_for_check = inference_config.and_then(Path::parent).unwrap_or(Path::new(""));
+    let python_script = ic
+        .entry_script_path(base_for_check)
+        .filter(|p| p.extension().is_some_and(|e| e == "py") && p.is_file())
+        .is_some_and(|p| {
+            plinth_control::scripts::python_runtime(&p) == plinth_control::scripts::PythonRuntime::Scientific
+        });
     let mut to_vendor = Vec::new();
     if let Some(conda) = ic.conda_file.as_deref() {
         let path = inference_config
@@ -183,8 +191,13 @@ fn vendor(conda: &str, specs: &[(String, String)]) -> anyhow::Result<Vec<(String
         "vendoring {} (pure Python, from PyPI) for the scientific Python runtime",
         names.join(", ")
     );
-    let root = std::env::temp_dir().join(format!("plinth-vendor-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let root = std::env::temp_dir().join(format!("plinth-vendor-{}-{nanos:x}", std::process::id()));
+    // A fresh folder of this command's own, never one found waiting.
+    std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
     let site = root.join("site");
     std::fs::create_dir_all(&site)?;
     for (name, spec) in specs {
@@ -205,12 +218,17 @@ fn vendor(conda: &str, specs: &[(String, String)]) -> anyhow::Result<Vec<(String
             .output()
             .context("running pip")?;
         if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr)
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let why = stderr
                 .lines()
                 .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("no output")
                 .trim()
                 .to_string();
+            // Only "nothing matches a pure-Python wheel" means native code; anything else is pip's story.
+            if !stderr.contains("No matching distribution") && !stderr.contains("from versions: none") {
+                bail!("{conda}: could not download {spec} from PyPI to vendor it: {why}");
+            }
             bail!(
                 "{conda}: {name} cannot be vendored: PyPI has no pure-Python wheel of {spec}, so it has native code \
                  the scientific Python runtime does not carry (it carries numpy, pandas, scipy, scikit-learn, \

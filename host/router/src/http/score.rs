@@ -98,8 +98,9 @@ impl Host {
             Ok(_) => StatusCode::OK,
             Err(e) => status_of(e),
         };
+        let error = result.as_ref().err().filter(|e| !e.is_answer());
         self.observer
-            .request(name, Some(served), status, started, request_id, result.as_ref().err());
+            .request(name, Some(served), status, started, request_id, error);
         Scored {
             version: Some(version),
             result,
