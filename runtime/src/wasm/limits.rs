@@ -69,3 +69,68 @@ impl ResourceLimiter for MemoryCap {
 pub(crate) fn ticks(d: Duration) -> u64 {
     (d.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
 }
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] on a thread named `name`, until the returned flag is
+/// cleared or the engine is gone.
+pub(crate) fn start_epoch_ticker(
+    engine: &wasmtime::Engine,
+    name: &str,
+) -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ticker = std::sync::Arc::new(AtomicBool::new(true));
+    let running = ticker.clone();
+    let weak = engine.weak();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        while running.load(Ordering::Relaxed) {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+        }
+    })?;
+    Ok(ticker)
+}
+
+/// A call stopped by the host, as the caller is told: the deadline, the memory cap (`memory_hit`, the
+/// size asked for), or the script's own trap, with the last useful line it printed.
+pub(crate) fn trap_error(
+    script: &str,
+    limits: &ScriptLimits,
+    e: &wasmtime::Error,
+    memory_hit: Option<usize>,
+    output: &str,
+) -> crate::Error {
+    use wasmtime::Trap;
+
+    use crate::TrapKind;
+    let kind = if memory_hit.is_some() {
+        TrapKind::Memory
+    } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        TrapKind::Deadline
+    } else {
+        TrapKind::Trap
+    };
+    let mut message = match kind {
+        TrapKind::Deadline => format!("stopped after {} ms", limits.deadline.as_millis()),
+        TrapKind::Memory => format!(
+            "the script asked for {} MiB, the cap is {} MiB",
+            memory_hit.unwrap_or(0) >> 20,
+            limits.memory_bytes >> 20
+        ),
+        TrapKind::Trap => match e.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{e}"),
+        },
+    };
+    // A Rust panic or a Python traceback ends up on stderr; its last line is the useful part.
+    let useful = |l: &&str| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE");
+    if let Some(last) = output.lines().rev().find(useful) {
+        message.push_str(&format!(" (script output: {})", last.trim()));
+    }
+    crate::Error::ScriptTrap {
+        script: script.to_string(),
+        kind,
+        message,
+    }
+}

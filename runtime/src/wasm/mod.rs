@@ -95,20 +95,7 @@ impl WasmEngine {
         Scoring::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| Error::Config(format!("wasm engine: linking host imports: {e:#}")))?;
 
-        let ticker = Arc::new(AtomicBool::new(true));
-        let running = ticker.clone();
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("plinth-epoch".into())
-            .spawn(move || {
-                while running.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+        let ticker = self::limits::start_epoch_ticker(&engine, "plinth-epoch")
             .map_err(|e| Error::Config(format!("wasm engine: epoch thread: {e}")))?;
         Ok(WasmEngine {
             engine,

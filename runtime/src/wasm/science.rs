@@ -20,14 +20,14 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use wasmtime::{Caller, Config, Engine, Linker, Module, Store, Trap};
+use wasmtime::{Caller, Config, Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::host::LogPipe;
-use super::limits::{EPOCH_TICK, MemoryCap, ScriptLimits, ticks};
+use super::limits::{MemoryCap, ScriptLimits, start_epoch_ticker, ticks};
 use super::script::{CallContext, MODEL_DIR};
-use crate::{DataType, Error, ModelSet, Result, Tensor, TensorData, TrapKind};
+use crate::{DataType, Error, ModelSet, Result, Tensor, TensorData};
 
 /// Where the script's own folder appears in the sandbox.
 pub const APP_DIR: &str = "/app";
@@ -198,20 +198,7 @@ impl ScienceRuntime {
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(cfg_err)?;
         linker.func_wrap("host", "call", door).map_err(cfg_err)?;
 
-        let ticker = Arc::new(AtomicBool::new(true));
-        let running = ticker.clone();
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("plinth-epoch-py".into())
-            .spawn(move || {
-                while running.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+        let ticker = start_epoch_ticker(&engine, "plinth-epoch-py")
             .map_err(|e| Error::Config(format!("scientific Python runtime: epoch thread: {e}")))?;
         Ok(ScienceRuntime {
             engine,
@@ -963,33 +950,7 @@ impl Inner {
     }
 
     fn trap_error(&self, e: &wasmtime::Error, memory_hit: Option<usize>, out: &str) -> Error {
-        let kind = if memory_hit.is_some() {
-            TrapKind::Memory
-        } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-            TrapKind::Deadline
-        } else {
-            TrapKind::Trap
-        };
-        let mut message = match kind {
-            TrapKind::Deadline => format!("stopped after {} ms", self.limits.deadline.as_millis()),
-            TrapKind::Memory => format!(
-                "the script asked for {} MiB, the cap is {} MiB",
-                memory_hit.unwrap_or(0) >> 20,
-                self.limits.memory_bytes >> 20
-            ),
-            TrapKind::Trap => match e.downcast_ref::<Trap>() {
-                Some(trap) => trap.to_string(),
-                None => format!("{e}"),
-            },
-        };
-        if let Some(last) = last_line(out) {
-            message.push_str(&format!(" (script output: {last})"));
-        }
-        Error::ScriptTrap {
-            script: self.name.to_string(),
-            kind,
-            message,
-        }
+        super::limits::trap_error(&self.name, &self.limits, e, memory_hit, out)
     }
 }
 

@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::host::{HostState, LogPipe};
 use super::limits::{MemoryCap, ScriptLimits, ticks};
 use super::{Scoring, ScoringPre, WasmEngine, cache, wit};
-use crate::{Error, ModelSet, Result, TrapKind};
+use crate::{Error, ModelSet, Result};
 
 /// Where the package's model files appear inside the sandbox (also `AZUREML_MODEL_DIR`).
 pub const MODEL_DIR: &str = "/models";
@@ -244,34 +244,6 @@ impl EntryScript {
     }
 
     fn trap_error(&self, e: &wasmtime::Error, memory_hit: Option<usize>, stdio: &str) -> Error {
-        let kind = if memory_hit.is_some() {
-            TrapKind::Memory
-        } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-            TrapKind::Deadline
-        } else {
-            TrapKind::Trap
-        };
-        let mut message = match kind {
-            TrapKind::Deadline => format!("stopped after {} ms", self.limits.deadline.as_millis()),
-            TrapKind::Memory => format!(
-                "the script asked for {} MiB, the cap is {} MiB",
-                memory_hit.unwrap_or(0) >> 20,
-                self.limits.memory_bytes >> 20
-            ),
-            TrapKind::Trap => match e.downcast_ref::<Trap>() {
-                Some(trap) => trap.to_string(),
-                None => format!("{e}"),
-            },
-        };
-        // A Rust panic or a Python traceback ends up on stderr; its last line is the useful part.
-        let useful = |l: &&str| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE");
-        if let Some(last) = stdio.lines().rev().find(useful) {
-            message.push_str(&format!(" (script output: {})", last.trim()));
-        }
-        Error::ScriptTrap {
-            script: self.name.to_string(),
-            kind,
-            message,
-        }
+        super::limits::trap_error(&self.name, &self.limits, e, memory_hit, stdio)
     }
 }
