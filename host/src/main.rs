@@ -74,6 +74,16 @@ enum Command {
     Score(commands::score::Args),
     /// Replicas needed for a load, by Azure ML's sizing rule.
     Capacity(commands::capacity::Args),
+    /// Kubernetes: the controller that places hosts onto a cluster, its CRD, and rendered manifests.
+    Controller {
+        #[command(subcommand)]
+        command: commands::controller::Command,
+    },
+    /// Packages (one version as a tarball addressed by its sha256): fetch one and check it.
+    Package {
+        #[command(subcommand)]
+        command: commands::package::Command,
+    },
     /// The host: version, ONNX Runtime and its execution providers, GPUs, cores, memory, reservations.
     Info {
         #[command(flatten)]
@@ -84,7 +94,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().map(azure_spelling).collect();
+    let args = export_dir_flag(std::env::args_os().map(azure_spelling).collect());
     let json_output = args
         .windows(2)
         .any(|w| (w[0] == "-o" || w[0] == "--output") && w[1] == "json")
@@ -101,6 +111,8 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Capacity(args) => commands::capacity::run(args),
         Command::Info { args, host } => commands::info::run(args, &host),
+        Command::Controller { command } => commands::controller::run(command),
+        Command::Package { command } => commands::package::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +126,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `plinth service export NAME -o DIR`: there `-o`/`--output` names the folder (everywhere else it is
+/// the output format), read as `--out-dir`.
+fn export_dir_flag(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let is_export = args.windows(2).any(|w| w[0] == "service" && w[1] == "export");
+    if is_export {
+        for a in args.iter_mut() {
+            if a == "-o" || a == "--output" {
+                *a = "--out-dir".into();
+            }
+        }
+    }
+    args
 }
 
 /// Azure's CLI spells the config flags `-ic` and `-dc` (one dash, two letters), which clap cannot

@@ -75,6 +75,18 @@ impl TestHost {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--workspace"])
             .arg(ws)
             .args(extra);
+        Self::spawn(cmd, ws, extra)
+    }
+
+    /// A host started with exactly these arguments (they must include `serve` and a `--listen` with port
+    /// 0); `ws` is its workspace.
+    pub fn start_with_args(args: &[String], ws: &Path) -> TestHost {
+        let mut cmd = plinth();
+        cmd.args(args);
+        Self::spawn(cmd, ws, &[])
+    }
+
+    fn spawn(mut cmd: Command, ws: &Path, extra: &[&str]) -> TestHost {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("starting plinth serve");
         let stdout = child.stdout.take().unwrap();

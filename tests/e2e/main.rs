@@ -7,6 +7,7 @@ mod attack;
 mod batch;
 mod capacity;
 mod cli;
+mod cluster;
 mod embedded;
 mod endpoint;
 mod fixture;

@@ -32,6 +32,15 @@ impl ControlPlane {
             body,
         } = request;
         let ws = &self.cx.ws;
+        if let Some(declared) = &self.cx.options.declared
+            && method != Method::GET
+            && !matches!(path, ["services", _, "token"])
+        {
+            return Err(Error::Conflict(format!(
+                "this host serves service {declared} as its manifest declares it (plinth serve --service-manifest): \
+                 change the manifest (the PlinthService) instead of this host"
+            )));
+        }
         match (method, path) {
             (&Method::GET, ["blobs", sha]) => match ws.has_blob(sha)? {
                 true => ok(&serde_json::json!({"sha256": sha})),

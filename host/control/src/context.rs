@@ -36,6 +36,9 @@ pub struct ControlOptions {
     pub collector: Option<Arc<Collector>>,
     /// CPU requests at most this multiple of the host's cores; None: no cap.
     pub cpu_oversubscription: Option<f64>,
+    /// The service this host serves from a manifest (`plinth serve --service-manifest`): the admin API
+    /// refuses every write.
+    pub declared: Option<String>,
 }
 
 impl Default for ControlOptions {
@@ -47,6 +50,7 @@ impl Default for ControlOptions {
             scale_down_after: Duration::from_secs(60),
             collector: None,
             cpu_oversubscription: None,
+            declared: None,
         }
     }
 }

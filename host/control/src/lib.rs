@@ -12,6 +12,8 @@
 //! | automatic rollback of treatments | `rollback.rs` |
 //! | the admin API's routes, and its types (shared with the CLI) | `admin.rs`, `api.rs` |
 //! | what `service show` shows | `views.rs` |
+//! | packages: one version as a tarball addressed by its sha256 | `package.rs` |
+//! | a host serving a declared service (Kubernetes pods) | `declared.rs` |
 
 #![forbid(unsafe_code)]
 
@@ -20,11 +22,13 @@ pub mod api;
 mod build;
 pub mod config;
 mod context;
+mod declared;
 mod deployments;
 mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod info;
+pub mod package;
 mod plane;
 mod rollback;
 pub mod scripts;
@@ -34,6 +38,7 @@ mod validate;
 mod views;
 
 pub use self::context::ControlOptions;
+pub use self::declared::Declared;
 pub use self::error::{Error, Result};
 pub use self::plane::ControlPlane;
 pub use self::store::Workspace;

@@ -20,6 +20,8 @@ pub struct ControlPlane {
     tx: mpsc::Sender<Command>,
     /// Deployments still loading, as the actor last left them (for readiness).
     loading: Arc<AtomicUsize>,
+    /// A declared service not yet loaded (`serve_declared` under way): the host is not ready.
+    pub(crate) declaring: AtomicUsize,
 }
 
 impl ControlPlane {
@@ -48,7 +50,12 @@ impl ControlPlane {
         let loading = Arc::new(AtomicUsize::new(0));
         let actor = Actor::new(cx.clone(), now() * 1000, tx.downgrade(), loading.clone());
         tokio::spawn(actor.run(rx));
-        Arc::new(ControlPlane { cx, tx, loading })
+        Arc::new(ControlPlane {
+            cx,
+            tx,
+            loading,
+            declaring: AtomicUsize::new(0),
+        })
     }
 
     /// The credentials a host checks requests against: the workspace's admin token and this control
@@ -59,7 +66,7 @@ impl ControlPlane {
 
     /// Deployments still loading.
     pub fn loading(&self) -> usize {
-        self.loading.load(Ordering::Relaxed)
+        self.loading.load(Ordering::Relaxed) + self.declaring.load(Ordering::Relaxed)
     }
 
     /// Deploys every stored service (at start-up) and starts the rollback monitor.

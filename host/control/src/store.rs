@@ -217,8 +217,8 @@ fn default_min_requests() -> usize {
 
 pub struct Workspace {
     root: PathBuf,
-    /// Held for the workspace's life: one host per workspace.
-    _lock: std::fs::File,
+    /// Held for the workspace's life: one host per workspace (none for a read-only look).
+    _lock: Option<std::fs::File>,
     db: Mutex<Connection>,
     admin_token: String,
     jwt_secret: Vec<u8>,
@@ -257,10 +257,31 @@ impl Workspace {
         let jwt_secret = secret_file(&root.join("jwt-secret"))?.into_bytes();
         Ok(Workspace {
             root: root.to_path_buf(),
-            _lock: lock,
+            _lock: Some(lock),
             db: Mutex::new(db),
             admin_token,
             jwt_secret,
+        })
+    }
+
+    /// Opens an existing workspace to read it while its host may run (`plinth service export`): no lock,
+    /// nothing created, the database read-only.
+    pub fn open_read_only(root: &Path) -> Result<Self> {
+        let db_path = root.join("plinth.db");
+        if !db_path.is_file() {
+            return Err(Error::NotFound(format!(
+                "{} is not a Plinth workspace (no plinth.db; set --workspace or PLINTH_WORKSPACE)",
+                root.display()
+            )));
+        }
+        let db = Connection::open_with_flags(&db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(Error::db("opening plinth.db"))?;
+        Ok(Workspace {
+            root: root.to_path_buf(),
+            _lock: None,
+            db: Mutex::new(db),
+            admin_token: String::new(),
+            jwt_secret: Vec::new(),
         })
     }
 

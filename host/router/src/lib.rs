@@ -68,7 +68,7 @@ pub use self::observe::{COLLECT_QUEUE, Collector, LINES_KEPT, LogHub, Metrics, S
 pub use self::queue::COLD_START_WAIT;
 pub use self::replicas::{Capacity, Factory, Reservation};
 pub use self::router::Router;
-pub use self::scale::{Decision, Policy};
+pub use self::scale::{Decision, Policy, State as ScaleState};
 pub use self::server::{
     DRAIN, ServeOptions, serve, serve_grpc, serve_with, shutdown_signal, tls_acceptor, tls_acceptor_h2,
 };

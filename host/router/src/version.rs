@@ -248,6 +248,11 @@ impl Version {
         *self.utilization.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Busy replicas and waiting requests, now.
+    pub fn load_now(&self) -> (usize, usize) {
+        (self.replicas.busy(), self.queue.waiting())
+    }
+
     /// Turns on dynamic batching (for a model whose inputs and outputs all have a batch dimension).
     pub fn enable_batching(self: &Arc<Self>, config: BatchConfig) -> bool {
         if self.info.has_script || !crate::batch::batchable(&self.info.inputs, &self.info.outputs) {

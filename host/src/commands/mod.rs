@@ -1,10 +1,12 @@
 //! One module per `plinth` subcommand, and what they share: how to find the host and its credential.
 
 pub mod capacity;
+pub mod controller;
 pub mod deploy;
 pub mod endpoint;
 pub mod info;
 pub mod model;
+pub mod package;
 pub mod score;
 pub mod serve;
 pub mod service;

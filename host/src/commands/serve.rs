@@ -72,6 +72,30 @@ pub struct Args {
     /// The ONNX Runtime library file (default: found in ./.venv, beside the binary, or system-wide).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_lib: Option<PathBuf>,
+    /// Serve the one service this manifest declares (JSON, as the Kubernetes controller's ConfigMap holds
+    /// it) from its packages, statelessly: the workspace is scratch, the admin API refuses writes.
+    #[arg(long, env = "PLINTH_SERVICE_MANIFEST", value_name = "FILE")]
+    service_manifest: Option<PathBuf>,
+    /// Where `plinth package fetch` left the manifest's packages (as `<sha256>.tar`).
+    #[arg(
+        long,
+        env = "PLINTH_PACKAGE_DIR",
+        default_value = "/var/lib/plinth/packages",
+        requires = "service_manifest"
+    )]
+    package_dir: PathBuf,
+    /// Where `pvc://claim/path` packages are mounted (as `<dir>/<claim>/<path>`).
+    #[arg(
+        long,
+        env = "PLINTH_CLAIMS_DIR",
+        default_value = "/var/lib/plinth/claims",
+        requires = "service_manifest"
+    )]
+    claims_dir: PathBuf,
+    /// The declared service's keys: a folder with files `primaryKey` and `secondaryKey` (a mounted
+    /// Secret). Default: new keys at each start.
+    #[arg(long, env = "PLINTH_KEYS_DIR", requires = "service_manifest")]
+    keys_dir: Option<PathBuf>,
 }
 
 pub fn run(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
@@ -84,9 +108,22 @@ pub fn run(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
+    let declared = match &args.service_manifest {
+        Some(file) => Some(
+            plinth_control::Declared::read(file, &args.package_dir, &args.claims_dir, args.keys_dir.as_deref())
+                .with_context(|| format!("reading the service manifest {}", file.display()))?,
+        ),
+        None => None,
+    };
     let ws = Arc::new(
         Workspace::open(&args.workspace).with_context(|| format!("opening workspace {}", args.workspace.display()))?,
     );
+    if declared.is_some() {
+        // A declared host's workspace is scratch: what a previous start left is replaced, not restored.
+        for old in ws.services()? {
+            ws.delete_service(&old.name)?;
+        }
+    }
     let (tls, grpc_tls) = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => (
             Some(plinth_router::tls_acceptor(cert, key)?),
@@ -116,6 +153,7 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
             scale_down_after: Duration::from_secs(args.scale_down_window_secs),
             collector: Some(collector.clone()),
             cpu_oversubscription: args.cpu_oversubscription,
+            declared: declared.as_ref().map(|d| d.manifest.name.clone()),
         },
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -132,6 +170,7 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     };
     let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     control.restore().await?;
+    let declaring = declared.map(|d| (control.clone(), d));
     let host = Arc::new(
         Host::new(router)
             .with_auth(control.host_auth())
@@ -168,10 +207,29 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     tracing::debug!(max_connections = options.max_connections, "connection cap");
     // One signal stops both listeners; each drains its own requests.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let on_signal = stop.clone();
     tokio::spawn(async move {
         plinth_router::shutdown_signal().await;
-        let _ = stop.send(true);
+        let _ = on_signal.send(true);
     });
+    // A declared service loads while the host answers health checks (not ready until it is loaded); if
+    // it cannot load, the host stops with its error (its pod restarts, the error in its log).
+    let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    if let Some((control, declared)) = declaring {
+        let (failed, stop) = (failed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let name = declared.manifest.name.clone();
+            match control.serve_declared(declared).await {
+                Ok(()) => tracing::info!(service = %name, "declared service ready"),
+                Err(e) => {
+                    tracing::error!(service = %name, error = %e, "the declared service cannot be served");
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("service {name}: {e}"));
+                    let _ = stop.send(true);
+                }
+            }
+        });
+    }
     let signal = move || {
         let mut stopped = stopped.clone();
         async move {
@@ -189,6 +247,9 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     // Every request has been answered: write what data collection accepted, then exit.
     tokio::task::spawn_blocking(move || collector.shutdown()).await?;
     tracing::info!("stopped");
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!(e);
+    }
     Ok(())
 }
 

@@ -40,6 +40,18 @@ pub enum Command {
     },
     /// Print a token and its refresh-by time (Azure's get_token).
     Token { name: String },
+    /// Write each version as a package (`<sha256>.tar`) and a PlinthService manifest for a cluster
+    /// (`kubectl apply`). Reads the workspace itself (on the machine that holds it); `-o DIR` is the folder.
+    Export {
+        name: String,
+        /// The folder to write into (`-o DIR`).
+        #[arg(long = "out-dir", value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// Where the packages will be served from (`https://...`, or `pvc://claim/folder`); the manifest's
+        /// package URIs are `<base-uri>/<sha256>.tar`.
+        #[arg(long, default_value = "pvc://plinth-packages")]
+        base_uri: String,
+    },
     /// Score one request on a deployed service with its own key or token (Azure's `az ml service run`).
     Run {
         name: String,
@@ -50,6 +62,9 @@ pub enum Command {
 }
 
 pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
+    if let Command::Export { name, dir, base_uri } = &cmd {
+        return export(name, dir, base_uri, &host.workspace);
+    }
     let client = host.client()?;
     block_on(async {
         match cmd {
@@ -148,6 +163,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                     Err(e) => format!("{e:#}"),
                 });
             }
+            Command::Export { .. } => unreachable!("export is answered above"),
             Command::Run { name, data } => {
                 let body = input_data(&data)?;
                 let answer = score(&client, &name, body).await?;
@@ -359,4 +375,89 @@ fn service_summary(s: &ServiceView, base: &str) -> String {
         }
     }
     out
+}
+
+/// `plinth service export NAME -o DIR`: one package per version and the `PlinthService` that serves them.
+fn export(name: &str, dir: &std::path::Path, base_uri: &str, workspace: &std::path::Path) -> anyhow::Result<()> {
+    use plinth_controller::crd::{PackageRef, PlinthServiceSpec, VersionSpec};
+    let ws = plinth_control::Workspace::open_read_only(workspace)?;
+    let record = ws.service(name)?;
+    let base = base_uri.trim_end_matches('/');
+    if !(base.starts_with("https://") || base.starts_with("file:///") || base.starts_with("pvc://")) {
+        anyhow::bail!("--base-uri '{base_uri}' must start with https://, file:/// or pvc://");
+    }
+    // The configs as deployed, without the keys (they stay in a Secret) and without empty fields.
+    let mut versions = Vec::new();
+    for v in &record.versions {
+        let (sha, path) = plinth_control::package::write(&ws, &record, v, dir)?;
+        println!(
+            "{}  version {} ({} bytes)",
+            path.display(),
+            v.name,
+            std::fs::metadata(&path)?.len()
+        );
+        versions.push(VersionSpec {
+            name: v.name.clone(),
+            package: Some(PackageRef {
+                uri: format!("{base}/{sha}.tar"),
+                sha256: sha,
+            }),
+            deployment_config: Some(config(&v.deployment_config)?),
+            inference_config: Some(config(&v.inference_config)?),
+            traffic: Some(v.traffic),
+            default: Some(v.is_default),
+            treatment: Some(!v.control),
+            mirror: (v.mirror > 0).then_some(v.mirror),
+        });
+    }
+    let spec = match versions.as_slice() {
+        // One version named as `plinth deploy` names it: the short form.
+        [only] if only.name == "1" => PlinthServiceSpec {
+            package: only.package.clone(),
+            deployment_config: only.deployment_config.clone(),
+            inference_config: only.inference_config.clone(),
+            ..Default::default()
+        },
+        _ => PlinthServiceSpec {
+            versions,
+            ..Default::default()
+        },
+    };
+    let ps = plinth_controller::PlinthService::new(name, spec);
+    let manifest = dir.join(format!("{name}.plinthservice.yaml"));
+    std::fs::write(&manifest, serde_saphyr::to_string(&ps)?)?;
+    println!("{}  PlinthService {name}", manifest.display());
+    if base.starts_with("pvc://") {
+        println!(
+            "copy the .tar files into the claim's folder ({base}/), then: kubectl apply -f {}",
+            manifest.display()
+        );
+    } else {
+        println!(
+            "upload the .tar files to {base}/, then: kubectl apply -f {}",
+            manifest.display()
+        );
+    }
+    Ok(())
+}
+
+/// A config as deployed, without the keys (they stay in a Secret) and without empty fields.
+fn config(v: &impl serde::Serialize) -> anyhow::Result<Value> {
+    let mut value = serde_json::to_value(v)?;
+    strip_nulls(&mut value);
+    if let Some(o) = value.as_object_mut() {
+        o.remove("keys");
+    }
+    Ok(value)
+}
+
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.retain(|_, x| !x.is_null());
+            o.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }

@@ -164,6 +164,7 @@ impl Host {
                 Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
             }
             (&Method::GET, ["readyz"]) => Ok(self.ready()),
+            (&Method::GET, ["api", "v1", "load"]) => Ok(json_response(StatusCode::OK, &self.load())),
             (&Method::GET, ["metrics"]) => {
                 if !self.open_metrics {
                     self.auth.authorize_metrics(req.headers().get(AUTHORIZATION))?;
@@ -317,6 +318,35 @@ impl Host {
     }
 
     /// Ready, or how many deployments are still loading; no names (readiness needs no credential).
+    /// What a cluster's scaler reads of this host (`GET /api/v1/load`, no credential: figures only):
+    /// each version's replicas, busy replicas and waiting requests now, and the mean utilization its
+    /// autoscaler last measured; and the host's totals, utilization weighted by replicas.
+    fn load(&self) -> serde_json::Value {
+        let (mut replicas, mut busy, mut waiting, mut weighted) = (0u64, 0u64, 0u64, 0.0f64);
+        let mut versions = Vec::new();
+        for name in self.router.names() {
+            let Some(service) = self.router.get(&name) else {
+                continue;
+            };
+            for v in service.versions() {
+                let (b, w) = v.load_now();
+                let (r, u) = (v.replica_count(), v.utilization());
+                replicas += r as u64;
+                busy += b as u64;
+                waiting += w as u64;
+                weighted += u * r as f64;
+                versions.push(json!({
+                    "service": name, "version": v.name(), "replicas": r, "busy": b, "waiting": w, "utilization": u,
+                }));
+            }
+        }
+        let utilization = if replicas > 0 { weighted / replicas as f64 } else { 0.0 };
+        json!({
+            "replicas": replicas, "busy": busy, "waiting": waiting, "utilization": utilization,
+            "loading": self.loading(), "versions": versions,
+        })
+    }
+
     fn ready(&self) -> Response<Body> {
         let pending = self.loading();
         if pending == 0 {

@@ -1,0 +1,223 @@
+//! The `PlinthService` resource (`plinth.dev/v1alpha1`): its spec in our users' language (a package and
+//! Azure's two JSON configs), its status, and the CRD generated from these types (`plinth controller crd`;
+//! checked in as `host/controller/plinthservice.crd.yaml`, kept equal by a test).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A scoring service on a cluster: the same package and configs `plinth deploy` takes, served by
+/// `plinth serve` pods that the controller places and scales.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "plinth.dev",
+    version = "v1alpha1",
+    kind = "PlinthService",
+    plural = "plinthservices",
+    shortname = "pls",
+    namespaced,
+    status = "PlinthServiceStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].status"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Utilization", type_ = "number", json_path = ".status.utilization"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PlinthServiceSpec {
+    /// The package (models, entry script and configs) of the one version, when `versions` is empty; the
+    /// default package of every version otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageRef>,
+    /// `deploymentconfig.json` as Azure ML spells it (read by the same parser as `plinth deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "azure_config")]
+    pub deployment_config: Option<Value>,
+    /// `inferenceconfig.json` as Azure ML spells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "azure_config")]
+    pub inference_config: Option<Value>,
+    /// The container image of the host pods. Default: the controller's `--image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Versions of the endpoint (at most 6, one default, traffic adding up to at most 100), as
+    /// `plinth endpoint` takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionSpec>,
+    /// Pods when autoscaling is off (the scale subresource: `kubectl scale` sets it). Default: the
+    /// deployment config's `numReplicas`, else 1. With autoscaling on, the controller's scaler decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Node selector of the host pods (GPU or FPGA pools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the host pods (added to the GPU one when `gpuCores` ≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Extended resources each pod asks for, passed through to its limits (e.g.
+    /// `amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0: 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_resources: Option<BTreeMap<String, String>>,
+}
+
+/// A package: the tarball `plinth service export` writes, addressed by its sha256.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageRef {
+    /// `https://...`, `file:///...` (fetched by an init container) or `pvc://claim/path` (the claim is
+    /// mounted read-only).
+    pub uri: String,
+    /// The package's sha256 (lowercase hex); a package that hashes differently is refused.
+    pub sha256: String,
+}
+
+/// One version of the endpoint.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionSpec {
+    pub name: String,
+    /// Default: the spec's package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageRef>,
+    /// Default: the spec's deployment config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "azure_config")]
+    pub deployment_config: Option<Value>,
+    /// Default: the spec's inference config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "azure_config")]
+    pub inference_config: Option<Value>,
+    /// Percent of traffic this version claims (0..100); the default version also gets what is unclaimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<u32>,
+    /// The default version (exactly one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
+    /// A treatment (true, the default) or the control version (false; at most one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub treatment: Option<bool>,
+    /// Percent of traffic copied to this version (its answers are never returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<u32>,
+}
+
+/// What the controller last saw and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlinthServiceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Host pods (the scale subresource's status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Pods the scaler (or `spec.replicas`) wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// The label selector of the host pods (the scale subresource's selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Mean utilization of the host pods, in percent: (busy replicas + waiting requests) / replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization: Option<f64>,
+    /// When the scaler last changed the pod count (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Where the service scores, inside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring_uri: Option<String>,
+    /// Each version's traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionStatus {
+    pub name: String,
+    pub traffic: u32,
+    pub default: bool,
+}
+
+/// An Azure ML config: any JSON object (checked by Plinth's own parser, which names the bad field).
+fn azure_config(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// The CRD as YAML (what `plinth controller crd` prints and `plinthservice.crd.yaml` holds).
+pub fn crd_yaml() -> String {
+    let crd = PlinthService::crd();
+    serde_saphyr::to_string(&crd).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checked_in_crd_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/plinthservice.crd.yaml");
+        if std::env::var_os("PLINTH_WRITE_CRD").is_some() {
+            std::fs::write(path, crd_yaml()).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(
+            checked_in,
+            crd_yaml(),
+            "host/controller/plinthservice.crd.yaml is stale: run `plinth controller crd > host/controller/plinthservice.crd.yaml`"
+        );
+    }
+
+    #[test]
+    fn the_crd_has_status_and_scale_subresources() {
+        let crd = PlinthService::crd();
+        let v = &crd.spec.versions[0];
+        let sub = v.subresources.as_ref().expect("subresources");
+        assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().expect("scale");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+        assert_eq!(crd.spec.group, "plinth.dev");
+        assert_eq!(v.name, "v1alpha1");
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let yaml = r#"
+apiVersion: plinth.dev/v1alpha1
+kind: PlinthService
+metadata: {name: diabetes, namespace: ml}
+spec:
+  package: {uri: "https://models.example.com/diabetes.tar", sha256: "3f2a"}
+  inferenceConfig: {entryScript: score.py}
+  deploymentConfig:
+    containerResourceRequirements: {cpu: 0.5, memoryInGB: 1.5}
+    gpuCores: 1
+    autoScaler: {autoscaleEnabled: true, minReplicas: 2, maxReplicas: 6, targetUtilization: 70}
+"#;
+        let ps: PlinthService = serde_saphyr::from_str(yaml).unwrap();
+        assert_eq!(ps.spec.package.unwrap().uri, "https://models.example.com/diabetes.tar");
+        assert_eq!(ps.spec.deployment_config.unwrap()["gpuCores"], 1);
+    }
+}

@@ -1,0 +1,187 @@
+//! `plinth package fetch URI --sha256 H --to DIR`: brings a package (what `plinth service export` wrote)
+//! to `DIR/<sha256>.tar`, refusing one that hashes differently. The init container of every host pod a
+//! `PlinthService` runs; `https://` (the system's roots, plus `--cacert`) and `file:///` URIs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use http_body_util::BodyExt;
+use plinth_control::package::is_sha256;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Download a package and check its sha256 (the init container of a host pod).
+    Fetch(FetchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct FetchArgs {
+    /// `https://host/path/package.tar` or `file:///path/package.tar`.
+    uri: String,
+    /// The sha256 the package must have (lowercase hex).
+    #[arg(long)]
+    sha256: String,
+    /// The folder to put it in, as `<sha256>.tar`.
+    #[arg(long)]
+    to: PathBuf,
+    /// A PEM certificate to trust besides the system's roots (a private https server).
+    #[arg(long, env = "PLINTH_CACERT")]
+    cacert: Option<PathBuf>,
+    /// Seconds without a byte from the server before giving up.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_secs: u64,
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Fetch(args) => fetch(args),
+    }
+}
+
+fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    if !is_sha256(&args.sha256) {
+        bail!("--sha256 '{}' is not 64 lowercase hex digits", args.sha256);
+    }
+    std::fs::create_dir_all(&args.to).with_context(|| format!("creating {}", args.to.display()))?;
+    let dest = args.to.join(format!("{}.tar", args.sha256));
+    // A restarted init container finds what it fetched before.
+    if dest.is_file() && plinth_control::package::file_sha256(&dest)? == args.sha256 {
+        println!("{} already present", dest.display());
+        return Ok(());
+    }
+    let part = args.to.join(format!(".{}.part", args.sha256));
+    let mut out = Sink {
+        file: std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&part)?),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let result = if let Some(path) = args.uri.strip_prefix("file://") {
+        copy_file(Path::new(path), &mut out)
+    } else if args.uri.starts_with("https://") {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(download(&args, &mut out))
+    } else {
+        Err(anyhow::anyhow!(
+            "package URI '{}' must start with https:// or file:/// (pvc:// packages are mounted, not fetched)",
+            args.uri
+        ))
+    };
+    let finished = result.and_then(|()| out.file.flush().map_err(anyhow::Error::from));
+    if let Err(e) = finished {
+        let _ = std::fs::remove_file(&part);
+        return Err(e.context(format!("fetching {}", args.uri)));
+    }
+    let actual = plinth_control::store::hex(&out.hasher.finalize());
+    if actual != args.sha256 {
+        let _ = std::fs::remove_file(&part);
+        bail!(
+            "package {} has sha256 {actual}, not the {} asked for: refused",
+            args.uri,
+            args.sha256
+        );
+    }
+    std::fs::rename(&part, &dest)?;
+    println!("{} ({} bytes, sha256 checked)", dest.display(), out.bytes);
+    Ok(())
+}
+
+struct Sink {
+    file: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Sink {
+    fn put(&mut self, chunk: &[u8]) -> anyhow::Result<()> {
+        self.hasher.update(chunk);
+        self.bytes += chunk.len() as u64;
+        self.file.write_all(chunk)?;
+        Ok(())
+    }
+}
+
+fn copy_file(path: &Path, out: &mut Sink) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.put(&buf[..n])?;
+    }
+}
+
+async fn download(args: &FetchArgs, out: &mut Sink) -> anyhow::Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &args.cacert {
+        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
+            roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
+        }
+    }
+    if roots.is_empty() {
+        bail!("no trusted certificate authorities (install ca-certificates, or pass --cacert)");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let idle = Duration::from_secs(args.idle_timeout_secs.max(1));
+    let mut uri: http::Uri = args
+        .uri
+        .parse()
+        .with_context(|| format!("'{}' is not a URL", args.uri))?;
+    // Object stores answer with redirects to signed URLs: follow a few (https only).
+    for _ in 0..5 {
+        let response = tokio::time::timeout(idle, client.get(uri.clone()))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer in {} s", idle.as_secs()))??;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .context("a redirect without a Location")?;
+            uri = location.parse().with_context(|| format!("redirect to '{location}'"))?;
+            continue;
+        }
+        if !status.is_success() {
+            bail!("the server answered {status}");
+        }
+        let mut body = response.into_body();
+        loop {
+            let frame = tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| anyhow::anyhow!("no data for {} s", idle.as_secs()))?;
+            match frame {
+                None => return Ok(()),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        out.put(&data)?;
+                    }
+                }
+            }
+        }
+    }
+    bail!("more than 5 redirects")
+}
