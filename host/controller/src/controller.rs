@@ -36,7 +36,11 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.label(),
+                _ => "finalizer",
+            },
             Error::NoNamespace(_) => "no_namespace",
         }
     }
@@ -273,14 +277,9 @@ fn status_from(ps: &PlinthService, plan: &Plan, d: &Deployment, ns: &str) -> Pli
             "every pod runs the current spec".to_string(),
         )
     };
+    // The Deployment's own verdict: no progress within its deadline (pods that never become ready).
     let degraded = match &stalled {
         Some(why) => ("Degraded", true, "ProgressDeadlineExceeded", why.clone()),
-        None if ready < wanted && !rolling => (
-            "Degraded",
-            true,
-            "PodsUnavailable",
-            format!("{ready} of {wanted} ready"),
-        ),
         None => ("Degraded", false, "AsExpected", String::new()),
     };
     // `desiredReplicas`, `utilization` and `lastScaleTime` are the scaler's (merge patches): this apply

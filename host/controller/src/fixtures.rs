@@ -434,11 +434,11 @@ async fn an_api_error_requeues_with_backoff_and_is_counted() {
         second,
         kube::runtime::controller::Action::requeue(Duration::from_secs(10))
     );
-    assert_eq!(cx.metrics.failures.with_label_values(&["finalizer"]).get(), 2);
+    assert_eq!(cx.metrics.failures.with_label_values(&["kube"]).get(), 2);
     assert!(
         cx.metrics
             .render()
-            .contains("plinth_controller_reconcile_failures_total{error=\"finalizer\"} 2")
+            .contains("plinth_controller_reconcile_failures_total{error=\"kube\"} 2")
     );
 }
 
