@@ -54,6 +54,17 @@ pub struct Content {
     pub dc: Value,
     pub files: Vec<(String, PathBuf)>,
     pub entry_script: Option<String>,
+    /// The folder of vendored packages, removed when the content (and its upload) is done with.
+    _vendored: Option<Scratch>,
+}
+
+/// A temporary folder removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Reads and checks the configs locally (a typo is reported before anything is uploaded) and packs the
@@ -156,6 +167,7 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
         },
     };
     let mut files = files;
+    let mut vendored = None;
     if !to_vendor.is_empty()
         && let Some(rel) = &entry_script
     {
@@ -164,7 +176,9 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for (path_in, host_path) in vendor(conda, &to_vendor)? {
+        let (scratch, vendored_files) = vendor(conda, &to_vendor)?;
+        vendored = Some(scratch);
+        for (path_in, host_path) in vendored_files {
             let rel = match beside.as_str() {
                 "" => format!("{}/{path_in}", plinth_control::scripts::VENDOR_DIR),
                 dir => format!("{dir}/{}/{path_in}", plinth_control::scripts::VENDOR_DIR),
@@ -177,13 +191,14 @@ pub fn content(inference_config: Option<&Path>, deployment_config: Option<&Path>
         dc: dc_value,
         files,
         entry_script,
+        _vendored: vendored,
     })
 }
 
 /// Downloads the pure-Python wheels (`py3-none-any`) of `specs` from PyPI and unpacks them; returns the
 /// files, relative to the vendor folder. A package without one has native code the scientific runtime
 /// does not carry: an error naming it.
-fn vendor(conda: &str, specs: &[(String, String)]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+fn vendor(conda: &str, specs: &[(String, String)]) -> anyhow::Result<(Scratch, Vec<(String, PathBuf)>)> {
     let python = plinth_control::scripts::venv_python()
         .context("vendoring the condaFile's packages needs the project's .venv (scripts/setup)")?;
     let names: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).collect();
@@ -196,8 +211,9 @@ fn vendor(conda: &str, specs: &[(String, String)]) -> anyhow::Result<Vec<(String
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let root = std::env::temp_dir().join(format!("plinth-vendor-{}-{nanos:x}", std::process::id()));
-    // A fresh folder of this command's own, never one found waiting.
+    // A fresh folder of this command's own, never one found waiting; removed when done (or on an error).
     std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
+    let scratch = Scratch(root.clone());
     let site = root.join("site");
     std::fs::create_dir_all(&site)?;
     for (name, spec) in specs {
@@ -247,7 +263,7 @@ fn vendor(conda: &str, specs: &[(String, String)]) -> anyhow::Result<Vec<(String
         }
     }
     let files = super::pack(&site)?;
-    Ok(files)
+    Ok((scratch, files))
 }
 
 /// The condaFile's packages as pip specs (`numpy=1.21` → `numpy==1.21`), by name.
