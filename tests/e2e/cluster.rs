@@ -20,10 +20,18 @@ fn venv_tool(name: &str) -> PathBuf {
     repo().join(".venv/bin").join(name)
 }
 
-/// Deploys the diabetes example (score.py around the ONNX model) on a fresh edge host.
+/// The edge host's keys: they must never reach a package, a manifest or a ConfigMap.
+const EDGE_KEY: &str = "edge-primary-key-never-exported";
+
+/// Deploys the diabetes example (score.py around the ONNX model) on a fresh edge host, with its own keys.
 fn edge_host(dir: &Path) -> TestHost {
     let host = TestHost::start(&dir.join("edge"), &[]);
     host.register_diabetes();
+    let mut dc: Value =
+        serde_json::from_slice(&std::fs::read(repo().join("examples/diabetes/deploymentconfig.json")).unwrap())
+            .unwrap();
+    dc["keys"] = json!({"primaryKey": EDGE_KEY, "secondaryKey": format!("{EDGE_KEY}-2")});
+    let dc = write_json(dir, "deploymentconfig.json", &dc);
     host.run(&[
         "deploy",
         "-m",
@@ -33,7 +41,7 @@ fn edge_host(dir: &Path) -> TestHost {
         "--ic",
         "examples/diabetes/inferenceconfig.json",
         "--dc",
-        "examples/diabetes/deploymentconfig.json",
+        dc.to_str().unwrap(),
     ]);
     host.wait_ready();
     host
@@ -111,9 +119,10 @@ fn an_exported_service_runs_from_the_rendered_pod_spec_and_scores_with_the_secre
     assert!(out.contains("PlinthService diabetes"), "{out}");
     let manifest = export.join("diabetes.plinthservice.yaml");
     let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("kind: PlinthService"), "{text}");
     assert!(
-        text.contains("kind: PlinthService") && !text.contains("primaryKey"),
-        "{text}"
+        !text.contains(EDGE_KEY) && !text.contains("primaryKey"),
+        "keys stay out of the manifest: {text}"
     );
     let tarball = std::fs::read_dir(&export)
         .unwrap()
@@ -122,6 +131,11 @@ fn an_exported_service_runs_from_the_rendered_pod_spec_and_scores_with_the_secre
         .find(|p| p.extension().is_some_and(|x| x == "tar"))
         .unwrap();
     let sha = tarball.file_stem().unwrap().to_string_lossy().into_owned();
+    let packed = std::fs::read(&tarball).unwrap();
+    assert!(
+        !packed.windows(EDGE_KEY.len()).any(|w| w == EDGE_KEY.as_bytes()),
+        "keys stay out of the package"
+    );
     assert!(text.contains(&sha));
 
     let items = render(&manifest);

@@ -81,13 +81,16 @@ impl Declared {
 impl ControlPlane {
     /// Serves `declared`: imports each version's package, deploys it with the given keys, and waits until
     /// every version is loaded. A version that fails to load is an error (the host should exit: its pod
-    /// restarts and the error is in its log).
-    pub async fn serve_declared(self: &Arc<Self>, declared: Declared) -> Result<()> {
-        // Not ready until every declared version is loaded (readiness reads `loading`).
+    /// restarts and the error is in its log). The host is not ready from this call on (before the
+    /// returned future first runs) until the future ends.
+    pub fn serve_declared(self: &Arc<Self>, declared: Declared) -> impl Future<Output = Result<()>> + Send + 'static {
         self.declaring.fetch_add(1, Ordering::Relaxed);
-        let result = self.deploy_declared(declared).await;
-        self.declaring.fetch_sub(1, Ordering::Relaxed);
-        result
+        let me = self.clone();
+        async move {
+            let result = me.deploy_declared(declared).await;
+            me.declaring.fetch_sub(1, Ordering::Relaxed);
+            result
+        }
     }
 
     async fn deploy_declared(self: &Arc<Self>, declared: Declared) -> Result<()> {

@@ -99,6 +99,19 @@ pub struct ManifestVersion {
     pub mirror: Option<u32>,
 }
 
+/// The fields of a deployment config that hold secrets (keys, the TLS private key): never written into a
+/// package, an exported manifest or a ConfigMap.
+pub const SECRET_FIELDS: &[&str] = &["keys", "primaryKey", "secondaryKey", "sslKey"];
+
+/// Removes [`SECRET_FIELDS`] from a deployment config.
+pub fn redact(deployment_config: &mut Value) {
+    if let Some(o) = deployment_config.as_object_mut() {
+        for f in SECRET_FIELDS {
+            o.remove(*f);
+        }
+    }
+}
+
 /// Whether `s` is a lowercase hex sha256.
 pub fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -131,7 +144,11 @@ pub fn write(
         source: version.source.clone(),
         entry_script: version.entry_script.clone(),
         inference_config: serde_json::to_value(&version.inference_config).map_err(Error::Corrupt)?,
-        deployment_config: serde_json::to_value(&version.deployment_config).map_err(Error::Corrupt)?,
+        deployment_config: {
+            let mut dc = serde_json::to_value(&version.deployment_config).map_err(Error::Corrupt)?;
+            redact(&mut dc);
+            dc
+        },
     };
     let blobs: BTreeSet<&str> = manifest
         .models
@@ -328,11 +345,13 @@ mod tests {
         let model = put(ws, "model.onnx", b"not really onnx");
         let m = ws.register_model("m", None, BTreeMap::new(), vec![model]).unwrap();
         let script = put(ws, "score.py", b"def init(): pass\ndef run(x): return x\n");
+        let mut dc = crate::config::DeploymentConfig::default();
+        dc.keys.primary_key = Some("a-secret-key-of-the-edge".into());
         let v = VersionRecord::new(
             "blue",
             vec![m.id()],
             Default::default(),
-            Default::default(),
+            dc,
             vec![script],
             Some("score.py".into()),
         );
@@ -362,6 +381,12 @@ mod tests {
         let again = tempdir::Dir::new();
         let (sha2, _) = write(&ws, &svc, &svc.versions[0], &again.0).unwrap();
         assert_eq!(sha, sha2);
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("primaryKey") && !text.contains("a-secret-key-of-the-edge"),
+            "keys stay out"
+        );
         let (_d2, other) = workspace();
         let m = import(&other, &path, &sha).unwrap();
         assert_eq!(m.version, "blue");

@@ -137,51 +137,47 @@ async fn apply(ps: &PlinthService, cx: &Context) -> Result<Action, Error> {
     let api: Api<PlinthService> = Api::namespaced(cx.client.clone(), &ns);
     let plan = match render::plan(ps) {
         Ok(plan) => plan,
-        Err(message) => {
-            // Status only: a spec the parser refuses waits for the next edit, it never crash-loops.
-            tracing::info!(service = %key(ps), %message, "invalid spec");
-            let status = PlinthServiceStatus {
-                observed_generation: ps.metadata.generation,
-                conditions: conditions(
-                    ps,
-                    [
-                        ("Ready", false, "InvalidSpec", message.clone()),
-                        (
-                            "Progressing",
-                            false,
-                            "InvalidSpec",
-                            "the spec must be fixed first".into(),
-                        ),
-                        ("Degraded", true, "InvalidSpec", message.clone()),
-                    ],
-                ),
-                ..Default::default()
-            };
-            patch_status(&api, &name, &status).await?;
-            cx.event(ps, EventType::Warning, "InvalidSpec", "Validate", message)
-                .await;
-            return Ok(Action::await_change());
-        }
+        Err(message) => return invalid(ps, cx, &api, message).await,
     };
-    let objects = render::render(ps, &plan, &cx.render);
+    let deployment = match write_objects(ps, cx, &plan, &ns).await {
+        Ok(d) => d,
+        // What the API server's own validation refuses is the spec's fault too: shown, not retried.
+        Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+            return invalid(ps, cx, &api, format!("the API server refused an object: {}", e.message)).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = status_from(ps, &plan, &deployment, &ns);
+    patch_status(&api, &name, &status).await?;
+    // Watching the Deployment brings changes sooner; this is the periodic resync.
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// The Secret (when absent), the ConfigMap, the Deployment and the Service; returns the Deployment as
+/// the API server has it.
+async fn write_objects(ps: &PlinthService, cx: &Context, plan: &Plan, ns: &str) -> Result<Deployment, kube::Error> {
+    let name = ps.name_any();
+    let objects = render::render(ps, plan, &cx.render);
     let params = PatchParams::apply(MANAGER).force();
-    // The keys: created once, when absent; rotating them is the user's (kubectl edit, or a new Secret).
-    let secrets: Api<Secret> = Api::namespaced(cx.client.clone(), &ns);
+    // The keys: created once, when absent (a create the API server refuses as existing means present: the
+    // controller never reads Secrets); rotating them is the user's.
+    let secrets: Api<Secret> = Api::namespaced(cx.client.clone(), ns);
     let secret_name = render::secret_name(&name);
-    if secrets.get_opt(&secret_name).await?.is_none() {
-        secrets
-            .create(&PostParams::default(), &render::secret(ps, &plan))
-            .await?;
-        cx.event(
-            ps,
-            EventType::Normal,
-            "KeysCreated",
-            "Create",
-            format!("Secret {secret_name} holds the service keys"),
-        )
-        .await;
+    match secrets.create(&PostParams::default(), &render::secret(ps, plan)).await {
+        Ok(_) => {
+            cx.event(
+                ps,
+                EventType::Normal,
+                "KeysCreated",
+                "Create",
+                format!("Secret {secret_name} holds the service keys"),
+            )
+            .await
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e),
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(cx.client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(cx.client.clone(), ns);
     config_maps
         .patch(
             &render::config_map_name(&name),
@@ -189,16 +185,42 @@ async fn apply(ps: &PlinthService, cx: &Context) -> Result<Action, Error> {
             &Patch::Apply(&objects.config_map),
         )
         .await?;
-    let deployments: Api<Deployment> = Api::namespaced(cx.client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(cx.client.clone(), ns);
     let deployment = deployments
         .patch(&name, &params, &Patch::Apply(&objects.deployment))
         .await?;
-    let services: Api<Service> = Api::namespaced(cx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(cx.client.clone(), ns);
     services.patch(&name, &params, &Patch::Apply(&objects.service)).await?;
-    let status = status_from(ps, &plan, &deployment, &ns);
-    patch_status(&api, &name, &status).await?;
-    // Watching the Deployment brings changes sooner; this is the periodic resync.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(deployment)
+}
+
+/// A spec that cannot run: status only (what still runs keeps serving and stays described), a Warning
+/// event, and no retry until the spec changes: never a crash loop.
+async fn invalid(ps: &PlinthService, cx: &Context, api: &Api<PlinthService>, message: String) -> Result<Action, Error> {
+    tracing::info!(service = %key(ps), %message, "invalid spec");
+    let mut status = ps.status.clone().unwrap_or_default();
+    status.observed_generation = ps.metadata.generation;
+    status.conditions = conditions(
+        ps,
+        [
+            ("Ready", false, "InvalidSpec", message.clone()),
+            (
+                "Progressing",
+                false,
+                "InvalidSpec",
+                "the spec must be fixed first".into(),
+            ),
+            ("Degraded", true, "InvalidSpec", message.clone()),
+        ],
+    );
+    // The scaler's fields are its own (merge patches): this apply leaves them out.
+    status.desired_replicas = None;
+    status.utilization = None;
+    status.last_scale_time = None;
+    patch_status(api, &ps.name_any(), &status).await?;
+    cx.event(ps, EventType::Warning, "InvalidSpec", "Validate", message)
+        .await;
+    Ok(Action::await_change())
 }
 
 async fn cleanup(ps: &PlinthService, cx: &Context) -> Result<Action, Error> {
@@ -246,7 +268,9 @@ fn status_from(ps: &PlinthService, plan: &Plan, d: &Deployment, ns: &str) -> Pli
                 .clone()
                 .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
         });
-    let rolling = updated < wanted || ready < wanted || replicas > wanted;
+    // Until the Deployment controller has seen the latest template, its counts describe the old one.
+    let stale = ds.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0);
+    let rolling = stale || updated < wanted || ready < wanted || replicas > wanted;
     let ready_cond = if ready > 0 {
         (
             "Ready",

@@ -161,35 +161,27 @@ fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
 
 /// The objects of a first apply, in order; returns the Deployment sent.
 async fn expect_apply(api: &mut ApiServer, secret_exists: bool) -> Value {
-    let secret_path = "/api/v1/namespaces/ml/secrets/diabetes-keys";
-    if secret_exists {
-        api.expect(
-            Method::GET,
-            secret_path,
-            StatusCode::OK,
+    // The controller never reads Secrets: it creates the keys' one, and a 409 means it is there.
+    let (code, reply) = if secret_exists {
+        (
+            StatusCode::CONFLICT,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "secrets \"diabetes-keys\" already exists"}),
+        )
+    } else {
+        (
+            StatusCode::CREATED,
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "diabetes-keys"}}),
         )
+    };
+    let created = api
+        .expect(Method::POST, "/api/v1/namespaces/ml/secrets", code, reply)
         .await;
-    } else {
-        api.expect(
-            Method::GET,
-            secret_path,
-            StatusCode::NOT_FOUND,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-        )
-        .await;
-        let created = api
-            .expect(
-                Method::POST,
-                "/api/v1/namespaces/ml/secrets",
-                StatusCode::CREATED,
-                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "diabetes-keys"}}),
-            )
-            .await;
-        let keys = &created.body["stringData"];
-        assert_eq!(keys["primaryKey"].as_str().unwrap().len(), 64, "{}", created.body);
-        assert_ne!(keys["primaryKey"], keys["secondaryKey"]);
-        assert_eq!(created.body["metadata"]["ownerReferences"][0]["kind"], "PlinthService");
+    let keys = &created.body["stringData"];
+    assert_eq!(created.body["metadata"]["name"], "diabetes-keys");
+    assert_eq!(keys["primaryKey"].as_str().unwrap().len(), 64, "{}", created.body);
+    assert_ne!(keys["primaryKey"], keys["secondaryKey"]);
+    assert_eq!(created.body["metadata"]["ownerReferences"][0]["kind"], "PlinthService");
+    if !secret_exists {
         api.expect_event("KeysCreated").await;
     }
     let cm = api
@@ -216,7 +208,18 @@ async fn expect_apply(api: &mut ApiServer, secret_exists: bool) -> Value {
             deployment_answer(1, 0),
         )
         .await;
-    assert!(d.query.contains("fieldManager=plinth-controller"), "{}", d.query);
+    assert!(
+        d.query.contains("fieldManager=plinth-controller") && d.query.contains("force=true"),
+        "{}",
+        d.query
+    );
+    let c = &d.body["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(
+        c["startupProbe"]["httpGet"]["path"], "/readyz",
+        "slow loads: ready within the startup window"
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert!(
         d.body["spec"].get("replicas").is_none(),
         "the Deployment leaves replicas to the scaler: {}",
@@ -243,7 +246,10 @@ async fn expect_apply(api: &mut ApiServer, secret_exists: bool) -> Value {
             answer(),
         )
         .await;
-    assert!(status.query.contains("fieldManager=plinth-controller"));
+    assert!(status.query.contains("fieldManager=plinth-controller") && status.query.contains("force=true"));
+    for scalers in ["desiredReplicas", "utilization", "lastScaleTime"] {
+        assert!(status_of(&status).get(scalers).is_none(), "{scalers} is the scaler's");
+    }
     let st = status_of(&status);
     assert_eq!(st["observedGeneration"], 3);
     assert_eq!(st["selector"], "plinth.dev/service=diabetes");
@@ -347,7 +353,13 @@ async fn an_invalid_spec_only_writes_its_status() {
     let (cx, mut api) = context();
     let mut spec = https_spec();
     spec["deploymentConfig"]["autoScaler"]["targetUtilization"] = json!(300);
-    let ps = with_finalizer(service(spec));
+    let mut ps = with_finalizer(service(spec));
+    // What still runs stays described.
+    ps.status = Some(crate::crd::PlinthServiceStatus {
+        replicas: Some(2),
+        selector: Some("plinth.dev/service=diabetes".into()),
+        ..Default::default()
+    });
     let server = tokio::spawn(async move {
         let seen = api
             .expect(
@@ -369,6 +381,8 @@ async fn an_invalid_spec_only_writes_its_status() {
                 .starts_with("spec.deploymentConfig: autoScaler.targetUtilization"),
             "{ready}"
         );
+        assert_eq!(status_of(&seen)["replicas"], 2);
+        assert_eq!(status_of(&seen)["selector"], "plinth.dev/service=diabetes");
         api.expect_event("InvalidSpec").await;
         api.expect_no_more().await;
     });
@@ -413,8 +427,8 @@ async fn an_api_error_requeues_with_backoff_and_is_counted() {
     let ps = Arc::new(with_finalizer(service(https_spec())));
     let server = tokio::spawn(async move {
         api.expect(
-            Method::GET,
-            "/api/v1/namespaces/ml/secrets/diabetes-keys",
+            Method::POST,
+            "/api/v1/namespaces/ml/secrets",
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd is down"}),
         )
@@ -594,4 +608,70 @@ async fn with_autoscaling_off_the_fixed_count_is_applied() {
     assert_eq!(tick, Tick::Fixed { current: 1, desired: 3 });
     server.await.unwrap();
     let _ = ps.name_any();
+}
+
+#[tokio::test]
+async fn an_object_the_api_server_refuses_shows_as_an_invalid_spec_not_a_retry_loop() {
+    let (cx, mut api) = context();
+    let ps = with_finalizer(service(https_spec()));
+    let server = tokio::spawn(async move {
+        api.expect(
+            Method::POST,
+            "/api/v1/namespaces/ml/secrets",
+            StatusCode::CREATED,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "diabetes-keys"}}),
+        )
+        .await;
+        api.expect_event("KeysCreated").await;
+        api.expect(
+            Method::PATCH,
+            "/api/v1/namespaces/ml/configmaps/diabetes-config",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+                   "message": "ConfigMap \"diabetes-config\" is invalid: metadata.annotations: Too long"}),
+        )
+        .await;
+        let seen = api
+            .expect(
+                Method::PATCH,
+                &format!("{BASE}/diabetes/status"),
+                StatusCode::OK,
+                answer(),
+            )
+            .await;
+        let ready = condition(status_of(&seen), "Ready");
+        assert_eq!(ready["reason"], "InvalidSpec");
+        assert!(ready["message"].as_str().unwrap().contains("Too long"), "{ready}");
+        api.expect_event("InvalidSpec").await;
+        api.expect_no_more().await;
+    });
+    let action = reconcile(Arc::new(ps), cx).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_scale_up_waits_for_the_pods_of_the_last_one_to_serve() {
+    let (cx, mut api) = context();
+    let ps = with_finalizer(service(https_spec()));
+    // 3 pods wanted, 2 serving at 300%, the third still loading (it reports no replica yet).
+    let reader: LoadReader = Arc::new(|addr: std::net::SocketAddr| {
+        Box::pin(async move {
+            let loading = addr.ip().to_string() == "10.0.0.3";
+            Ok(HostLoad {
+                replicas: if loading { 0 } else { 1 },
+                busy: 1,
+                waiting: 2,
+                utilization: if loading { 0.0 } else { 3.0 },
+            })
+        })
+    });
+    let scaler = Scaler::new(reader, Duration::from_secs(60));
+    let server = tokio::spawn(async move {
+        expect_reads(&mut api, 3, 3).await;
+        api.expect_no_more().await;
+    });
+    let tick = scaler.tick(&cx, &ps, Duration::ZERO).await.unwrap();
+    assert_eq!(tick, Tick::Skipped("pods still starting"));
+    server.await.unwrap();
 }

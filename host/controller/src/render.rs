@@ -26,6 +26,8 @@ pub const SERVICE_LABEL: &str = "plinth.dev/service";
 pub const PORT: i32 = 8080;
 /// The image when neither the spec nor the controller names one.
 pub const DEFAULT_IMAGE: &str = "ghcr.io/plinth-ml/plinth:0.1.0";
+/// The GPU image (`docker build --build-arg ONNXRUNTIME=...`, see the Dockerfile) for pods on GPUs.
+pub const DEFAULT_GPU_IMAGE: &str = "ghcr.io/plinth-ml/plinth:0.1.0-gpu";
 /// Where the pod's writable scratch volume is mounted (workspace, fetched packages).
 pub const DATA_DIR: &str = "/var/lib/plinth";
 /// Where the host's manifest (the ConfigMap) is mounted.
@@ -56,6 +58,10 @@ pub struct Plan {
     pub gpus: u32,
     /// Each version's traffic and whether it is the default.
     pub traffic: Vec<(String, u32, bool)>,
+    /// The default version's index in `configs`.
+    pub default: usize,
+    /// A version runs on a GPU (`gpuCores`, or a CUDA/TensorRT provider listed).
+    pub wants_gpu: bool,
 }
 
 impl Plan {
@@ -74,6 +80,20 @@ impl Plan {
 pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
     let name = ps.name_any();
     check_name("service", &name).map_err(|e| format!("metadata.name: {e}"))?;
+    // The Service, and the labels, carry the name: a DNS-1035 label.
+    if !is_dns_label(&name) {
+        return Err(format!(
+            "metadata.name: '{name}' must be at most 63 lowercase letters, digits and '-', starting with a letter \
+             (it names the Kubernetes Service)"
+        ));
+    }
+    for (k, v) in ps.spec.extended_resources.iter().flatten() {
+        if !is_quantity(v) {
+            return Err(format!(
+                "spec.extendedResources.{k}: '{v}' is not a quantity (e.g. \"1\")"
+            ));
+        }
+    }
     let spec = &ps.spec;
     let versions: Vec<(String, VersionSpec)> = if spec.versions.is_empty() {
         vec![(
@@ -145,7 +165,11 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
                 uri: package.uri.clone(),
                 sha256: package.sha256.clone(),
             },
-            deployment_config: dc_value.cloned(),
+            // The keys go to the Secret, never into the ConfigMap.
+            deployment_config: dc_value.cloned().map(|mut v| {
+                plinth_control::package::redact(&mut v);
+                v
+            }),
             inference_config: ic_value.cloned(),
             traffic: Some(records.last().map(|r| r.traffic).unwrap_or(0)),
             default: Some(single || v.default == Some(true)),
@@ -205,8 +229,43 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
             .iter()
             .map(|v| (v.name.clone(), v.traffic, v.is_default))
             .collect(),
+        default,
+        wants_gpu: configs.iter().any(|c| {
+            c.gpu_cores.or(c.container_resource_requirements.gpu).unwrap_or(0) > 0
+                || c.execution_providers.iter().flatten().any(|p| {
+                    let name = p
+                        .as_str()
+                        .or_else(|| p["name"].as_str())
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    name.contains("cuda") || name.contains("tensorrt") || name == "trt"
+                })
+        }),
         configs,
     })
+}
+
+/// A DNS-1035 label: what a Service may be named.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// A Kubernetes quantity as extended resources take them: a number with an optional suffix.
+fn is_quantity(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &s[digits.len()..];
+    !digits.is_empty()
+        && digits.parse::<f64>().is_ok_and(|n| n >= 0.0)
+        && [
+            "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+        ]
+        .contains(&suffix)
 }
 
 fn to_bytes(v: &Value) -> Vec<u8> {
@@ -247,6 +306,8 @@ pub struct Rendered {
 pub struct RenderOptions {
     /// The image when the spec names none.
     pub image: String,
+    /// The image of pods that run on a GPU (built with the GPU ONNX Runtime), when the spec names none.
+    pub gpu_image: String,
     /// Put `spec.replicas` in the Deployment (for `kubectl apply` without a controller).
     pub with_replicas: bool,
 }
@@ -255,6 +316,7 @@ impl Default for RenderOptions {
     fn default() -> Self {
         RenderOptions {
             image: DEFAULT_IMAGE.into(),
+            gpu_image: DEFAULT_GPU_IMAGE.into(),
             with_replicas: false,
         }
     }
@@ -324,7 +386,13 @@ pub fn render(ps: &PlinthService, plan: &Plan, options: &RenderOptions) -> Rende
         "data": {"service.json": manifest_json},
     }))
     .expect("a ConfigMap");
-    let image = ps.spec.image.clone().unwrap_or_else(|| options.image.clone());
+    let image = ps.spec.image.clone().unwrap_or_else(|| {
+        if plan.wants_gpu {
+            options.gpu_image.clone()
+        } else {
+            options.image.clone()
+        }
+    });
     let security = json!({
         "allowPrivilegeEscalation": false,
         "readOnlyRootFilesystem": true,
@@ -414,8 +482,8 @@ pub fn render(ps: &PlinthService, plan: &Plan, options: &RenderOptions) -> Rende
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": probe("/readyz", 5, 3),
         "livenessProbe": probe("/healthz", 10, 3),
-        // Slow loads (a scientific score.py compiles its interpreter first): up to 10 minutes.
-        "startupProbe": probe("/healthz", 5, 120),
+        // Slow loads (a scientific score.py compiles its interpreter first): up to 10 minutes to be ready.
+        "startupProbe": probe("/readyz", 5, 120),
         "resources": {"requests": requests, "limits": limits},
         "securityContext": security,
         "volumeMounts": mounts,
@@ -485,7 +553,11 @@ pub fn render(ps: &PlinthService, plan: &Plan, options: &RenderOptions) -> Rende
 /// default version's deployment config names are used instead.
 pub fn secret(ps: &PlinthService, plan: &Plan) -> Secret {
     let name = ps.name_any();
-    let keys = plan.configs.first().map(|c| c.keys.clone()).unwrap_or_default();
+    let keys = plan
+        .configs
+        .get(plan.default)
+        .map(|c| c.keys.clone())
+        .unwrap_or_default();
     let primary = keys.primary_key.unwrap_or_else(plinth_router::generate_key);
     let secondary = keys.secondary_key.unwrap_or_else(plinth_router::generate_key);
     serde_json::from_value(json!({
@@ -533,6 +605,7 @@ mod tests {
         assert_eq!(c["resources"]["requests"]["cpu"], "500m");
         assert_eq!(c["resources"]["requests"]["memory"], "1536Mi");
         assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert_eq!(c["image"], DEFAULT_GPU_IMAGE, "a GPU pod runs the GPU image");
         assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
         assert_eq!(pod["nodeSelector"]["pool"], "gpu");
         assert!(d["spec"].get("replicas").is_none(), "the scaler owns replicas");
@@ -557,6 +630,25 @@ mod tests {
         assert!(plan(&ps).unwrap_err().contains("spec.package.uri"));
         let ps = service(json!({"package": {"uri": "https://x/p.tar", "sha256": "abc"}}));
         assert!(plan(&ps).unwrap_err().contains("spec.package.sha256"));
+        let mut ps = service(json!({"package": {"uri": "https://x/p.tar", "sha256": SHA}}));
+        ps.metadata.name = Some("Diabetes.v2".into());
+        assert!(plan(&ps).unwrap_err().starts_with("metadata.name:"));
+        let ps = service(
+            json!({"package": {"uri": "https://x/p.tar", "sha256": SHA}, "extendedResources": {"amd.com/fpga": "one"}}),
+        );
+        assert!(plan(&ps).unwrap_err().contains("spec.extendedResources.amd.com/fpga"));
+        // Keys stay out of the ConfigMap.
+        let ps = service(json!({"package": {"uri": "https://x/p.tar", "sha256": SHA},
+                                "deploymentConfig": {"keys": {"primaryKey": "a-very-secret-key-123"}}}));
+        let p = plan(&ps).unwrap();
+        let r = render(&ps, &p, &RenderOptions::default());
+        let cm = serde_json::to_string(&r.config_map).unwrap();
+        assert!(
+            !cm.contains("a-very-secret-key-123") && !cm.contains("primaryKey"),
+            "{cm}"
+        );
+        let secret = serde_json::to_value(secret(&ps, &p)).unwrap();
+        assert_eq!(secret["stringData"]["primaryKey"], "a-very-secret-key-123");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct RunOptions {
     /// Watch one namespace only (default: all).
     pub namespace: Option<String>,
     pub image: String,
+    /// The host image of pods on GPUs whose spec names none.
+    pub gpu_image: String,
     /// Where `/metrics` and `/healthz` are served.
     pub listen: SocketAddr,
     pub scale_down_after: Duration,
@@ -66,6 +68,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         metrics.clone(),
         RenderOptions {
             image: options.image.clone(),
+            gpu_image: options.gpu_image.clone(),
             with_replicas: false,
         },
     ));

@@ -70,7 +70,6 @@ pub fn http_reader() -> LoadReader {
 #[derive(Default)]
 struct Memory {
     state: ScaleState,
-    last_decision: Option<Instant>,
 }
 
 pub struct Scaler {
@@ -137,10 +136,11 @@ impl Scaler {
             .await?;
         let addrs: Vec<SocketAddr> = list.items.iter().filter_map(pod_address).collect();
         let loads = futures::future::join_all(addrs.iter().map(|a| (self.reader)(*a))).await;
-        let (mut replicas, mut weighted, mut waiting) = (0u64, 0.0f64, false);
+        let (mut replicas, mut weighted, mut waiting, mut serving) = (0u64, 0.0f64, false, 0i32);
         for (addr, load) in addrs.iter().zip(loads) {
             match load {
                 Ok(l) => {
+                    serving += (l.replicas > 0) as i32;
                     replicas += l.replicas;
                     weighted += l.utilization * l.replicas as f64;
                     waiting |= l.waiting > 0;
@@ -161,6 +161,11 @@ impl Scaler {
             let m = memory.entry(key.clone()).or_default();
             policy.decide(&mut m.state, now, current.max(0) as u32, utilization, waiting)
         };
+        // The pods of the last scale-up still starting: their capacity is on its way, and the load
+        // measured on fewer pods must not be multiplied by the larger count again.
+        if decision.desired as i32 > current && current >= policy.min as i32 && serving < current {
+            return Ok(Tick::Skipped("pods still starting"));
+        }
         let desired = decision.desired as i32;
         let mut status = json!({"status": {
             "utilization": (utilization * 1000.0).round() / 10.0,
@@ -176,9 +181,6 @@ impl Scaler {
             );
             self.apply(cx, ps, current, desired, direction, note).await?;
             status["status"]["lastScaleTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
-            if let Some(m) = self.memory.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key) {
-                m.last_decision = Some(Instant::now());
-            }
         }
         let api: Api<PlinthService> = Api::namespaced(cx.client.clone(), &ns);
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))

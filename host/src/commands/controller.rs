@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use plinth_controller::PlinthService;
-use plinth_controller::render::{self, DEFAULT_IMAGE, RenderOptions};
+use plinth_controller::render::{self, DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, RenderOptions};
 use serde_json::Value;
 
 #[derive(clap::Subcommand)]
@@ -32,6 +32,9 @@ pub struct RunArgs {
     /// The host image of pods whose spec names none.
     #[arg(long, env = "PLINTH_IMAGE", default_value = DEFAULT_IMAGE)]
     image: String,
+    /// The host image (built with the GPU ONNX Runtime) of pods that run on GPUs.
+    #[arg(long, env = "PLINTH_GPU_IMAGE", default_value = DEFAULT_GPU_IMAGE)]
+    gpu_image: String,
     /// Where the controller serves its /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9090")]
     listen: SocketAddr,
@@ -51,6 +54,9 @@ pub struct RenderArgs {
     /// The host image when the spec names none.
     #[arg(long, env = "PLINTH_IMAGE", default_value = DEFAULT_IMAGE)]
     image: String,
+    /// The host image of pods that run on GPUs.
+    #[arg(long, env = "PLINTH_GPU_IMAGE", default_value = DEFAULT_GPU_IMAGE)]
+    gpu_image: String,
     /// `yaml` (documents separated by ---) or `json` (a v1 List).
     #[arg(long, default_value = "yaml")]
     format: Format,
@@ -72,6 +78,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 kubeconfig: args.kubeconfig,
                 namespace: args.namespace,
                 image: args.image,
+                gpu_image: args.gpu_image,
                 listen: args.listen,
                 scale_down_after: Duration::from_secs(args.scale_down_window_secs),
             }))
@@ -104,6 +111,7 @@ fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
         &plan,
         &RenderOptions {
             image: args.image,
+            gpu_image: args.gpu_image,
             with_replicas: true,
         },
     );

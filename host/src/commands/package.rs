@@ -62,6 +62,13 @@ fn fetch(args: FetchArgs) -> anyhow::Result<()> {
         bytes: 0,
     };
     let result = if let Some(path) = args.uri.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            let _ = std::fs::remove_file(&part);
+            bail!(
+                "'{}': a file URI names an absolute path on this machine: file:///path/package.tar",
+                args.uri
+            );
+        }
         copy_file(Path::new(path), &mut out)
     } else if args.uri.starts_with("https://") {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -162,7 +169,17 @@ async fn download(args: &FetchArgs, out: &mut Sink) -> anyhow::Result<()> {
                 .get(http::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .context("a redirect without a Location")?;
-            uri = location.parse().with_context(|| format!("redirect to '{location}'"))?;
+            // A relative Location is resolved against the URI that answered.
+            let next = if location.starts_with('/') {
+                format!(
+                    "{}://{}{location}",
+                    uri.scheme_str().unwrap_or("https"),
+                    uri.authority().map(|a| a.as_str()).unwrap_or_default()
+                )
+            } else {
+                location.to_string()
+            };
+            uri = next.parse().with_context(|| format!("redirect to '{location}'"))?;
             continue;
         }
         if !status.is_success() {

@@ -218,9 +218,11 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
     if let Some((control, declared)) = declaring {
         let (failed, stop) = (failed.clone(), stop.clone());
+        let name = declared.manifest.name.clone();
+        // Counted as loading now, before the first request can ask /readyz.
+        let serving = control.serve_declared(declared);
         tokio::spawn(async move {
-            let name = declared.manifest.name.clone();
-            match control.serve_declared(declared).await {
+            match serving.await {
                 Ok(()) => tracing::info!(service = %name, "declared service ready"),
                 Err(e) => {
                     tracing::error!(service = %name, error = %e, "the declared service cannot be served");

@@ -445,9 +445,7 @@ fn export(name: &str, dir: &std::path::Path, base_uri: &str, workspace: &std::pa
 fn config(v: &impl serde::Serialize) -> anyhow::Result<Value> {
     let mut value = serde_json::to_value(v)?;
     strip_nulls(&mut value);
-    if let Some(o) = value.as_object_mut() {
-        o.remove("keys");
-    }
+    plinth_control::package::redact(&mut value);
     Ok(value)
 }
 

@@ -37,7 +37,10 @@ pub fn library_version() -> Option<String> {
         .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
         .map(str::to_string);
     from_info.or_else(|| {
-        let name = library_path()?.file_name()?.to_str()?;
+        // A link under a fixed name (as in the container image) names the versioned file it points to.
+        let path = library_path()?;
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let name = real.file_name()?.to_str()?;
         name.strip_prefix("libonnxruntime.so.").map(str::to_string)
     })
 }

@@ -318,32 +318,28 @@ impl Host {
     }
 
     /// Ready, or how many deployments are still loading; no names (readiness needs no credential).
-    /// What a cluster's scaler reads of this host (`GET /api/v1/load`, no credential: figures only):
-    /// each version's replicas, busy replicas and waiting requests now, and the mean utilization its
-    /// autoscaler last measured; and the host's totals, utilization weighted by replicas.
+    /// What a cluster's scaler reads of this host (`GET /api/v1/load`, no credential: figures only, no
+    /// names): replicas, busy replicas and waiting requests now, and the utilization the versions'
+    /// autoscalers last measured, the busiest version's (one pod holds one replica of each version, so it
+    /// is as saturated as its busiest one).
     fn load(&self) -> serde_json::Value {
-        let (mut replicas, mut busy, mut waiting, mut weighted) = (0u64, 0u64, 0u64, 0.0f64);
-        let mut versions = Vec::new();
+        let (mut replicas, mut busy, mut waiting, mut peak, mut versions) = (0u64, 0u64, 0u64, 0.0f64, 0u32);
         for name in self.router.names() {
             let Some(service) = self.router.get(&name) else {
                 continue;
             };
             for v in service.versions() {
                 let (b, w) = v.load_now();
-                let (r, u) = (v.replica_count(), v.utilization());
-                replicas += r as u64;
+                replicas += v.replica_count() as u64;
                 busy += b as u64;
                 waiting += w as u64;
-                weighted += u * r as f64;
-                versions.push(json!({
-                    "service": name, "version": v.name(), "replicas": r, "busy": b, "waiting": w, "utilization": u,
-                }));
+                peak = peak.max(v.utilization());
+                versions += 1;
             }
         }
-        let utilization = if replicas > 0 { weighted / replicas as f64 } else { 0.0 };
         json!({
-            "replicas": replicas, "busy": busy, "waiting": waiting, "utilization": utilization,
-            "loading": self.loading(), "versions": versions,
+            "replicas": replicas, "busy": busy, "waiting": waiting, "utilization": peak,
+            "versions": versions, "loading": self.loading(),
         })
     }
 
