@@ -7,7 +7,7 @@
 //! `blobs/sha256/<hex>`, as the workspace keeps them. Headers carry no time, owner or mode of their own,
 //! so the same content always makes the same bytes and the same address.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::store::{FileRef, ServiceRecord, VersionRecord, Workspace, hex};
+use crate::store::{FileRef, ModelRecord, ServiceRecord, VersionRecord, Workspace, hex};
 use crate::{Error, Result};
 
 /// The package's own description, its first entry.
@@ -33,7 +33,8 @@ pub struct PackageManifest {
     /// The service and version it was exported from (informative).
     pub service: String,
     pub version: String,
-    pub models: Vec<PackagedModel>,
+    /// The models as the edge host registered them (re-registered under new versions where imported).
+    pub models: Vec<ModelRecord>,
     /// The source folder (or the entry script alone).
     #[serde(default)]
     pub source: Vec<FileRef>,
@@ -45,19 +46,6 @@ pub struct PackageManifest {
     /// Azure's `deploymentconfig.json`, as the version was deployed with it.
     #[serde(default)]
     pub deployment_config: Value,
-}
-
-/// A model inside a package.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PackagedModel {
-    pub name: String,
-    pub version: u32,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    pub files: Vec<FileRef>,
 }
 
 /// Where a package comes from and what it must hash to.
@@ -125,17 +113,11 @@ pub fn write(
     version: &VersionRecord,
     dir: &Path,
 ) -> Result<(String, PathBuf)> {
-    let mut models = Vec::new();
-    for id in &version.models {
-        let m = ws.model(id)?;
-        models.push(PackagedModel {
-            name: m.name,
-            version: m.version,
-            description: m.description,
-            tags: m.tags,
-            files: m.files,
-        });
-    }
+    let models = version
+        .models
+        .iter()
+        .map(|id| ws.model(id))
+        .collect::<Result<Vec<_>>>()?;
     let manifest = PackageManifest {
         format: FORMAT.into(),
         service: service.name.clone(),
@@ -304,6 +286,8 @@ pub fn import(ws: &Workspace, path: &Path, sha256: &str) -> Result<PackageManife
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn workspace() -> (tempdir::Dir, Workspace) {

@@ -26,7 +26,7 @@ pub struct FileRef {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
     pub name: String,
     pub version: u32,
