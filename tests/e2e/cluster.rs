@@ -577,3 +577,55 @@ fn controller_run_without_a_reachable_cluster_is_one_clear_error() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_declared_host_whose_package_is_missing_or_altered_stops_with_the_reason() {
+    let dir = temp_dir("kube-declared");
+    let packages = dir.join("packages");
+    std::fs::create_dir_all(&packages).unwrap();
+    let sha = "ab".repeat(32);
+    let manifest = write_json(
+        &dir,
+        "service.json",
+        &json!({"name": "gone", "versions": [{"name": "1", "package": {"uri": "https://m/p.tar", "sha256": sha}}]}),
+    );
+    let run = |label: &str| {
+        let mut child = plinth()
+            .args(["serve", "--listen", "127.0.0.1:0", "--workspace"])
+            .arg(dir.join(format!("ws-{label}")))
+            .arg("--service-manifest")
+            .arg(&manifest)
+            .arg("--package-dir")
+            .arg(&packages)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+                return (status, err);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a host with a missing package kept running");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // No package where the init container would have put it.
+    let (status, err) = run("missing");
+    assert!(!status.success());
+    assert!(
+        err.contains("service gone") && err.contains(&format!("{sha}.tar")),
+        "{err}"
+    );
+    // A file under the package's name that hashes otherwise: refused, never served.
+    std::fs::write(packages.join(format!("{sha}.tar")), b"not the package").unwrap();
+    let (status, err) = run("altered");
+    assert!(!status.success());
+    assert!(err.contains(&format!("not the {sha} asked for")), "{err}");
+}
