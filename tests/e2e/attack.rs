@@ -318,6 +318,11 @@ fn slow_idle_and_surplus_connections_are_closed_and_health_answers_at_the_cap() 
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0.0)
     };
+    eprintln!(
+        "figure: shed {}, turned away {}",
+        counter("shed"),
+        counter("turned_away")
+    );
     assert!(counter("shed") >= 100.0, "{metrics}");
     assert_eq!(counter("header_timeout") + counter("idle"), 0.0, "{metrics}");
     drop(hoard);

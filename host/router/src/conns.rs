@@ -196,7 +196,10 @@ impl Conns {
             close: Notify::new(),
         });
         let id = self.next_id.fetch_add(1, Relaxed);
-        self.entries().insert(
+        // The table and the count change under one lock, so that `shed` never sees a connection in one
+        // and not the other (and takes a cap it could make room under for one with no room).
+        let mut entries = self.entries();
+        entries.insert(
             id,
             Entry {
                 conn: conn.clone(),
@@ -207,6 +210,7 @@ impl Conns {
             },
         );
         self.open.fetch_add(1, Relaxed);
+        drop(entries);
         self.metrics.open_connections.inc();
         Ok(Registered {
             conns: self.clone(),
@@ -292,8 +296,10 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.conns.entries().remove(&self.id);
+        let mut entries = self.conns.entries();
+        entries.remove(&self.id);
         let was = self.conns.open.fetch_sub(1, Relaxed);
+        drop(entries);
         self.conns.metrics.open_connections.dec();
         if was >= self.conns.limits.max_connections {
             self.conns.freed.notify_waiters();
@@ -435,5 +441,24 @@ mod tests {
         let closed = |r: &str| c.metrics.connections_closed.with_label_values(&[r]).get();
         assert_eq!((closed("shed"), closed("turned_away")), (1, 2));
         assert_eq!(c.metrics.open_connections.get(), 3);
+    }
+    /// Connections closing on other threads while the accept loop makes room: however their drops
+    /// interleave with it, an idle connection is always shed before a new one is turned away.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn connections_closing_on_other_threads_never_turn_a_new_one_away() {
+        let c = conns(4);
+        let mut tasks = Vec::new();
+        for _ in 0..3000 {
+            c.make_room().await;
+            let registered = c.admit().ok().expect("an idle connection could have been shed");
+            tasks.push(tokio::spawn(async move {
+                registered.conn.close.notified().await;
+                drop(registered);
+            }));
+        }
+        let closed = |r: &str| c.metrics.connections_closed.with_label_values(&[r]).get();
+        assert_eq!(closed("turned_away"), 0);
+        assert!(closed("shed") >= 2996);
+        drop(tasks);
     }
 }
