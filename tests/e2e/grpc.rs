@@ -130,3 +130,102 @@ print("prediction", float(r.as_numpy("variable")[0][0]))
     let text = alpn(&host.port().to_string(), "http/1.1");
     assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
 }
+
+/// A body that sends one frame and then nothing, ever: a client that stopped halfway through a message.
+struct Stalled(Option<bytes::Bytes>);
+
+impl hyper::body::Body for Stalled {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(data) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+#[test]
+fn a_grpc_message_sent_too_slowly_is_refused_at_the_body_read_timeout() {
+    use http_body_util::BodyExt;
+
+    let dir = temp_dir("grpc-trickle");
+    let host = TestHost::start(
+        &dir.join("ws"),
+        &["--grpc-listen", "127.0.0.1:0", "--body-read-timeout-secs", "1"],
+    );
+    let addr = host.grpc.clone().expect("the gRPC address is printed");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, message, took) = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // The gRPC prefix announces a 100-byte message; 10 bytes of it come, the rest never does.
+        let mut first = vec![0u8, 0, 0, 0, 100];
+        first.extend_from_slice(&[0x0a; 10]);
+        let request = http::Request::post(format!("http://{addr}/inference.GRPCInferenceService/ModelInfer"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Stalled(Some(first.into())))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let response = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(request))
+            .await
+            .expect("an answer before the client gives up")
+            .unwrap();
+        let took = started.elapsed();
+        // A status before any message comes in the headers (trailers-only), otherwise in the trailers.
+        let (parts, body) = response.into_parts();
+        let mut fields = parts.headers;
+        if !fields.contains_key("grpc-status") {
+            let collected = body.collect().await.unwrap();
+            fields = collected.trailers().cloned().unwrap_or_default();
+        }
+        let text = |name: &str| {
+            fields
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        (text("grpc-status"), text("grpc-message"), took)
+    });
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED; message: {message}");
+    let message = urlencoding_decode(&message);
+    assert!(message.contains("did not arrive within 1 s"), "{message}");
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+    eprintln!("figure: trickled gRPC message refused after {took:?} (body-read timeout 1 s)");
+    // The host serves on.
+    assert_eq!(curl(&format!("{}/healthz", host.url), &[]).status, 200);
+}
+
+/// `grpc-message` is percent-encoded.
+fn urlencoding_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -41,6 +41,11 @@ impl Grpc {
         Grpc { host }
     }
 
+    /// How long a request's message may take to arrive (the host's body-read timeout).
+    pub(crate) fn body_timeout(&self) -> std::time::Duration {
+        self.host.body_timeout
+    }
+
     pub(crate) fn metrics(&self) -> &Arc<crate::Metrics> {
         self.host.metrics()
     }
@@ -154,6 +159,7 @@ pub(crate) fn status(e: &Error) -> Status {
         401 => Code::Unauthenticated,
         403 => Code::PermissionDenied,
         404 => Code::NotFound,
+        408 => Code::DeadlineExceeded,
         413 => Code::ResourceExhausted,
         400..=499 => Code::InvalidArgument,
         503 => Code::Unavailable,

@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::conns::{Conn, Conns, Full, Limits};
 use crate::grpc::{Grpc, GrpcServer};
 use crate::http::Host;
+use crate::http::body::Deadline;
 use crate::observe::Metrics;
 use crate::{Error, Result};
 
@@ -133,14 +134,24 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let metrics = grpc.metrics().clone();
-    run(listener, App::Grpc(grpc.into_server()), metrics, tls, options, shutdown).await
+    let body_timeout = grpc.body_timeout();
+    run(
+        listener,
+        App::Grpc(grpc.into_server(), body_timeout),
+        metrics,
+        tls,
+        options,
+        shutdown,
+    )
+    .await
 }
 
 /// What a listener speaks.
 #[derive(Clone)]
 enum App {
     Http(Arc<Host>),
-    Grpc(GrpcServer),
+    /// The service, and how long a request's message may take to arrive.
+    Grpc(GrpcServer, Duration),
 }
 
 async fn run(
@@ -182,7 +193,7 @@ async fn run(
                 let registered = match conns.admit() {
                     Ok(r) => r,
                     Err(Full) => {
-                        turn_away(stream, tls.is_some() || matches!(app, App::Grpc(_)));
+                        turn_away(stream, tls.is_some() || matches!(app, App::Grpc(..)));
                         continue;
                     }
                 };
@@ -256,10 +267,13 @@ where
             builder.timer(TokioTimer::new()).header_read_timeout(None::<Duration>);
             watcher.watch(builder.serve_connection(TokioIo::new(io), svc)).await
         }
-        App::Grpc(server) => {
-            let svc = service_fn(move |req| {
+        App::Grpc(server, body_timeout) => {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let mut server = server.clone();
                 let in_flight = conn.request();
+                // The message within the body-read timeout, as an HTTP body: a request trickled in
+                // slowly is in flight, so no timeout of the reaper's would close it.
+                let req = req.map(|body| Deadline::new(body, body_timeout));
                 async move {
                     let response = tonic::codegen::Service::call(&mut server, req).await;
                     drop(in_flight);

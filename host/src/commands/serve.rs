@@ -46,7 +46,8 @@ pub struct Args {
     /// Seconds a connection with no request in flight has to send a whole request head.
     #[arg(long, default_value_t = 30)]
     header_read_timeout_secs: u64,
-    /// Seconds a client has to send a request body (between chunks, for an upload); 408 after.
+    /// Seconds a client has to send a request body (between chunks, for an upload) or a gRPC request's
+    /// message; 408 (gRPC: DEADLINE_EXCEEDED) after.
     #[arg(long, default_value_t = 60)]
     body_read_timeout_secs: u64,
     /// Seconds a connection with no request in flight may stay silent before it is closed.

@@ -162,6 +162,7 @@ fn errors_map_to_status_codes_by_whose_fault() {
         (Error::PayloadTooLarge { limit: 1 }, Code::ResourceExhausted),
         (Error::Overloaded("full".into()), Code::Unavailable),
         (Error::Timeout("late".into()), Code::DeadlineExceeded),
+        (Error::BodyTimeout { secs: 60 }, Code::DeadlineExceeded),
         (Error::Internal("bug".into()), Code::Internal),
     ];
     for (e, code) in cases {

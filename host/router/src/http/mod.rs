@@ -2,7 +2,7 @@
 //! `/metrics`, and the admin API an embedder mounts). Every response carries `x-request-id`; every
 //! error is JSON, shaped in `response.rs`.
 
-mod body;
+pub(crate) mod body;
 mod ids;
 pub mod oip;
 mod response;
@@ -70,7 +70,7 @@ pub struct Host {
     pub(crate) auth: HostAuth,
     admin: Option<Arc<dyn Admin>>,
     pub(crate) max_body_bytes: usize,
-    body_timeout: std::time::Duration,
+    pub(crate) body_timeout: std::time::Duration,
     pub(crate) ids: RequestIds,
     observer: Observer,
     open_metrics: bool,
