@@ -54,6 +54,13 @@ fn tritonclient_grpc_health_metadata_infer_every_datatype_and_errors() {
         .unwrap_or_else(|| panic!("no diabetes 200s in {metrics}"));
     let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 3.0, "{line}");
+    // Refused before a version: the two calls without the right key, the unknown version.
+    for want in [
+        r#"plinth_requests_total{service="diabetes",status="401",version="-"} 2"#,
+        r#"plinth_requests_total{service="diabetes",status="404",version="-"} 1"#,
+    ] {
+        assert!(metrics.contains(want), "missing {want} in\n{metrics}");
+    }
     let logs = host.run(&["service", "logs", "diabetes"]);
     assert!(logs.contains("req-7"), "{logs}");
     assert!(host.stop().success());

@@ -129,6 +129,13 @@ fn metrics_pass_promtool_and_count_requests() {
     for body in ["a", "b", "panic", "loop"] {
         score(&host.score_url("adv"), Some(KEY), body);
     }
+    // Refused before reaching a version: counted as the service's, with version "-" (an unknown
+    // service's name never becomes a label).
+    assert_eq!(score(&host.score_url("adv"), Some("not-the-key"), "a").status, 401);
+    assert_eq!(score(&host.score_url("nosuch"), Some(KEY), "a").status, 404);
+    let infer = format!("{}/v2/models/adv/infer", host.url);
+    assert_eq!(score(&infer, Some(KEY), "{not json").status, 400);
+    assert_eq!(score(&infer, None, "{}").status, 401);
     let admin = std::fs::read_to_string(dir.join("ws/admin-token")).unwrap();
     assert_eq!(
         curl(&format!("{}/metrics", host.url), &[]).status,
@@ -144,6 +151,8 @@ fn metrics_pass_promtool_and_count_requests() {
         r#"plinth_requests_total{service="adv",status="200",version="1"} 2"#,
         r#"plinth_requests_total{service="adv",status="500",version="1"} 1"#,
         r#"plinth_requests_total{service="adv",status="504",version="1"} 1"#,
+        r#"plinth_requests_total{service="adv",status="401",version="-"} 2"#,
+        r#"plinth_requests_total{service="adv",status="400",version="-"} 1"#,
         r#"plinth_script_traps_total{kind="trap",service="adv",version="1"} 1"#,
         r#"plinth_script_traps_total{kind="deadline",service="adv",version="1"} 1"#,
         r#"plinth_replicas{service="adv",version="1"} 2"#,
@@ -155,6 +164,12 @@ fn metrics_pass_promtool_and_count_requests() {
     ] {
         assert!(r.body.contains(want), "missing {want} in\n{}", r.body);
     }
+    assert!(!r.body.contains("nosuch"), "{}", r.body);
+    let logs = host.run(&["service", "logs", "adv"]);
+    assert!(
+        logs.contains("401"),
+        "refusals are in the service's request log too:\n{logs}"
+    );
     let metrics = dir.join("metrics.txt");
     std::fs::write(&metrics, &r.body).unwrap();
     let out = std::process::Command::new("promtool")

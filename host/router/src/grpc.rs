@@ -231,7 +231,22 @@ impl GrpcInferenceService for Grpc {
             .host
             .ids
             .for_candidate(given.or(Some(request.get_ref().id.as_str())));
-        let service = self.service(&request.get_ref().model_name, request.metadata())?;
+        let name = &request.get_ref().model_name;
+        let service = self
+            .host
+            .router
+            .get(name)
+            .ok_or_else(|| status(&self.host.missing("model", name)))?;
+        // Refused before it reaches a version: counted as the service's, as over HTTP.
+        let started = std::time::Instant::now();
+        let refused = |e: Error| status(&self.host.refused(service.name(), started, &request_id, e));
+        let credential = request
+            .metadata()
+            .get(AUTHORIZATION.as_str())
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+        service
+            .authorize(&self.host.auth, credential.as_ref())
+            .map_err(refused)?;
         let deadline = request
             .metadata()
             .get("grpc-timeout")
@@ -240,9 +255,9 @@ impl GrpcInferenceService for Grpc {
         let message = request.into_inner();
         let pinned = (!message.model_version.is_empty()).then(|| message.model_version.clone());
         if let Some(v) = &pinned {
-            version(&service, v)?;
+            service.version(v).map_err(refused)?;
         }
-        let decoded = convert::request(message).map_err(|e| status(&e))?;
+        let decoded = convert::request(message).map_err(refused)?;
         let payload = Payload::Oip { decoded, raw: None };
         let scoring = self.host.score(&service, payload, pinned.as_deref(), &request_id, None);
         let scored = match deadline {

@@ -12,6 +12,7 @@ mod swagger;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -29,6 +30,7 @@ use self::score::Payload;
 use crate::auth::HostAuth;
 use crate::observe::{LogHub, Metrics, Observer};
 use crate::router::Router;
+use crate::service::Service;
 use crate::{Error, Result};
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -197,19 +199,26 @@ impl Host {
                 match (method, rest) {
                     // GET only for scripts that read the request themselves (Azure's @rawhttp).
                     (&Method::POST, ["score"]) | (&Method::GET, ["score"]) => {
-                        let wants_http = service.versions().iter().any(|v| v.info().wants_http);
-                        if method == Method::GET && !wants_http {
-                            return Err(Error::NotFound(format!("no route {method} {path} (scoring is POST)")));
-                        }
-                        service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
-                        let (parts, body) = req.into_parts();
-                        // The request around the body, only for scripts that read it.
-                        let http = wants_http.then(|| Arc::new(http_request(&parts)));
-                        let body = read_body(&parts.headers, body, self.max_body_bytes, self.body_timeout).await?;
-                        let pinned = header_str(&parts.headers, VERSION_HEADER);
-                        Ok(self
-                            .score_http(&service, Payload::Score(body), pinned, request_id, http)
-                            .await)
+                        let started = Instant::now();
+                        let method = method.clone();
+                        let scored = async {
+                            let wants_http = service.versions().iter().any(|v| v.info().wants_http);
+                            if method == Method::GET && !wants_http {
+                                return Err(Error::NotFound(format!("no route {method} {path} (scoring is POST)")));
+                            }
+                            service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
+                            let (parts, body) = req.into_parts();
+                            // The request around the body, only for scripts that read it.
+                            let http = wants_http.then(|| Arc::new(http_request(&parts)));
+                            let body = read_body(&parts.headers, body, self.max_body_bytes, self.body_timeout).await?;
+                            let pinned = header_str(&parts.headers, VERSION_HEADER);
+                            Ok(self
+                                .score_http(&service, Payload::Score(body), pinned, request_id, http)
+                                .await)
+                        };
+                        scored
+                            .await
+                            .map_err(|e| self.refused(service.name(), started, request_id, e))
                     }
                     (&Method::GET, ["swagger.json"]) => {
                         service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
@@ -248,6 +257,26 @@ impl Host {
         request_id: &str,
     ) -> Result<Response<Body>> {
         let service = self.router.get(name).ok_or_else(|| self.missing("model", name))?;
+        // An inference request refused before it reaches a version is counted as the service's.
+        if method == Method::POST && rest.last() == Some(&"infer") {
+            let started = Instant::now();
+            return self
+                .oip_model_of(&service, method, name, rest, req, request_id)
+                .await
+                .map_err(|e| self.refused(service.name(), started, request_id, e));
+        }
+        self.oip_model_of(&service, method, name, rest, req, request_id).await
+    }
+
+    async fn oip_model_of(
+        &self,
+        service: &Arc<Service>,
+        method: Method,
+        name: &str,
+        rest: &[&str],
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> Result<Response<Body>> {
         // The credential first: a caller without one learns nothing of the model's versions.
         service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
         let (pinned, rest) = match rest {
@@ -293,7 +322,7 @@ impl Host {
                     decoded,
                     raw: Some(body),
                 };
-                Ok(self.score_http(&service, payload, pinned, request_id, None).await)
+                Ok(self.score_http(service, payload, pinned, request_id, None).await)
             }
             (method, _) => Err(Error::NotFound(format!(
                 "no route {method} /v2/models/{name}/{}",
@@ -313,11 +342,18 @@ impl Host {
         }
     }
 
+    /// A scoring request refused before it reached a version (no credential, a body too large, too slow
+    /// or undecodable): counted and logged as the service's with version `-`, as routing failures are.
+    pub(crate) fn refused(&self, service: &str, started: Instant, request_id: &str, e: Error) -> Error {
+        self.observer
+            .request(service, None, status_of(&e), started, request_id, Some(&e));
+        e
+    }
+
     pub(crate) fn loading(&self) -> usize {
         self.admin.as_ref().map_or(0, |a| a.loading())
     }
 
-    /// Ready, or how many deployments are still loading; no names (readiness needs no credential).
     /// What a cluster's scaler reads of this host (`GET /api/v1/load`, no credential: figures only, no
     /// names): replicas, busy replicas and waiting requests now, and the utilization the versions'
     /// autoscalers last measured, the busiest version's (one pod holds one replica of each version, so it
@@ -343,6 +379,7 @@ impl Host {
         })
     }
 
+    /// Ready, or how many deployments are still loading; no names (readiness needs no credential).
     fn ready(&self) -> Response<Body> {
         let pending = self.loading();
         if pending == 0 {
