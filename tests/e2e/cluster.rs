@@ -195,6 +195,36 @@ fn an_exported_service_runs_from_the_rendered_pod_spec_and_scores_with_the_secre
         score(&host.score_url("diabetes"), Some(&edge_key), &sample_body()).status,
         401
     );
+    // The Secret edited in the cluster: the kubelet swaps the mounted files; the host follows without
+    // a restart. A file caught empty halfway keeps the keys as they were.
+    let keys_dir = at(mount_of("keys"));
+    std::fs::write(keys_dir.join("primaryKey"), "").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        score(&host.score_url("diabetes"), Some(key), &sample_body()).status,
+        200
+    );
+    let rotated = "rotated-primary-key-0123456789abcdef";
+    std::fs::write(keys_dir.join("primaryKey.new"), rotated).unwrap();
+    std::fs::rename(keys_dir.join("primaryKey.new"), keys_dir.join("primaryKey")).unwrap();
+    let started = std::time::Instant::now();
+    while score(&host.score_url("diabetes"), Some(rotated), &sample_body()).status != 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the rotated key was not taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        score(&host.score_url("diabetes"), Some(key), &sample_body()).status,
+        401
+    );
+    assert_eq!(
+        score(&host.score_url("diabetes"), Some(secondary), &sample_body()).status,
+        200
+    );
+    let logs = host.run(&["service", "logs", "diabetes"]);
+    assert!(logs.contains("keys replaced by the mounted ones"), "{logs}");
     // What the scaler reads: one replica (the pod is the replica).
     let load = curl(&format!("{}/api/v1/load", host.url), &[]).json();
     assert_eq!(load["replicas"], 1, "{load}");

@@ -30,6 +30,24 @@ pub struct Declared {
     pub claims_dir: PathBuf,
     /// The primary and secondary keys.
     pub keys: (String, String),
+    /// Where the keys were read from, to follow changes (a Secret edited in the cluster).
+    pub keys_dir: Option<PathBuf>,
+}
+
+/// How often a declared host looks at its keys folder for changed keys.
+pub const KEYS_POLL: Duration = Duration::from_secs(2);
+
+/// The keys in `dir` (files `primaryKey` and `secondaryKey`, trimmed, not empty).
+fn read_keys(dir: &Path) -> Result<(String, String)> {
+    let read = |name: &str| -> Result<String> {
+        let p = dir.join(name);
+        let k = std::fs::read_to_string(&p).map_err(Error::io(&p))?.trim().to_string();
+        if k.is_empty() {
+            return Err(Error::BadRequest(format!("key file {} is empty", p.display())));
+        }
+        Ok(k)
+    };
+    Ok((read("primaryKey")?, read("secondaryKey")?))
 }
 
 impl Declared {
@@ -40,17 +58,7 @@ impl Declared {
         let manifest_value: ServiceManifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::BadRequest(format!("service manifest {}: {e}", manifest.display())))?;
         let keys = match keys_dir {
-            Some(dir) => {
-                let read = |name: &str| -> Result<String> {
-                    let p = dir.join(name);
-                    let k = std::fs::read_to_string(&p).map_err(Error::io(&p))?.trim().to_string();
-                    if k.is_empty() {
-                        return Err(Error::BadRequest(format!("key file {} is empty", p.display())));
-                    }
-                    Ok(k)
-                };
-                (read("primaryKey")?, read("secondaryKey")?)
-            }
+            Some(dir) => read_keys(dir)?,
             None => (plinth_router::generate_key(), plinth_router::generate_key()),
         };
         Ok(Declared {
@@ -58,6 +66,7 @@ impl Declared {
             package_dir: package_dir.to_path_buf(),
             claims_dir: claims_dir.to_path_buf(),
             keys,
+            keys_dir: keys_dir.map(Path::to_path_buf),
         })
     }
 
@@ -83,12 +92,24 @@ impl ControlPlane {
     /// every version is loaded. A version that fails to load is an error (the host should exit: its pod
     /// restarts and the error is in its log). The host is not ready from this call on (before the
     /// returned future first runs) until the future ends.
+    ///
+    /// Once loaded, the keys folder (if any) is read every [`KEYS_POLL`] for as long as the control plane
+    /// runs: changed keys replace the service's at once (a Secret edited in the cluster reaches its pods
+    /// without a restart); a folder that cannot be read keeps the keys as they are, and says so once.
     pub fn serve_declared(self: &Arc<Self>, declared: Declared) -> impl Future<Output = Result<()>> + Send + 'static {
         self.declaring.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         async move {
+            let (name, keys, keys_dir) = (
+                declared.manifest.name.clone(),
+                declared.keys.clone(),
+                declared.keys_dir.clone(),
+            );
             let result = me.deploy_declared(declared).await;
             me.declaring.fetch_sub(1, Ordering::Relaxed);
+            if let (Ok(()), Some(dir)) = (&result, keys_dir) {
+                tokio::spawn(follow_keys(Arc::downgrade(&me), name, dir, keys));
+            }
             result
         }
     }
@@ -190,4 +211,47 @@ fn one_pod_one_replica(dc: &mut Value, keys: &(String, String)) {
     s.insert("maxReplicas".into(), json!(1));
     obj.remove("numReplicas");
     obj.insert("keys".into(), json!({"primaryKey": keys.0, "secondaryKey": keys.1}));
+}
+
+/// Replaces the service's keys whenever the files in `dir` change, until the control plane goes.
+async fn follow_keys(plane: std::sync::Weak<ControlPlane>, name: String, dir: PathBuf, mut keys: (String, String)) {
+    let mut unreadable = false;
+    loop {
+        tokio::time::sleep(KEYS_POLL).await;
+        let d = dir.clone();
+        let read = match tokio::task::spawn_blocking(move || read_keys(&d)).await {
+            Ok(read) => read,
+            Err(_) => continue,
+        };
+        let now = match read {
+            Ok(now) => now,
+            Err(e) => {
+                if !unreadable {
+                    tracing::warn!(service = %name, error = %e, "the keys folder cannot be read: the keys stay as they are");
+                    unreadable = true;
+                }
+                continue;
+            }
+        };
+        unreadable = false;
+        if now == keys {
+            continue;
+        }
+        let Some(plane) = plane.upgrade() else { return };
+        let set = plane
+            .ask(|reply| Command::SetKeys {
+                name: name.clone(),
+                keys: now.clone(),
+                reply,
+            })
+            .await;
+        match set {
+            Ok(()) => {
+                tracing::info!(service = %name, "keys replaced by the mounted ones");
+                keys = now;
+            }
+            Err(Error::Stopped) => return,
+            Err(e) => tracing::warn!(service = %name, error = %e, "the mounted keys could not be set"),
+        }
+    }
 }

@@ -51,6 +51,12 @@ pub(crate) enum Command {
         which: String,
         reply: oneshot::Sender<Result<Keys>>,
     },
+    /// Replaces the primary and secondary keys with given ones (a declared host's mounted keys changed).
+    SetKeys {
+        name: String,
+        keys: (String, String),
+        reply: oneshot::Sender<Result<()>>,
+    },
     DeleteModel {
         id: String,
         reply: oneshot::Sender<Result<()>>,
@@ -140,6 +146,9 @@ impl Actor {
             }
             Command::RegenKey { name, which, reply } => {
                 let _ = reply.send(self.regen_key(&name, &which));
+            }
+            Command::SetKeys { name, keys, reply } => {
+                let _ = reply.send(self.set_keys(&name, keys));
             }
             Command::DeleteModel { id, reply } => {
                 let _ = reply.send(self.cx.ws.delete_model(&id));
@@ -434,6 +443,22 @@ impl Actor {
             primary_key: r.primary_key,
             secondary_key: r.secondary_key,
         })
+    }
+
+    fn set_keys(&mut self, name: &str, (primary, secondary): (String, String)) -> Result<()> {
+        let mut r = self.cx.ws.service(name)?;
+        if (r.primary_key.as_str(), r.secondary_key.as_str()) == (primary.as_str(), secondary.as_str()) {
+            return Ok(());
+        }
+        r.primary_key = primary;
+        r.secondary_key = secondary;
+        r.updated = now();
+        self.cx.ws.put_service(&r)?;
+        if let Some(svc) = self.cx.router.get(name) {
+            svc.set_credentials(r.primary_key.clone(), r.secondary_key.clone(), r.token_secret.clone());
+        }
+        self.cx.logs.event(name, "INFO", "keys replaced by the mounted ones");
+        Ok(())
     }
 
     /// Sets a treatment's traffic to 0 (the monitor saw its policy broken), on the record as it is now.

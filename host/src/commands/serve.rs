@@ -94,7 +94,8 @@ pub struct Args {
     )]
     claims_dir: PathBuf,
     /// The declared service's keys: a folder with files `primaryKey` and `secondaryKey` (a mounted
-    /// Secret). Default: new keys at each start.
+    /// Secret), read again every 2 s: changed files replace the keys without a restart. Default: new
+    /// keys at each start.
     #[arg(long, env = "PLINTH_KEYS_DIR", requires = "service_manifest")]
     keys_dir: Option<PathBuf>,
 }
