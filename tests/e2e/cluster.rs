@@ -172,10 +172,20 @@ fn an_exported_service_runs_from_the_rendered_pod_spec_and_scores_with_the_secre
 
     // The init container, as rendered: fetches and checks the package.
     let init = pod["initContainers"].as_array().unwrap();
-    assert_eq!(init.len(), 1);
+    assert_eq!(init.len(), 2, "fetch, then warm: {init:?}");
     let fetch = plinth().args(as_run_here(&init[0], &root)).output().unwrap();
     assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
     assert!(at(mount_of("data")).join(format!("packages/{sha}.tar")).is_file());
+    // The warm container, as rendered: loads the service (compiling into the cache), then exits 0.
+    assert_eq!(init[1]["name"], "warm");
+    let warm = plinth()
+        .args(as_run_here(&init[1], &root))
+        .env("PLINTH_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&warm.stderr);
+    assert!(warm.status.success(), "{log}");
+    assert!(log.contains("declared service loaded; exiting"), "{log}");
 
     // The host container, as rendered (its listening port made free).
     let args = as_run_here(&pod["containers"][0], &root);

@@ -71,6 +71,11 @@ pub struct PlinthServiceSpec {
     /// `amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0: 1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extended_resources: Option<BTreeMap<String, String>>,
+    /// A PersistentVolumeClaim (ReadWriteMany) the pods share for compiled code: the first pod on a kind
+    /// of node compiles a Python entry script's interpreter (about a minute), the next ones load it in
+    /// moments. Default: each pod compiles into its own scratch volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_claim: Option<String>,
 }
 
 /// A package: the tarball `plinth service export` writes, addressed by its sha256.

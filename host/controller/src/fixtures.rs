@@ -327,7 +327,15 @@ async fn a_gpu_spec_and_a_claim_reach_the_pod() {
     let server = tokio::spawn(async move {
         let d = expect_apply(&mut api, true).await;
         let pod = &d["spec"]["template"]["spec"];
-        assert!(pod.get("initContainers").is_none(), "a claim is mounted, not fetched");
+        let init: Vec<&Value> = pod["initContainers"].as_array().unwrap().iter().collect();
+        assert!(
+            init.len() == 1 && init[0]["name"] == "warm",
+            "a claim is mounted, not fetched: {init:?}"
+        );
+        assert_eq!(
+            init[0]["resources"]["limits"]["nvidia.com/gpu"], "1",
+            "the models load on the GPU"
+        );
         assert!(
             pod["volumes"]
                 .as_array()

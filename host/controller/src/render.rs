@@ -34,6 +34,11 @@ pub const DATA_DIR: &str = "/var/lib/plinth";
 pub const MANIFEST_DIR: &str = "/etc/plinth/service";
 /// Where the keys (the Secret) are mounted.
 pub const KEYS_DIR: &str = "/etc/plinth/keys";
+/// Where `spec.cacheClaim` is mounted (compiled code shared by the pods).
+pub const CACHE_DIR: &str = "/var/lib/plinth/cache";
+/// Memory the `warm` init container may use above the host's limit: compiling the scientific Python
+/// interpreter peaks at about 2.2 GB.
+pub const COMPILE_HEADROOM_GB: f64 = 3.0;
 
 /// A checked `PlinthService`: what the host pods serve and how many of them there should be.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +67,9 @@ pub struct Plan {
     pub default: usize,
     /// A version runs on a GPU (`gpuCores`, or a CUDA/TensorRT provider listed).
     pub wants_gpu: bool,
+    /// A version may compile an interpreter when it loads: its entry script is Python, or its inference
+    /// config is the package's own (not known here).
+    pub compiles: bool,
 }
 
 impl Plan {
@@ -95,6 +103,11 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
         }
     }
     let spec = &ps.spec;
+    if let Some(claim) = spec.cache_claim.as_deref().filter(|c| !is_dns_subdomain(c)) {
+        return Err(format!(
+            "spec.cacheClaim: '{claim}' is not a claim name (lowercase letters, digits, '-' and '.')"
+        ));
+    }
     let versions: Vec<(String, VersionSpec)> = if spec.versions.is_empty() {
         vec![(
             "spec".into(),
@@ -119,6 +132,7 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
     };
     let mut records = Vec::new();
     let mut configs = Vec::new();
+    let mut compiles = false;
     for (at, v) in &versions {
         check_name("version", &v.name).map_err(|e| format!("{at}.name: {e}"))?;
         let (package, package_at) = match (&v.package, &spec.package) {
@@ -151,6 +165,7 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
             }
             None => InferenceConfig::default(),
         };
+        compiles |= ic_value.is_none() || ic.entry_script.as_deref().is_some_and(|e| e.ends_with(".py"));
         let single = versions.len() == 1;
         let mut record = VersionRecord::new(&v.name, Vec::new(), ic, dc.clone(), Vec::new(), None);
         record.traffic = v.traffic.unwrap_or(if single { 100 } else { 0 });
@@ -242,6 +257,7 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
                 })
         }),
         configs,
+        compiles,
     })
 }
 
@@ -254,6 +270,17 @@ fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// A DNS-1123 subdomain: what a PersistentVolumeClaim may be named.
+fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty() && alnum(&b[0]) && alnum(&b[b.len() - 1]) && b.iter().all(|c| alnum(c) || *c == b'-')
+        })
 }
 
 /// A Kubernetes quantity as extended resources take them: a number with an optional suffix.
@@ -400,6 +427,7 @@ pub fn render(ps: &PlinthService, plan: &Plan, options: &RenderOptions) -> Rende
         "capabilities": {"drop": ["ALL"]},
     });
     let data_mount = json!({"name": "data", "mountPath": DATA_DIR});
+    let cache_claim = ps.spec.cache_claim.as_deref();
     let packages_dir = format!("{DATA_DIR}/packages");
     let claims_dir = format!("{DATA_DIR}/claims");
     let mut init = Vec::new();
@@ -415,6 +443,10 @@ pub fn render(ps: &PlinthService, plan: &Plan, options: &RenderOptions) -> Rende
         data_mount.clone(),
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
+    if let Some(claim) = cache_claim {
+        volumes.push(json!({"name": "cache", "persistentVolumeClaim": {"claimName": claim}}));
+        mounts.push(json!({"name": "cache", "mountPath": CACHE_DIR}));
+    }
     let mut claims: Vec<&str> = Vec::new();
     for v in &plan.manifest.versions {
         let p = &v.package;
@@ -464,20 +496,56 @@ pub fn render(ps: &PlinthService, plan: &Plan, options: &RenderOptions) -> Rende
             .flatten()
             .map(|t| serde_json::to_value(t).unwrap_or_default()),
     );
+    let mut serve_args: Vec<String> = [
+        "serve",
+        "--listen",
+        &format!("0.0.0.0:{PORT}"),
+        "--workspace",
+        &format!("{DATA_DIR}/workspace"),
+        "--service-manifest",
+        &format!("{MANIFEST_DIR}/service.json"),
+        "--package-dir",
+        &packages_dir,
+        "--claims-dir",
+        &claims_dir,
+    ]
+    .map(str::to_string)
+    .to_vec();
+    if cache_claim.is_some() {
+        serve_args.extend(["--cache-dir".to_string(), CACHE_DIR.to_string()]);
+    }
+    if plan.compiles {
+        // Loads the service once, before the host: what it compiles (a Python entry script's
+        // interpreter: about a minute and 2 GB) lands in the cache within limits of its own, and the host
+        // starts from the cache within the service's.
+        let mut args = serve_args.clone();
+        args[2] = "127.0.0.1:0".to_string();
+        args.push("--exit-when-loaded".to_string());
+        let mut warm_limits = limits.clone();
+        if let Some(l) = warm_limits.as_object_mut() {
+            l.remove("cpu");
+        }
+        let memory = plan.memory_limit_gb.unwrap_or(plan.memory_gb).max(plan.memory_gb) + COMPILE_HEADROOM_GB;
+        warm_limits["memory"] = json!(memory_quantity(memory));
+        let warm_mounts: Vec<Value> = mounts.iter().filter(|m| m["name"] != "keys").cloned().collect();
+        init.push(json!({
+            "name": "warm",
+            "image": image,
+            "command": ["plinth"],
+            "args": args,
+            "env": [{"name": "HOME", "value": "/tmp"}],
+            "resources": {"requests": requests, "limits": warm_limits},
+            "securityContext": security.clone(),
+            "volumeMounts": warm_mounts,
+        }));
+    }
+    serve_args.extend(["--keys-dir".to_string(), KEYS_DIR.to_string()]);
     let probe = |path: &str, period: u32, failures: u32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2});
     let container = json!({
         "name": "plinth",
         "image": image,
         "command": ["plinth"],
-        "args": [
-            "serve",
-            "--listen", format!("0.0.0.0:{PORT}"),
-            "--workspace", format!("{DATA_DIR}/workspace"),
-            "--service-manifest", format!("{MANIFEST_DIR}/service.json"),
-            "--package-dir", packages_dir,
-            "--claims-dir", claims_dir,
-            "--keys-dir", KEYS_DIR,
-        ],
+        "args": serve_args,
         "env": [{"name": "HOME", "value": "/tmp"}],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": probe("/readyz", 5, 3),
@@ -613,6 +681,63 @@ mod tests {
             pod["initContainers"][0]["args"][2],
             "https://models.example.com/diabetes.tar"
         );
+        // A Python entry script: the `warm` init container loads the service first, with room to
+        // compile (and the GPU its models load on), then exits.
+        let warm = &pod["initContainers"][1];
+        assert_eq!(warm["name"], "warm");
+        let args: Vec<&str> = warm["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(&args[..3], ["serve", "--listen", "127.0.0.1:0"]);
+        assert_eq!(args.last(), Some(&"--exit-when-loaded"));
+        assert!(
+            !args.contains(&"--keys-dir") && !args.contains(&"--cache-dir"),
+            "{args:?}"
+        );
+        assert_eq!(warm["resources"]["limits"]["memory"], "4608Mi");
+        assert_eq!(warm["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert_eq!(warm["resources"]["requests"], c["resources"]["requests"]);
+        let mounts = warm["volumeMounts"].as_array().unwrap();
+        assert!(mounts.iter().all(|m| m["name"] != "keys"), "{mounts:?}");
+        let host_args = c["args"].as_array().unwrap();
+        assert_eq!(
+            host_args[..host_args.len() - 2],
+            warm["args"].as_array().unwrap()[..args.len() - 1][..]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| if i == 2 { json!("0.0.0.0:8080") } else { a.clone() })
+                .collect::<Vec<_>>()[..]
+        );
+    }
+
+    #[test]
+    fn a_cache_claim_is_shared_by_the_warm_container_and_the_host() {
+        let ps = service(json!({
+            "package": {"uri": "https://models.example.com/diabetes.tar", "sha256": SHA},
+            "inferenceConfig": {"entryScript": "score.py"},
+            "cacheClaim": "plinth-cache",
+        }));
+        let r = render(&ps, &plan(&ps).unwrap(), &RenderOptions::default());
+        let d = serde_json::to_value(&r.deployment).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let vols = pod["volumes"].as_array().unwrap();
+        assert!(vols.contains(&json!({"name": "cache", "persistentVolumeClaim": {"claimName": "plinth-cache"}})));
+        for c in [&pod["initContainers"][1], &pod["containers"][0]] {
+            let args = c["args"].as_array().unwrap();
+            let at = args.iter().position(|a| a == "--cache-dir").expect("--cache-dir");
+            assert_eq!(args[at + 1], CACHE_DIR);
+            let mounts = c["volumeMounts"].as_array().unwrap();
+            assert!(mounts.contains(&json!({"name": "cache", "mountPath": CACHE_DIR})));
+        }
+        let bad = service(json!({
+            "package": {"uri": "https://models.example.com/diabetes.tar", "sha256": SHA},
+            "cacheClaim": "Not_A_Claim",
+        }));
+        let e = plan(&bad).unwrap_err();
+        assert!(e.starts_with("spec.cacheClaim: 'Not_A_Claim'"), "{e}");
     }
 
     #[test]
@@ -661,21 +786,23 @@ mod tests {
         let ps = service(json!({"versions": [v("a", 80, true), v("b", 20, false)]}));
         let p = plan(&ps).unwrap();
         assert_eq!(p.traffic, vec![("a".into(), 80, true), ("b".into(), 20, false)]);
-        // One package for both: fetched once.
+        // One package for both: fetched once (then warmed: the inference configs are the package's).
         let r = render(&ps, &p, &RenderOptions::default());
         let d = serde_json::to_value(&r.deployment).unwrap();
-        assert_eq!(
-            d["spec"]["template"]["spec"]["initContainers"]
-                .as_array()
-                .unwrap()
-                .len(),
-            1
-        );
+        let names: Vec<&str> = d["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["fetch-0", "warm"]);
     }
 
     #[test]
     fn a_claim_is_mounted_read_only_instead_of_fetched() {
-        let ps = service(json!({"package": {"uri": "pvc://models/diabetes/p.tar", "sha256": SHA}}));
+        // No entry script: nothing to compile, nothing to fetch, no init container.
+        let ps =
+            service(json!({"package": {"uri": "pvc://models/diabetes/p.tar", "sha256": SHA}, "inferenceConfig": {}}));
         let p = plan(&ps).unwrap();
         let r = render(&ps, &p, &RenderOptions::default());
         let d = serde_json::to_value(&r.deployment).unwrap();

@@ -98,6 +98,11 @@ pub struct Args {
     /// keys at each start.
     #[arg(long, env = "PLINTH_KEYS_DIR", requires = "service_manifest")]
     keys_dir: Option<PathBuf>,
+    /// Load the declared service (compiling what it needs into the cache), then exit: 0 once loaded,
+    /// 1 with the reason when it cannot be. A pod's init container warms the cache this way, within
+    /// limits of its own, so the host that serves starts from it.
+    #[arg(long, requires = "service_manifest")]
+    exit_when_loaded: bool,
 }
 
 pub fn run(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
@@ -221,10 +226,15 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     if let Some((control, declared)) = declaring {
         let (failed, stop) = (failed.clone(), stop.clone());
         let name = declared.manifest.name.clone();
+        let exit_when_loaded = args.exit_when_loaded;
         // Counted as loading now, before the first request can ask /readyz.
         let serving = control.serve_declared(declared);
         tokio::spawn(async move {
             match serving.await {
+                Ok(()) if exit_when_loaded => {
+                    tracing::info!(service = %name, "declared service loaded; exiting (--exit-when-loaded)");
+                    let _ = stop.send(true);
+                }
                 Ok(()) => tracing::info!(service = %name, "declared service ready"),
                 Err(e) => {
                     tracing::error!(service = %name, error = %e, "the declared service cannot be served");
