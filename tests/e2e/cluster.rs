@@ -346,7 +346,8 @@ fn rendered_manifests_and_the_crd_pass_the_kubernetes_schemas_strictly_and_the_d
                "tolerations": [{"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}),
         json!({"package": {"uri": "pvc://models/diabetes/p.tar", "sha256": sha},
                "deploymentConfig": {"numReplicas": 3, "containerResourceRequirements": {"cpu": 2, "memoryInGB": 4, "memoryInGBLimit": 6, "cpuLimit": 3}},
-               "extendedResources": {"amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0": "1"}}),
+               "extendedResources": {"amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0": "1"},
+               "cacheClaim": "plinth-cache", "scratchSize": "20Gi"}),
         json!({"versions": [
             {"name": "blue", "default": true, "traffic": 80, "package": {"uri": "https://m/blue.tar", "sha256": sha}},
             {"name": "green", "traffic": 20, "treatment": true, "package": {"uri": "https://m/green.tar", "sha256": "ab".repeat(32)}},

@@ -76,6 +76,12 @@ pub struct PlinthServiceSpec {
     /// moments. Default: each pod compiles into its own scratch volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_claim: Option<String>,
+    /// The pod's scratch space (a quantity, e.g. `20Gi`): the packages, the imported models and the
+    /// compiled code. Sets the scratch volume's `sizeLimit` and the host's `ephemeral-storage` request and
+    /// limit, so the scheduler counts the disk and a pod that outgrows it is evicted, not the node's
+    /// other pods. Default: unbounded and not requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_size: Option<String>,
 }
 
 /// A package: the tarball `plinth service export` writes, addressed by its sha256.

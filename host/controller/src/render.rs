@@ -108,6 +108,9 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
             "spec.cacheClaim: '{claim}' is not a claim name (lowercase letters, digits, '-' and '.')"
         ));
     }
+    if let Some(size) = spec.scratch_size.as_deref().filter(|q| !is_quantity(q)) {
+        return Err(format!("spec.scratchSize: '{size}' is not a quantity (e.g. \"20Gi\")"));
+    }
     let versions: Vec<(String, VersionSpec)> = if spec.versions.is_empty() {
         vec![(
             "spec".into(),
@@ -434,7 +437,10 @@ pub fn render(ps: &PlinthService, plan: &Plan, options: &RenderOptions) -> Rende
     let mut volumes = vec![
         json!({"name": "service", "configMap": {"name": config_map_name(&name)}}),
         json!({"name": "keys", "secret": {"secretName": secret_name(&name), "defaultMode": 0o440}}),
-        json!({"name": "data", "emptyDir": {}}),
+        match &ps.spec.scratch_size {
+            Some(size) => json!({"name": "data", "emptyDir": {"sizeLimit": size}}),
+            None => json!({"name": "data", "emptyDir": {}}),
+        },
         json!({"name": "tmp", "emptyDir": {}}),
     ];
     let mut mounts = vec![
@@ -488,6 +494,10 @@ pub fn render(ps: &PlinthService, plan: &Plan, options: &RenderOptions) -> Rende
     for (k, v) in ps.spec.extended_resources.iter().flatten() {
         limits[k] = json!(v);
         requests[k] = json!(v);
+    }
+    if let Some(size) = &ps.spec.scratch_size {
+        requests["ephemeral-storage"] = json!(size);
+        limits["ephemeral-storage"] = json!(size);
     }
     tolerations.extend(
         ps.spec
@@ -711,6 +721,30 @@ mod tests {
                 .map(|(i, a)| if i == 2 { json!("0.0.0.0:8080") } else { a.clone() })
                 .collect::<Vec<_>>()[..]
         );
+    }
+
+    #[test]
+    fn a_scratch_size_bounds_the_volume_and_is_requested() {
+        let ps = service(json!({
+            "package": {"uri": "https://models.example.com/diabetes.tar", "sha256": SHA},
+            "inferenceConfig": {"entryScript": "score.py"},
+            "scratchSize": "20Gi",
+        }));
+        let r = render(&ps, &plan(&ps).unwrap(), &RenderOptions::default());
+        let d = serde_json::to_value(&r.deployment).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let vols = pod["volumes"].as_array().unwrap();
+        assert!(vols.contains(&json!({"name": "data", "emptyDir": {"sizeLimit": "20Gi"}})));
+        for c in [&pod["initContainers"][1], &pod["containers"][0]] {
+            assert_eq!(c["resources"]["requests"]["ephemeral-storage"], "20Gi");
+            assert_eq!(c["resources"]["limits"]["ephemeral-storage"], "20Gi");
+        }
+        let bad = service(json!({
+            "package": {"uri": "https://models.example.com/diabetes.tar", "sha256": SHA},
+            "scratchSize": "lots",
+        }));
+        let e = plan(&bad).unwrap_err();
+        assert!(e.starts_with("spec.scratchSize: 'lots'"), "{e}");
     }
 
     #[test]
