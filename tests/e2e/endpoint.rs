@@ -462,3 +462,75 @@ fn a_regenerated_key_survives_a_concurrent_rollback_and_a_redeploy_that_names_no
     assert_eq!(score(&url, Some(&last), "ok").status, 200);
     assert_eq!(score(&url, Some(KEY), "ok").status, 200);
 }
+
+/// A host with a busy version and an idle one reports the busy one's utilization on `/api/v1/load`, not
+/// the mean (a pod holds one replica of each version, so it is as saturated as its busiest), and every
+/// version's replicas.
+#[test]
+fn the_load_a_cluster_reads_is_the_busiest_versions() {
+    let r = Rollout::new("load-versions");
+    Dc::test()
+        .keys(KEY)
+        .concurrency(1)
+        .with("maxQueueWaitMs", 20_000.into())
+        .with(
+            "autoScaler",
+            json!({"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 1, "refreshPeriodInSeconds": 1}),
+        )
+        .write(&r.dir, "dc.json");
+    r.create("busy", &[]);
+    r.add("idle", "healthy:1", &["--traffic", "0"]);
+    // Four clients after one another on the busy version (400 ms a request, one at a time): about one
+    // busy replica and three waiting requests, 400% of it; the idle version stays at 0.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (r.host.score_url("ep"), stop.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Authorization: Bearer {KEY}");
+                while !stop.load(Ordering::Relaxed) {
+                    curl(
+                        &url,
+                        &[
+                            "-X",
+                            "POST",
+                            "--data-binary",
+                            "sleep",
+                            "-H",
+                            &auth,
+                            "-H",
+                            "x-plinth-version: busy",
+                        ],
+                    );
+                }
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let load = loop {
+        let load = curl(&format!("{}/api/v1/load", r.host.url), &[]).json();
+        // The mean of the two versions could not pass 2.
+        if load["utilization"].as_f64().unwrap_or(0.0) > 2.5 {
+            break load;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the busy version's utilization never showed: {load}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("figure: /api/v1/load with a busy and an idle version: {load}");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(
+        (load["versions"].as_u64(), load["replicas"].as_u64()),
+        (Some(2), Some(2)),
+        "{load}"
+    );
+    assert!(
+        load.as_object().unwrap().values().all(|v| v.is_number()),
+        "figures only, no names: {load}"
+    );
+}
