@@ -81,6 +81,16 @@ pub struct Package {
     models: Arc<ModelSet>,
     script: Option<EntryScript>,
     science: Option<ScienceScript>,
+    lease: Option<Lease>,
+}
+
+/// Whatever the package was placed on (a GPU, say), held until the package goes.
+struct Lease(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
 }
 
 impl Package {
@@ -153,7 +163,15 @@ impl Package {
             models,
             script,
             science,
+            lease: None,
         })
+    }
+
+    /// Holds `lease` (what the package was placed on: a GPU, say) for as long as the package lives, so
+    /// that dropping it gives the place back.
+    pub fn with_lease(mut self, lease: impl Send + Sync + 'static) -> Self {
+        self.lease = Some(Lease(Box::new(lease)));
+        self
     }
 
     pub fn models(&self) -> &ModelSet {

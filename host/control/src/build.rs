@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use plinth_router::{Factory, Policy, Reporting, Sampling, Version, VersionConfig};
@@ -151,14 +150,15 @@ impl Context {
         let engine = self.engine.clone();
         let warm_rows = dc.max_batch_size.unwrap_or(1) as usize;
         // Every replica runs each batch size it will see once at load, so no request pays for a first size.
-        // GPU replicas are spread over the host's GPUs in the order they load; each has its own sessions
-        // (and so its own CUDA streams).
-        let loaded = AtomicU32::new(0);
+        // A GPU replica loads on the host's GPU holding the fewest replicas (of any version) and holds its
+        // place there while it lives; each has its own sessions (and so its own CUDA streams).
+        let gpus = self.gpus.clone();
         let factory: Factory = Arc::new(move || {
             let package = if replica_gpus > 0 {
+                let lease = gpus.take();
                 let mut spec = spec.clone();
-                spec.session.device_id = Some((loaded.fetch_add(1, Ordering::Relaxed) % host_gpus.max(1)) as i32);
-                Package::load(&spec, Some(&engine))?
+                spec.session.device_id = Some(lease.device());
+                Package::load(&spec, Some(&engine))?.with_lease(lease)
             } else {
                 Package::load(&spec, Some(&engine))?
             };

@@ -19,6 +19,8 @@ pub(crate) struct Context {
     pub(crate) logs: Arc<LogHub>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) capacity: Arc<Capacity>,
+    /// Which GPU the next GPU replica loads on.
+    pub(crate) gpus: Arc<crate::gpus::GpuPlacer>,
     pub(crate) options: ControlOptions,
 }
 

@@ -36,6 +36,7 @@ impl ControlPlane {
     ) -> Arc<Self> {
         let tokens = Arc::new(TokenIssuer::new(ws.jwt_secret(), options.token_lifetime));
         crate::scripts::remove_stale_builds(&options.cache_dir.clone().unwrap_or_else(|| ws.root().join("cache")));
+        let capacity = Arc::new(Capacity::of_host().with_cpu_oversubscription(options.cpu_oversubscription));
         let cx = Arc::new(Context {
             ws,
             router,
@@ -43,7 +44,8 @@ impl ControlPlane {
             tokens,
             logs,
             metrics,
-            capacity: Arc::new(Capacity::of_host().with_cpu_oversubscription(options.cpu_oversubscription)),
+            gpus: crate::gpus::GpuPlacer::new(capacity.gpus()),
+            capacity,
             options,
         });
         let (tx, rx) = mpsc::channel(COMMANDS);
