@@ -1,4 +1,5 @@
-//! The HTTP client the CLI uses to talk to a host (HTTP, or HTTPS with `--cacert`).
+//! The HTTP client the CLI uses to talk to a host (HTTP, or HTTPS trusting the system's authorities and
+//! `--cacert`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,8 +22,27 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// The authorities an HTTPS connection trusts: the system's (`SSL_CERT_FILE` and `SSL_CERT_DIR` are
+/// honoured), plus the PEM certificates in `cacert`.
+pub fn trusted_roots(cacert: Option<&Path>) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = cacert {
+        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
+            roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
+        }
+    }
+    if roots.is_empty() {
+        bail!("no trusted certificate authorities (install ca-certificates, or pass --cacert FILE)");
+    }
+    Ok(roots)
+}
+
 impl Client {
-    /// `base` is `http://host:port` or `https://host:port`; `cacert` is the PEM that signed an HTTPS host.
+    /// `base` is `http://host:port` or `https://host:port`; `cacert`, a PEM that signed an HTTPS host (beside
+    /// the system's authorities).
     pub fn new(base: &str, token: Option<String>, cacert: Option<&Path>) -> anyhow::Result<Self> {
         let uri: Uri = base
             .parse()
@@ -39,15 +59,7 @@ impl Client {
             .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let mut roots = rustls::RootCertStore::empty();
-            let Some(cacert) = cacert else {
-                bail!("an https host needs --cacert FILE (or PLINTH_CACERT): the PEM certificate that signed it");
-            };
-            for cert in
-                CertificateDer::pem_file_iter(cacert).with_context(|| format!("reading {}", cacert.display()))?
-            {
-                roots.add(cert.with_context(|| format!("parsing {}", cacert.display()))?)?;
-            }
+            let roots = trusted_roots(cacert)?;
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()?
@@ -100,10 +112,10 @@ impl Client {
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let response = match &self.tls {
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), stream)
-                    .await
-                    .context("TLS handshake with the host failed")?;
+                let tls = connector.connect(name.clone(), stream).await.context(
+                    "TLS handshake with the host failed (a host whose certificate no system authority \
+                         signed, a self-signed one say, needs --cacert FILE or PLINTH_CACERT)",
+                )?;
                 send(TokioIo::new(tls), req).await?
             }
             None => send(TokioIo::new(stream), req).await?,

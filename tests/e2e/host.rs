@@ -403,6 +403,28 @@ fn tls_with_curl_openssl_and_the_cli() {
     register_diabetes(&host);
     host.run(&["deploy", "-m", "diabetes:1", "-n", "ridge"]);
     let (k, _) = host.keys("ridge");
+    // Without --cacert it trusts the system's authorities: a self-signed host is refused in one line
+    // naming the flag; with the certificate among the system's (SSL_CERT_FILE), no flag is needed.
+    let out = host
+        .cli()
+        .env_remove("PLINTH_CACERT")
+        .args(["service", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--cacert") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let out = host
+        .cli()
+        .env_remove("PLINTH_CACERT")
+        .env("SSL_CERT_FILE", &cert)
+        .args(["service", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ridge"));
     let r = curl(
         &format!("{url}/api/v1/service/ridge/score"),
         &[

@@ -37,7 +37,7 @@ pub struct HostArgs {
     /// The admin credential (default: read from the workspace).
     #[arg(long, env = "PLINTH_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub admin_token: Option<String>,
-    /// PEM certificate that signed an https host.
+    /// PEM certificate that signed an https host (trusted beside the system's authorities).
     #[arg(long, env = "PLINTH_CACERT", global = true)]
     pub cacert: Option<PathBuf>,
     /// `text` or `json`.

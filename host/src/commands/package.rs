@@ -10,8 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use http_body_util::BodyExt;
 use plinth_control::package::is_sha256;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 
 #[derive(clap::Subcommand)]
@@ -127,19 +125,7 @@ fn copy_file(path: &Path, out: &mut Sink) -> anyhow::Result<()> {
 }
 
 async fn download(args: &FetchArgs, out: &mut Sink) -> anyhow::Result<()> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = &args.cacert {
-        for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
-            roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
-        }
-    }
-    if roots.is_empty() {
-        bail!("no trusted certificate authorities (install ca-certificates, or pass --cacert)");
-    }
+    let roots = crate::client::trusted_roots(args.cacert.as_deref())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
