@@ -368,6 +368,20 @@ fn rendered_manifests_and_the_crd_pass_the_kubernetes_schemas_strictly_and_the_d
         std::fs::write(&yaml, &out.stdout).unwrap();
         files.push(yaml);
     }
+    // A second render leaves the Secret (and so the keys) alone.
+    let again = plinth()
+        .args(["controller", "render", "--no-secret", "--format", "json", "-f"])
+        .arg(dir.join("svc0.json"))
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let kinds: Vec<String> = serde_json::from_slice::<Value>(&again.stdout).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service"]);
     let crd = plinth().args(["controller", "crd"]).output().unwrap();
     assert!(crd.status.success());
     assert_eq!(

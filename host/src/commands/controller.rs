@@ -60,6 +60,10 @@ pub struct RenderArgs {
     /// `yaml` (documents separated by ---) or `json` (a v1 List).
     #[arg(long, default_value = "yaml")]
     format: Format,
+    /// Leave the keys' Secret out: it exists already, and applying a new one would replace the keys
+    /// (the hosts follow their Secret) under every client that holds them.
+    #[arg(long)]
+    no_secret: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,12 +119,15 @@ fn render_cmd(args: RenderArgs) -> anyhow::Result<()> {
             with_replicas: true,
         },
     );
-    let docs = vec![
-        serde_json::to_value(render::secret(&ps, &plan))?,
+    let mut docs = Vec::with_capacity(4);
+    if !args.no_secret {
+        docs.push(serde_json::to_value(render::secret(&ps, &plan))?);
+    }
+    docs.extend([
         serde_json::to_value(&objects.config_map)?,
         serde_json::to_value(&objects.deployment)?,
         serde_json::to_value(&objects.service)?,
-    ];
+    ]);
     let text = match args.format {
         Format::Json => {
             serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs}))?
