@@ -451,14 +451,7 @@ fn the_scaler_reads_real_hosts_under_load_and_patches_scale() {
     use kube::client::Body;
     let dir = temp_dir("kube-scale");
     // Two hosts, each one "pod": one replica that sleeps 400 ms per request, requests queue behind it.
-    let dc = Dc::test()
-        .keys(KEY)
-        .concurrency(1)
-        .with("maxQueueWaitMs", 20_000.into())
-        .with(
-            "autoScaler",
-            json!({"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 1, "refreshPeriodInSeconds": 1}),
-        );
+    let dc = Dc::test().keys(KEY).one_pod();
     let hosts: Vec<TestHost> = (0..2)
         .map(|i| {
             let h = TestHost::start(&dir.join(format!("ws{i}")), &[]);

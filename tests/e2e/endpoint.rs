@@ -469,15 +469,7 @@ fn a_regenerated_key_survives_a_concurrent_rollback_and_a_redeploy_that_names_no
 #[test]
 fn the_load_a_cluster_reads_is_the_busiest_versions() {
     let r = Rollout::new("load-versions");
-    Dc::test()
-        .keys(KEY)
-        .concurrency(1)
-        .with("maxQueueWaitMs", 20_000.into())
-        .with(
-            "autoScaler",
-            json!({"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 1, "refreshPeriodInSeconds": 1}),
-        )
-        .write(&r.dir, "dc.json");
+    Dc::test().keys(KEY).one_pod().write(&r.dir, "dc.json");
     r.create("busy", &[]);
     r.add("idle", "healthy:1", &["--traffic", "0"]);
     // Four clients after one another on the busy version (400 ms a request, one at a time): about one

@@ -524,6 +524,15 @@ impl Dc {
         self.with("numReplicas", n.into())
     }
 
+    /// A pod's host, as a cluster runs it: one replica taking one request at a time, measured by its
+    /// autoscaler every second but never scaled, with requests waiting up to 20 s behind it.
+    pub fn one_pod(self) -> Dc {
+        self.concurrency(1).with("maxQueueWaitMs", 20_000.into()).with(
+            "autoScaler",
+            serde_json::json!({"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 1, "refreshPeriodInSeconds": 1}),
+        )
+    }
+
     /// `maxConcurrentRequestsPerContainer`.
     pub fn concurrency(self, n: u32) -> Dc {
         self.with("maxConcurrentRequestsPerContainer", n.into())

@@ -258,14 +258,12 @@ impl Host {
     ) -> Result<Response<Body>> {
         let service = self.router.get(name).ok_or_else(|| self.missing("model", name))?;
         // An inference request refused before it reaches a version is counted as the service's.
-        if method == Method::POST && rest.last() == Some(&"infer") {
-            let started = Instant::now();
-            return self
-                .oip_model_of(&service, method, name, rest, req, request_id)
-                .await
-                .map_err(|e| self.refused(service.name(), started, request_id, e));
+        let infer = method == Method::POST && rest.last() == Some(&"infer");
+        let started = Instant::now();
+        match self.oip_model_of(&service, method, name, rest, req, request_id).await {
+            Err(e) if infer => Err(self.refused(service.name(), started, request_id, e)),
+            answered => answered,
         }
-        self.oip_model_of(&service, method, name, rest, req, request_id).await
     }
 
     async fn oip_model_of(
