@@ -30,7 +30,6 @@ use self::score::Payload;
 use crate::auth::HostAuth;
 use crate::observe::{LogHub, Metrics, Observer};
 use crate::router::Router;
-use crate::service::Service;
 use crate::{Error, Result};
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -260,72 +259,63 @@ impl Host {
         // An inference request refused before it reaches a version is counted as the service's.
         let infer = method == Method::POST && rest.last() == Some(&"infer");
         let started = Instant::now();
-        match self.oip_model_of(&service, method, name, rest, req, request_id).await {
+        let answered = async {
+            // The credential first: a caller without one learns nothing of the model's versions.
+            service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
+            let (pinned, rest) = match rest {
+                ["versions", v, tail @ ..] => {
+                    service.version(v).map_err(|_| {
+                        let known: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
+                        Error::NotFound(format!(
+                            "model {name} has no version {v} (versions: {})",
+                            known.join(", ")
+                        ))
+                    })?;
+                    (Some(*v), tail)
+                }
+                tail => (None, tail),
+            };
+            match (method, rest) {
+                (Method::GET, []) => {
+                    let version = match pinned {
+                        Some(v) => service.version(v)?.clone(),
+                        None => service.default_version().clone(),
+                    };
+                    let (platform, inputs, outputs) = oip::platform(version.info());
+                    let versions: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &oip::model_metadata(name, &versions, platform, inputs, outputs),
+                    ))
+                }
+                (Method::GET, ["ready"]) => Ok(json_response(StatusCode::OK, &json!({"name": name, "ready": true}))),
+                (Method::POST, ["infer"]) => {
+                    let (parts, body) = req.into_parts();
+                    let body = read_body(&parts.headers, body, self.max_body_bytes, self.body_timeout).await?;
+                    let header_len = match parts.headers.get(oip::HEADER_LENGTH) {
+                        Some(v) => Some(
+                            v.to_str()
+                                .map_err(|_| Error::BadRequest("Inference-Header-Content-Length is not text".into()))?,
+                        ),
+                        None => None,
+                    };
+                    let pinned = pinned.or_else(|| header_str(&parts.headers, VERSION_HEADER));
+                    let decoded = oip::decode(&body, header_len)?;
+                    let payload = Payload::Oip {
+                        decoded,
+                        raw: Some(body),
+                    };
+                    Ok(self.score_http(&service, payload, pinned, request_id, None).await)
+                }
+                (method, _) => Err(Error::NotFound(format!(
+                    "no route {method} /v2/models/{name}/{}",
+                    rest.join("/")
+                ))),
+            }
+        };
+        match answered.await {
             Err(e) if infer => Err(self.refused(service.name(), started, request_id, e)),
             answered => answered,
-        }
-    }
-
-    async fn oip_model_of(
-        &self,
-        service: &Arc<Service>,
-        method: Method,
-        name: &str,
-        rest: &[&str],
-        req: Request<Incoming>,
-        request_id: &str,
-    ) -> Result<Response<Body>> {
-        // The credential first: a caller without one learns nothing of the model's versions.
-        service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
-        let (pinned, rest) = match rest {
-            ["versions", v, tail @ ..] => {
-                service.version(v).map_err(|_| {
-                    let known: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
-                    Error::NotFound(format!(
-                        "model {name} has no version {v} (versions: {})",
-                        known.join(", ")
-                    ))
-                })?;
-                (Some(*v), tail)
-            }
-            tail => (None, tail),
-        };
-        match (method, rest) {
-            (Method::GET, []) => {
-                let version = match pinned {
-                    Some(v) => service.version(v)?.clone(),
-                    None => service.default_version().clone(),
-                };
-                let (platform, inputs, outputs) = oip::platform(version.info());
-                let versions: Vec<&str> = service.versions().iter().map(|v| v.name()).collect();
-                Ok(json_response(
-                    StatusCode::OK,
-                    &oip::model_metadata(name, &versions, platform, inputs, outputs),
-                ))
-            }
-            (Method::GET, ["ready"]) => Ok(json_response(StatusCode::OK, &json!({"name": name, "ready": true}))),
-            (Method::POST, ["infer"]) => {
-                let (parts, body) = req.into_parts();
-                let body = read_body(&parts.headers, body, self.max_body_bytes, self.body_timeout).await?;
-                let header_len = match parts.headers.get(oip::HEADER_LENGTH) {
-                    Some(v) => Some(
-                        v.to_str()
-                            .map_err(|_| Error::BadRequest("Inference-Header-Content-Length is not text".into()))?,
-                    ),
-                    None => None,
-                };
-                let pinned = pinned.or_else(|| header_str(&parts.headers, VERSION_HEADER));
-                let decoded = oip::decode(&body, header_len)?;
-                let payload = Payload::Oip {
-                    decoded,
-                    raw: Some(body),
-                };
-                Ok(self.score_http(service, payload, pinned, request_id, None).await)
-            }
-            (method, _) => Err(Error::NotFound(format!(
-                "no route {method} /v2/models/{name}/{}",
-                rest.join("/")
-            ))),
         }
     }
 
