@@ -1,15 +1,27 @@
-//! Lists Plinth's Python modules for the scientific runtime (`python/science/`), so that the binary carries
-//! them (`include_str!`) and needs no files beside it.
+//! Lists Plinth's Python modules for the scientific runtime (`python/science/`, and the modules it shares
+//! with the componentize-py SDK in `plugins/sdk-python/`), so that the binary carries them
+//! (`include_str!`) and needs no files beside it.
 
 use std::path::{Path, PathBuf};
 
+/// The SDK's modules that the scientific runtime's `plinth` imports as they are: one source, so a change
+/// reaches both runtimes.
+const SHARED: &[&str] = &["_plinth_tensors.py"];
+
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
-        .join("python")
-        .join("science");
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.join("python").join("science");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     walk(&root, &root, &mut files);
+    let sdk = manifest.join("..").join("plugins").join("sdk-python");
+    for name in SHARED {
+        assert!(
+            files.iter().all(|(rel, _)| rel != name),
+            "python/science/{name} would hide the SDK's shared {name}"
+        );
+        files.push((name.to_string(), sdk.join(name)));
+    }
     files.sort();
     let mut out = String::from("&[\n");
     for (rel, abs) in &files {

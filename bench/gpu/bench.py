@@ -63,7 +63,7 @@ def main():
                         dc["maxBatchDelayMicros"] = 1000
                     path = ws / f"{service}.json"
                     path.write_text(json.dumps(dc))
-                    r = cli("deploy", "-m", f"{model}:1", "-n", service, "--dc", str(path), check=False)
+                    r = cli("deploy", "--overwrite", "-m", f"{model}:1", "-n", service, "--dc", str(path), check=False)
                     label = ",".join(providers)
                     if r.returncode != 0:
                         err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "deploy failed"

@@ -51,6 +51,7 @@ pub async fn azure(repo: &Path, secs: u64) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut args = vec![
             "deploy".to_string(),
+            "--overwrite".into(),
             "-n".into(),
             name.into(),
             "-m".into(),

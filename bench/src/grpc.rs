@@ -182,7 +182,7 @@ pub async fn protocols(repo: &std::path::Path, secs: u64) -> anyhow::Result<()> 
     host.cli(&["model", "register", "--name", "mlp", "--path", &path(&mlp_path)])?;
     for (model, name) in [("diabetes:1", "ridge"), ("mlp:1", "mlp")] {
         let dc = path(&dir.join(format!("dc-{name}.json")));
-        host.cli(&["deploy", "-m", model, "-n", name, "--dc", &dc])?;
+        host.cli(&["deploy", "--overwrite", "-m", model, "-n", name, "--dc", &dc])?;
     }
 
     let ridge_row: Vec<f32> = (0..10).map(|i| 0.01 * i as f32).collect();

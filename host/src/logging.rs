@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use plinth_router::time::timestamp;
 use plinth_router::{LogHub, is_service_event};
+use plinth_spec::time::timestamp;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 

@@ -79,6 +79,8 @@ enum Command {
         #[command(subcommand)]
         command: commands::controller::Command,
     },
+    /// Compile the scientific Python runtime into this machine's cache now (once per machine).
+    Prepare(commands::prepare::Args),
     /// Packages (one version as a tarball addressed by its sha256): fetch one and check it.
     Package {
         #[command(subcommand)]
@@ -94,6 +96,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let args = export_dir_flag(std::env::args_os().map(azure_spelling).collect());
     let json_output = args
         .windows(2)
@@ -113,19 +116,35 @@ fn main() -> ExitCode {
         Command::Info { args, host } => commands::info::run(args, &host),
         Command::Controller { command } => commands::controller::run(command),
         Command::Package { command } => commands::package::run(command),
+        Command::Prepare(args) => commands::prepare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // Under `-o json` an error is JSON too, on stderr, so a script reads one format.
         Err(e) if json_output => {
-            eprintln!("{}", serde_json::json!({"error": format!("{e:#}")}));
+            eprintln!("{}", serde_json::json!({"error": error_line(&e)}));
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, as `{e:#}` writes them, less any cause whose words are already
+/// there: the runtime's and the control plane's errors show their source's words and keep the source
+/// too, for callers that look into it.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let words = cause.to_string();
+        if !line.contains(&words) {
+            line.push_str(": ");
+            line.push_str(&words);
+        }
+    }
+    line
 }
 
 /// `plinth service export NAME -o DIR`: there `-o`/`--output` names the folder (everywhere else it is
@@ -140,6 +159,19 @@ fn export_dir_flag(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString>
         }
     }
     args
+}
+
+/// A reader that stopped reading (`plinth controller crd | head`) ends the command quietly, as other Unix
+/// tools end, rather than with a panic from `println!`.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
 }
 
 /// Azure's CLI spells the config flags `-ic` and `-dc` (one dash, two letters), which clap cannot
@@ -174,4 +206,58 @@ fn init_logging(format: LogFormat, logs: Arc<LogHub>) {
     // level hint, so without a cap every trace! inside the compiler took that path (a Python component or
     // the scientific interpreter compiled 4× slower). They are capped at info before the bridge.
     log::set_max_level(log::LevelFilter::Info);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        // The runtime's error shows its source's words and keeps the source: they appear once.
+        let e = anyhow::Error::new(plinth_runtime::Error::Io {
+            path: "/m/model.onnx".into(),
+            source: io(),
+        });
+        assert_eq!(error_line(&e), "/m/model.onnx: no such file");
+        // Context added on the way up still leads, with every cause after it, as `{e:#}` writes them.
+        let e = anyhow::Error::new(io()).context("reading the request from stdin");
+        assert_eq!(error_line(&e), format!("{e:#}"));
+        assert_eq!(error_line(&e), "reading the request from stdin: no such file");
+    }
+
+    /// `--help` describes every argument of every command.
+    #[test]
+    fn every_argument_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&<super::Cli as clap::CommandFactory>::command(), "plinth", &mut missing);
+        assert!(missing.is_empty(), "arguments without a description: {missing:#?}");
+    }
+
+    /// Azure's `-ic`/`-dc` spellings are shown where they are taken.
+    #[test]
+    fn deploy_help_lists_azures_flags() {
+        let mut cmd = <super::Cli as clap::CommandFactory>::command();
+        let help = cmd
+            .find_subcommand_mut("deploy")
+            .expect("deploy")
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("-ic/--ic FILE") && help.contains("-dc/--dc FILE"),
+            "{help}"
+        );
+    }
 }

@@ -14,22 +14,12 @@ from componentize_py_types import Err
 from wit_world.imports import host
 from wit_world.imports import types as _t
 
+# The codec both runtimes of this module share (the scientific one embeds the same file).
+from _plinth_tensors import BadRequest, Tensor, encode, nest
+
 MODEL_DIR = "/models"
 
-
-class BadRequest(ValueError):
-    """Raise from run() when the request is at fault: the caller gets a 400 with this message."""
-
-
-class Tensor:
-    """A tensor with an explicit OIP datatype ("FP32", "INT64", "BYTES", ...), for when the default guess
-    from Python values (float -> FP32, int -> INT64, str -> BYTES, bool -> BOOL) is not what the model takes."""
-
-    def __init__(self, data, datatype="FP32", shape=None):
-        self.datatype = datatype.upper()
-        flat, guessed = _flatten(data)
-        self.flat = flat
-        self.shape = list(shape) if shape is not None else guessed
+__all__ = ["MODEL_DIR", "BadRequest", "Tensor", "infer", "models", "log"]
 
 
 _CASES = {
@@ -48,64 +38,15 @@ _CASES = {
 }
 
 
-def _flatten(data):
-    shape = []
-    probe = data
-    while isinstance(probe, (list, tuple)):
-        shape.append(len(probe))
-        if not probe:
-            break
-        probe = probe[0]
-    flat = []
-
-    def walk(x, depth):
-        if depth == len(shape):
-            if isinstance(x, (list, tuple)):
-                raise BadRequest("ragged array: nested deeper than its first element")
-            flat.append(x)
-            return
-        if not isinstance(x, (list, tuple)) or len(x) != shape[depth]:
-            raise BadRequest(f"ragged array: expected a list of {shape[depth]} at depth {depth}")
-        for item in x:
-            walk(item, depth + 1)
-
-    walk(data, 0)
-    return flat, shape
-
-
-def _guess(flat):
-    if flat and isinstance(flat[0], bool):
-        return "BOOL"
-    if flat and isinstance(flat[0], str):
-        return "BYTES"
-    if flat and all(isinstance(v, int) for v in flat):
-        return "INT64"
-    return "FP32"
-
-
 def _to_wit(name, value):
-    if isinstance(value, Tensor):
-        datatype, flat, shape = value.datatype, value.flat, value.shape
-    else:
-        flat, shape = _flatten(value)
-        datatype = _guess(flat)
+    tensor = encode(name, value)
+    datatype, flat = tensor["datatype"], tensor["data"]
     case = _CASES.get(datatype)
     if case is None:
         raise BadRequest(f"input '{name}': unsupported datatype {datatype}")
-    if datatype in ("FP32", "FP64"):
-        flat = [float(v) for v in flat]
-    elif datatype in ("UINT8", "INT8"):
+    if datatype in ("UINT8", "INT8"):
         flat = bytes(v & 0xFF for v in flat)
-    return _t.Tensor(name=name, shape=shape, data=case(flat))
-
-
-def _nest(flat, shape):
-    if not shape:
-        return flat[0] if flat else None
-    if len(shape) == 1:
-        return list(flat)
-    step = len(flat) // shape[0] if shape[0] else 0
-    return [_nest(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+    return _t.Tensor(name=name, shape=tensor["shape"], data=case(flat))
 
 
 def infer(model, inputs):
@@ -124,7 +65,7 @@ def infer(model, inputs):
         data = t.data.value
         if isinstance(data, (bytes, bytearray)):
             data = list(data)
-        result[t.name] = _nest(data, list(t.shape))
+        result[t.name] = nest(data, list(t.shape))
     return result
 
 

@@ -12,7 +12,7 @@ mod package;
 mod tensor;
 pub mod wasm;
 
-pub use self::error::{Error, Result, TrapKind};
+pub use self::error::{Error, Fault, Result, TrapKind};
 pub use self::package::{MAX_MODELS, ModelSet, ModelSource, Package, PackageSpec};
 pub use self::tensor::{DataType, Tensor, TensorData, TensorSpec};
 

@@ -240,7 +240,8 @@ fn model_file(name: &str, path: &Path) -> Result<PathBuf> {
     }
     let entries = std::fs::read_dir(path).map_err(|e| Error::ModelLoad {
         model: name.to_string(),
-        message: format!("{}: {e}", path.display()),
+        message: path.display().to_string(),
+        source: Some(Box::new(e)),
     })?;
     let onnx: Vec<PathBuf> = entries
         .flatten()
@@ -252,10 +253,12 @@ fn model_file(name: &str, path: &Path) -> Result<PathBuf> {
         [] => Err(Error::ModelLoad {
             model: name.to_string(),
             message: format!("no .onnx file in {}", path.display()),
+            source: None,
         }),
         _ => Err(Error::ModelLoad {
             model: name.to_string(),
             message: format!("{} holds several .onnx files; name one", path.display()),
+            source: None,
         }),
     }
 }

@@ -17,7 +17,16 @@ fn host_memory_gb() -> f64 {
 
 fn deploy(host: &TestHost, name: &str, dc: &std::path::Path) -> std::process::Output {
     host.cli()
-        .args(["deploy", "-m", "diabetes:1", "-n", name, "--dc", dc.to_str().unwrap()])
+        .args([
+            "deploy",
+            "-m",
+            "diabetes:1",
+            "-n",
+            name,
+            "--dc",
+            dc.to_str().unwrap(),
+            "--overwrite",
+        ])
         .output()
         .unwrap()
 }
@@ -43,6 +52,20 @@ fn cpu_is_shared_memory_is_reserved() {
     let info = host.run_json(&["info"]);
     assert_eq!(info["reserved"]["cpuSubscription"], 3.0, "{info}");
     assert!(host.run(&["info"]).contains("3.00× subscribed"));
+    // The scientific runtime's versions, from the wheel scripts/setup installs.
+    let science = info["scientificPython"]
+        .as_array()
+        .expect("the scientific runtime's versions");
+    let names: Vec<&str> = science.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(
+        names.starts_with(&["python", "numpy", "pandas", "scipy", "scikit-learn"]),
+        "{info}"
+    );
+    assert!(
+        host.run(&["info"]).contains("scientific Python runtime: python 3."),
+        "{}",
+        host.run(&["info"])
+    );
     assert!(
         host.run(&["service", "show", "a"])
             .contains("host CPU:    3.00× subscribed")

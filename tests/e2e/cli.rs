@@ -64,7 +64,19 @@ fn azure_spellings_service_run_and_a_foreign_admin_token() {
         "{model}"
     );
 
-    // Deploying an existing name again says it updated it, and with what (Azure's --overwrite accepted).
+    // Deploying onto an existing name is refused without --overwrite (as az ml model deploy refuses it),
+    // and says how; with it, it says it updated the service, and with what.
+    let refused = host
+        .cli()
+        .args(["deploy", "-m", "diabetes", "-n", "ridge", "--dc", dc.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("service ridge is already deployed (serving diabetes:1); add --overwrite"),
+        "{err}"
+    );
     let again = host.run(&[
         "deploy",
         "-m",
@@ -86,6 +98,36 @@ fn azure_spellings_service_run_and_a_foreign_admin_token() {
     let from_file = host.run_json(&["service", "run", "ridge", "-d", &format!("@{}", sample.display())]);
     assert_eq!(inline, from_file);
     assert_eq!(inline["variable"].as_array().map(Vec::len), Some(2), "{inline}");
+    // `-n NAME` as az ml spells it, beside the positional name.
+    assert_eq!(
+        host.run_json(&["service", "keys", "-n", "ridge"]),
+        host.run_json(&["service", "keys", "ridge"])
+    );
+    assert_eq!(
+        host.run_json(&["model", "show", "--name", "diabetes:1"])["name"],
+        "diabetes"
+    );
+    // `-o yaml` and `-o table` beside json and text, as az takes them.
+    let keys = host.run_json(&["service", "keys", "ridge"]);
+    let yaml = host.run(&["service", "keys", "ridge", "-o", "yaml"]);
+    assert!(
+        yaml.contains(&format!("primaryKey: {}", keys["primaryKey"].as_str().unwrap())),
+        "{yaml}"
+    );
+    assert_eq!(
+        host.run(&["service", "list", "-o", "table"]),
+        host.run(&["service", "list"])
+    );
+    // It prints the service's body as the service sent it: every digit and key order as curl sees them.
+    let (key, _) = host.keys("ridge");
+    let http = crate::fixture::score(&host.score_url("ridge"), Some(&key), &sample_body());
+    assert_eq!(http.status, 200, "{}", http.body);
+    let text = host.run(&["service", "run", "ridge", "-d", &sample_body()]);
+    assert_eq!(text.trim_end(), http.body.trim_end());
+    let pretty = host.run(&["service", "run", "ridge", "-d", &sample_body(), "--pretty"]);
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    assert!(pretty.lines().count() > 2, "{pretty}");
+    assert_eq!(squeeze(&pretty), squeeze(&http.body));
     let mut child = host
         .cli()
         .args(["service", "run", "ridge", "-d", "-"])
@@ -175,7 +217,16 @@ fn a_failed_redeploy_keeps_serving_the_previous_deployment_and_says_so() {
     ]);
     let out = host
         .cli()
-        .args(["deploy", "-m", "broken:1", "-n", "ridge", "--dc", dc.to_str().unwrap()])
+        .args([
+            "deploy",
+            "-m",
+            "broken:1",
+            "-n",
+            "ridge",
+            "--dc",
+            dc.to_str().unwrap(),
+            "--overwrite",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -218,6 +269,7 @@ fn a_deploy_shows_its_progress_and_ignored_fields_once() {
         host.cli()
             .args([
                 "deploy",
+                "--overwrite",
                 "-m",
                 "diabetes:1",
                 "-n",
@@ -300,20 +352,8 @@ fn check_schema(v: &serde_json::Value, at: &str) {
                 if k == "deploymentConfig" || k == "inferenceConfig" {
                     continue;
                 }
-                if k.contains('_') {
-                    let camel: String = k
-                        .split('_')
-                        .enumerate()
-                        .map(|(i, w)| {
-                            if i == 0 {
-                                w.to_string()
-                            } else {
-                                w[..1].to_uppercase() + &w[1..]
-                            }
-                        })
-                        .collect();
-                    assert_eq!(fields.get(&camel), Some(field), "{at}: {k} has no camelCase twin");
-                }
+                assert!(!k.contains('_'), "{at}: {k} is not camelCase");
+                assert!(!field.is_null(), "{at}: {k} is null (absent means none)");
                 if k.ends_with("At") {
                     let t = field.as_str().unwrap_or_default();
                     let ok = t.len() == 20 && t.as_bytes()[4] == b'-' && t.as_bytes()[10] == b'T' && t.ends_with('Z');
@@ -386,6 +426,17 @@ fn json_output_follows_one_schema() {
     );
     let show = &outputs[4].1;
     assert!(show["createdAt"].is_string(), "{show}");
+    // deploy -o json is the service as `service show` gives it, and whether it replaced one.
+    let deployed = &outputs[0].1;
+    assert_eq!(deployed["state"], "Healthy", "{deployed}");
+    assert_eq!(deployed["name"], "ridge");
+    assert_eq!(deployed["updatedExisting"], false);
+    assert!(
+        deployed["scoringUri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http") && u.ends_with("/api/v1/service/ridge/score")),
+        "{deployed}"
+    );
     assert!(
         show["versions"][0]["stats"]["window"]["errorRate"].is_number(),
         "{show}"
@@ -490,4 +541,23 @@ fn the_demo_stops_at_a_busy_port_and_runs_on_a_free_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("\"predictions\""), "{stdout}");
+}
+
+#[test]
+fn a_closed_standard_output_ends_the_cli_quietly() {
+    // The reader is gone before the command writes (as `plinth controller crd | head -0` leaves it).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = plinth()
+        .args(["controller", "crd"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("panicked"),
+        "{:?}: {err}",
+        out.status
+    );
 }

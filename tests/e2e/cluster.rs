@@ -1,8 +1,9 @@
 //! Kubernetes without a cluster: an edge service exported as a package and a `PlinthService`; the
 //! rendered pod's files laid out and its containers run with their rendered arguments (the init container's
-//! `plinth package fetch`, then the host), scored with the Secret's key; every rendered manifest checked
-//! against the Kubernetes schemas; the Dockerfile linted; and the controller's scaler reading real hosts
-//! under load while a mocked API server receives its `/scale` patch.
+//! `plinth package fetch`, then the host), scored with the Secret's key; the same pod run in podman from
+//! the image, as the kubelet would run it (`pod.rs`), for the ONNX example and a scientific score.py;
+//! every rendered manifest checked against the Kubernetes schemas; the Dockerfile linted; and the
+//! controller's scaler reading real hosts under load while a mocked API server receives its `/scale` patch.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,15 +17,15 @@ use crate::support::repo;
 
 const KEY: &str = "scale-key-0123456789";
 
-fn venv_tool(name: &str) -> PathBuf {
+pub(crate) fn venv_tool(name: &str) -> PathBuf {
     repo().join(".venv/bin").join(name)
 }
 
 /// The edge host's keys: they must never reach a package, a manifest or a ConfigMap.
-const EDGE_KEY: &str = "edge-primary-key-never-exported";
+pub(crate) const EDGE_KEY: &str = "edge-primary-key-never-exported";
 
 /// Deploys the diabetes example (score.py around the ONNX model) on a fresh edge host, with its own keys.
-fn edge_host(dir: &Path) -> TestHost {
+pub(crate) fn edge_host(dir: &Path) -> TestHost {
     let host = TestHost::start(&dir.join("edge"), &[]);
     host.register_diabetes();
     let mut dc: Value =
@@ -48,7 +49,7 @@ fn edge_host(dir: &Path) -> TestHost {
 }
 
 /// `plinth controller render -f FILE --format json`: the List's items by kind.
-fn render(manifest: &Path) -> Vec<Value> {
+pub(crate) fn render(manifest: &Path) -> Vec<Value> {
     let out = plinth()
         .args(["controller", "render", "--format", "json", "-f"])
         .arg(manifest)
@@ -59,7 +60,7 @@ fn render(manifest: &Path) -> Vec<Value> {
     list["items"].as_array().unwrap().clone()
 }
 
-fn item<'a>(items: &'a [Value], kind: &str) -> &'a Value {
+pub(crate) fn item<'a>(items: &'a [Value], kind: &str) -> &'a Value {
     items
         .iter()
         .find(|i| i["kind"] == kind)
@@ -172,14 +173,18 @@ fn an_exported_service_runs_from_the_rendered_pod_spec_and_scores_with_the_secre
 
     // The init container, as rendered: fetches and checks the package.
     let init = pod["initContainers"].as_array().unwrap();
-    assert_eq!(init.len(), 2, "fetch, then warm: {init:?}");
-    let fetch = plinth().args(as_run_here(&init[0], &root)).output().unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fetch-0", "warm"], "fetch, then warm");
+    let container = |name: &str| init.iter().find(|c| c["name"] == name).unwrap();
+    let fetch = plinth()
+        .args(as_run_here(container("fetch-0"), &root))
+        .output()
+        .unwrap();
     assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
     assert!(at(mount_of("data")).join(format!("packages/{sha}.tar")).is_file());
     // The warm container, as rendered: loads the service (compiling into the cache), then exits 0.
-    assert_eq!(init[1]["name"], "warm");
     let warm = plinth()
-        .args(as_run_here(&init[1], &root))
+        .args(as_run_here(container("warm"), &root))
         .env("PLINTH_LOG", "info")
         .output()
         .unwrap();
@@ -209,6 +214,8 @@ fn an_exported_service_runs_from_the_rendered_pod_spec_and_scores_with_the_secre
     // a restart. A file caught empty halfway keeps the keys as they were.
     let keys_dir = at(mount_of("keys"));
     std::fs::write(keys_dir.join("primaryKey"), "").unwrap();
+    // Nothing is meant to happen, so nothing to poll for: the pause outlasts the host's look at its keys
+    // (every 2 s), which must find the empty file and keep the keys.
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(
         score(&host.score_url("diabetes"), Some(key), &sample_body()).status,
@@ -352,6 +359,13 @@ fn rendered_manifests_and_the_crd_pass_the_kubernetes_schemas_strictly_and_the_d
             {"name": "blue", "default": true, "traffic": 80, "package": {"uri": "https://m/blue.tar", "sha256": sha}},
             {"name": "green", "traffic": 20, "treatment": true, "package": {"uri": "https://m/green.tar", "sha256": "ab".repeat(32)}},
         ]}),
+        // Private storage and registry, Azure's probes, one pod (so no disruption budget).
+        json!({"package": {"uri": "https://acct.blob.core.windows.net/m/p.tar", "sha256": sha, "size": 1234},
+               "imagePullSecrets": [{"name": "acr-pull"}],
+               "packageCredentials": {"secretName": "models-sas", "queryKey": "sas", "headerKey": "authorization"},
+               "deploymentConfig": {"numReplicas": 1,
+                                    "livenessProbeRequirements": {"periodSeconds": 15, "initialDelaySeconds": 310},
+                                    "readinessProbeRequirements": {"periodSeconds": 6, "successThreshold": 2}}}),
     ];
     let mut files = vec![];
     for (i, spec) in specs.iter().enumerate() {
@@ -381,7 +395,7 @@ fn rendered_manifests_and_the_crd_pass_the_kubernetes_schemas_strictly_and_the_d
         .iter()
         .map(|i| i["kind"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service"]);
+    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]);
     let crd = plinth().args(["controller", "crd"]).output().unwrap();
     assert!(crd.status.success());
     assert_eq!(
@@ -410,10 +424,11 @@ fn rendered_manifests_and_the_crd_pass_the_kubernetes_schemas_strictly_and_the_d
         .expect("kubernetes-validate (scripts/setup installs it)");
     let report = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    // 4 objects per service (and the example's), the controller's 5, and the CRD.
+    // 5 objects per service that may run several pods (and the example's), 4 for the one-pod service, the
+    // controller's 5, and the CRD.
     assert_eq!(
         report.matches(" passed for resource ").count(),
-        4 * 4 + 5 + 1,
+        4 * 5 + 4 + 5 + 1,
         "{report}"
     );
     // An invalid spec is one clear line naming the field.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -136,6 +136,24 @@ fn traffic_split_follows_azure_rules_exactly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Both changed in one command (one at a time, v1=70 first, would pass 100%): 70/30.
+    r.endpoint(&["traffic", "ep", "v1=70", "v2=30"]);
+    let show = r.show();
+    assert_eq!(show["versions"][0]["traffic"], 70, "{show}");
+    assert_eq!(show["versions"][1]["traffic"], 30, "{show}");
+    let counts = r.spread(2000, "x");
+    assert_share(&counts, "v1", 70.0);
+    assert_share(&counts, "v2", 30.0);
+    r.endpoint(&["traffic", "ep", "v1=20", "v2=40"]);
+    let out = r
+        .host
+        .cli()
+        .args(["endpoint", "traffic", "ep", "v1=90", "v2=20"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("would claim 110%"), "{err}");
+    assert_eq!(r.show()["versions"][0]["traffic"], 20);
 
     // Pinning a version: by header, and by the OIP versions path.
     let mut client = KeepAlive::connect(&r.host.url);
@@ -196,15 +214,29 @@ fn traffic_split_follows_azure_rules_exactly() {
     );
 }
 
+/// The endpoint as `show` gives it once the copies sent to its mirror (the second version) have
+/// landed: at least `least` of them, and none more between two looks. Copies run after the answers.
+fn after_copies(show: impl Fn() -> serde_json::Value, least: u64) -> serde_json::Value {
+    let mut last = None;
+    wait_for("the mirror's copies to land", Duration::from_secs(30), || {
+        let show = show();
+        let seen = show["versions"][1]["stats"]["requests"].as_u64();
+        let settled = seen.is_some_and(|n| n >= least) && seen == last;
+        last = seen;
+        if settled { Ok(show) } else { Err(show) }
+    })
+}
+
 #[test]
 fn live_changes_under_load_fail_no_request() {
     let r = Rollout::new("live");
     r.create("v1", &[]);
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
     let url = r.host.url.clone();
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let stop = stop.clone();
+            let (stop, sent) = (stop.clone(), sent.clone());
             let url = url.clone();
             std::thread::spawn(move || {
                 let mut client = KeepAlive::connect(&url);
@@ -216,6 +248,7 @@ fn live_changes_under_load_fail_no_request() {
                             .post("/api/v1/service/ep/score", &[("Authorization", &auth)], b"x")
                             .status,
                     );
+                    sent.fetch_add(1, Ordering::Relaxed);
                 }
                 statuses
             })
@@ -237,7 +270,14 @@ fn live_changes_under_load_fail_no_request() {
     ]);
     r.endpoint(&["version", "update", "ep", "v2", "--traffic", "0"]);
     r.endpoint(&["version", "delete", "ep", "v2"]);
-    std::thread::sleep(Duration::from_millis(200));
+    // Requests after the last change too.
+    let before = sent.load(Ordering::Relaxed);
+    wait_for("requests after the last change", Duration::from_secs(30), || {
+        match sent.load(Ordering::Relaxed) - before {
+            n if n >= 10 => Ok(()),
+            n => Err(format!("{n} answered since")),
+        }
+    });
     stop.store(true, Ordering::Relaxed);
     let statuses: Vec<u16> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     let bad: Vec<&u16> = statuses.iter().filter(|&&s| s != 200).collect();
@@ -264,8 +304,7 @@ fn a_mirror_sees_traffic_but_never_answers() {
         assert_eq!(resp.header("x-plinth-version"), Some("v1"), "request {i}");
         assert!(String::from_utf8_lossy(&resp.body).ends_with(":echo-me"));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let show = r.show();
+    let show = after_copies(|| r.show(), 50);
     let mirrored = show["versions"][1]["stats"]["requests"].as_u64().unwrap();
     assert!(
         (50..=100).contains(&mirrored),
@@ -377,8 +416,7 @@ fn a_model_mirror_gets_copies_of_oip_and_json_requests_it_can_score() {
         );
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let show = host.run_json(&["endpoint", "show", "ep"]);
+    let show = after_copies(|| host.run_json(&["endpoint", "show", "ep"]), 50);
     let stats = &show["versions"][1]["stats"];
     assert_eq!(show["versions"][1]["name"], "v2");
     assert!(stats["requests"].as_u64().unwrap() >= 50, "{stats}");

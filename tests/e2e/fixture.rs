@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::repo;
 
@@ -38,6 +38,24 @@ fn with_test_env(mut cmd: Command) -> Command {
         .env_remove("ORT_DYLIB_PATH")
         .env("PLINTH_LOG", "warn");
     cmd
+}
+
+/// How often [`wait_for`] looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Waits for something to happen: `check` is asked until it answers `Ok`, for up to `within`; after
+/// that the test fails naming what did not happen (`what`) and what `check` last saw instead.
+pub fn wait_for<T, E: std::fmt::Display>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, E>) -> T {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if started.elapsed() >= within => {
+                panic!("waited {within:?} for {what}, in vain; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
 }
 
 /// A fresh, empty folder for one test.
@@ -183,7 +201,16 @@ impl TestHost {
 
     /// `plinth deploy -m MODEL -n NAME --dc DC`, no-code; returns stdout.
     pub fn deploy(&self, model: &str, name: &str, dc: &Path) -> String {
-        self.run(&["deploy", "-m", model, "-n", name, "--dc", dc.to_str().unwrap()])
+        self.run(&[
+            "deploy",
+            "-m",
+            model,
+            "-n",
+            name,
+            "--dc",
+            dc.to_str().unwrap(),
+            "--overwrite",
+        ])
     }
 
     /// `plinth deploy -n NAME --ic IC --dc DC` (an entry script); returns stdout.
@@ -196,6 +223,7 @@ impl TestHost {
             ic.to_str().unwrap(),
             "--dc",
             dc.to_str().unwrap(),
+            "--overwrite",
         ])
     }
 
@@ -228,17 +256,26 @@ impl TestHost {
     /// Python versions on a loaded 2-core machine compiles each component anew when its cache was cut
     /// off by a crash).
     pub fn wait_ready(&self) {
-        let started = std::time::Instant::now();
-        let mut last = String::new();
-        while started.elapsed() < Duration::from_secs(300) {
+        wait_for("the host to be ready", Duration::from_secs(300), || {
             let r = curl(&format!("{}/readyz", self.url), &[]);
-            if r.status == 200 {
-                return;
+            if r.status == 200 { Ok(()) } else { Err(r.body) }
+        });
+    }
+
+    /// What the host tells a cluster's scaler (`GET /api/v1/load`): replicas, busy ones, waiting requests.
+    pub fn load(&self) -> serde_json::Value {
+        curl(&format!("{}/api/v1/load", self.url), &[]).json()
+    }
+
+    /// Waits until a replica is serving a request (a request sent on another thread has reached one).
+    pub fn wait_busy(&self, what: &str) {
+        wait_for(what, Duration::from_secs(30), || {
+            let load = self.load();
+            match load["busy"].as_u64() {
+                Some(busy) if busy > 0 => Ok(()),
+                _ => Err(load),
             }
-            last = r.body;
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("host never became ready: {last}");
+        });
     }
 
     /// The host's resident memory, in KiB.

@@ -156,35 +156,34 @@ impl hyper::body::Body for Stalled {
     }
 }
 
-#[test]
-fn a_grpc_message_sent_too_slowly_is_refused_at_the_body_read_timeout() {
+/// Sends a ModelInfer call whose message (announced at `announced` bytes) stops after its first 10 bytes,
+/// with `authorization: Bearer <credential>` when given; the answer's grpc-status, decoded grpc-message,
+/// and how long it took.
+fn stalled_call(addr: &str, credential: Option<&str>, announced: u32) -> (String, String, std::time::Duration) {
     use http_body_util::BodyExt;
 
-    let dir = temp_dir("grpc-trickle");
-    let host = TestHost::start(
-        &dir.join("ws"),
-        &["--grpc-listen", "127.0.0.1:0", "--body-read-timeout-secs", "1"],
-    );
-    let addr = host.grpc.clone().expect("the gRPC address is printed");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (status, message, took) = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let io = hyper_util::rt::TokioIo::new(stream);
         let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
             .await
             .unwrap();
         tokio::spawn(conn);
-        // The gRPC prefix announces a 100-byte message; 10 bytes of it come, the rest never does.
-        let mut first = vec![0u8, 0, 0, 0, 100];
+        // The gRPC prefix announces the message's length; 10 bytes of it come, the rest never does.
+        let mut first = vec![0u8];
+        first.extend_from_slice(&announced.to_be_bytes());
         first.extend_from_slice(&[0x0a; 10]);
-        let request = http::Request::post(format!("http://{addr}/inference.GRPCInferenceService/ModelInfer"))
+        let mut request = http::Request::post(format!("http://{addr}/inference.GRPCInferenceService/ModelInfer"))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(Stalled(Some(first.into())))
-            .unwrap();
+            .header("te", "trailers");
+        if let Some(c) = credential {
+            request = request.header("authorization", format!("Bearer {c}"));
+        }
+        let request = request.body(Stalled(Some(first.into()))).unwrap();
         let started = std::time::Instant::now();
         let response = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(request))
             .await
@@ -204,10 +203,21 @@ fn a_grpc_message_sent_too_slowly_is_refused_at_the_body_read_timeout() {
                 .map(|v| v.to_str().unwrap().to_string())
                 .unwrap_or_default()
         };
-        (text("grpc-status"), text("grpc-message"), took)
-    });
+        (text("grpc-status"), urlencoding_decode(&text("grpc-message")), took)
+    })
+}
+
+#[test]
+fn a_grpc_message_sent_too_slowly_is_refused_at_the_body_read_timeout() {
+    let dir = temp_dir("grpc-trickle");
+    let host = TestHost::start(
+        &dir.join("ws"),
+        &["--grpc-listen", "127.0.0.1:0", "--body-read-timeout-secs", "1"],
+    );
+    let addr = host.grpc.clone().expect("the gRPC address is printed");
+    // With a credential the host accepts (its admin token), the message is waited for.
+    let (status, message, took) = stalled_call(&addr, Some(&host.admin_token()), 100);
     assert_eq!(status, "4", "DEADLINE_EXCEEDED; message: {message}");
-    let message = urlencoding_decode(&message);
     assert!(message.contains("did not arrive within 1 s"), "{message}");
     assert!(
         took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
@@ -215,6 +225,46 @@ fn a_grpc_message_sent_too_slowly_is_refused_at_the_body_read_timeout() {
     );
     eprintln!("figure: trickled gRPC message refused after {took:?} (body-read timeout 1 s)");
     // The host serves on.
+    assert_eq!(curl(&format!("{}/healthz", host.url), &[]).status, 200);
+}
+
+#[test]
+fn a_grpc_call_without_an_accepted_credential_is_refused_before_its_message_is_read() {
+    let dir = temp_dir("grpc-preauth");
+    let host = TestHost::start(
+        &dir.join("ws"),
+        &["--grpc-listen", "127.0.0.1:0", "--body-read-timeout-secs", "3"],
+    );
+    host.register_diabetes();
+    let dc = Dc::test().keys(KEY).write(&dir, "dc.json");
+    host.run(&[
+        "deploy",
+        "-m",
+        "diabetes:1",
+        "-n",
+        "diabetes",
+        "--dc",
+        dc.to_str().unwrap(),
+    ]);
+    let addr = host.grpc.clone().expect("the gRPC address is printed");
+    let baseline = host.rss_kib();
+    // A 99 MB message announced, none of it read: UNAUTHENTICATED at once, not after the read timeout.
+    for (credential, says) in [
+        (None, "need an 'authorization: Bearer"),
+        (Some("a-wrong-key-0123456789abcdef"), "not accepted by any model"),
+    ] {
+        let (status, message, took) = stalled_call(&addr, credential, 99 << 20);
+        assert_eq!(status, "16", "UNAUTHENTICATED; message: {message}");
+        assert!(message.contains(says), "{message}");
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+        eprintln!("figure: unauthenticated 99 MB gRPC call refused after {took:?}, its message unread");
+    }
+    // The service's own key lets the call through to the message (which never comes).
+    let (status, message, _) = stalled_call(&addr, Some(KEY), 99 << 20);
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED; message: {message}");
+    let grown = host.rss_kib().saturating_sub(baseline);
+    assert!(grown < 64 << 10, "the host grew by {grown} KiB");
+    // The health calls need no credential.
     assert_eq!(curl(&format!("{}/healthz", host.url), &[]).status, 200);
 }
 

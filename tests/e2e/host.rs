@@ -61,8 +61,9 @@ fn register_deploy_keys_score_regen_token_restart() {
     assert_eq!(wrong.status, 401);
     assert!(wrong.json()["error"].as_str().unwrap().contains("invalid credentials"));
 
-    // Regenerating the primary key: the old one stops working at once, the secondary never does.
-    host.run(&["service", "regen-key", "ridge", "--key", "primary"]);
+    // Regenerating the primary key (spelt as Azure spells it): the old one stops working at once, the
+    // secondary never does.
+    host.run(&["service", "regen-key", "ridge", "--key", "Primary"]);
     let (new_primary, same_secondary) = host.keys("ridge");
     assert_ne!(new_primary, primary);
     assert_eq!(same_secondary, secondary);
@@ -247,7 +248,7 @@ fn limits_and_client_mistakes_get_clear_answers() {
     let slow_url = url.clone();
     let slow_key = key.clone();
     let slow = std::thread::spawn(move || score(&slow_url, Some(&slow_key), "sleep"));
-    std::thread::sleep(Duration::from_millis(150));
+    host.wait_busy("the slow request to hold the slot");
     let r = score(&url, Some(&key), "hello");
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
@@ -301,7 +302,22 @@ fn bad_configs_fail_before_anything_is_deployed() {
         .args(["deploy", "-m", "nosuch:3", "-n", "x"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("model nosuch:3 not found"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model nosuch:3 not found (no model is registered as nosuch)"),
+        "{err}"
+    );
+    // A wrong version names the versions there are.
+    let out = host
+        .cli()
+        .args(["deploy", "-m", "diabetes:7", "-n", "x"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model diabetes:7 not found (registered: diabetes:1)"),
+        "{err}"
+    );
     let out = host
         .cli()
         .args(["deploy", "-m", "diabetes:1", "-n", "bad name"])
@@ -316,7 +332,7 @@ fn sigterm_drains_requests_in_flight_and_exits_zero() {
     let (mut host, key) = adversary_host("drain", Dc::test().replicas(1), &[]);
     let url = host.score_url("adv");
     let slow = std::thread::spawn(move || score(&url, Some(&key), "sleep"));
-    std::thread::sleep(Duration::from_millis(150));
+    host.wait_busy("the slow request to be in flight");
     let status = host.stop();
     let r = slow.join().unwrap();
     assert_eq!(
@@ -471,7 +487,7 @@ fn a_spinning_script_holds_up_only_its_own_request() {
     }
     let (spin_url, spin_key) = (url.clone(), key.clone());
     let spinning = std::thread::spawn(move || score(&spin_url, Some(&spin_key), "loop"));
-    std::thread::sleep(Duration::from_millis(200));
+    host.wait_busy("the spinning call to reach a replica");
     // The spinning call runs until its 3 s deadline; meanwhile every other request is answered at once.
     let started = std::time::Instant::now();
     for i in 0..20 {

@@ -273,3 +273,16 @@ fn pure_python_packages_of_the_conda_file_are_vendored_and_native_ones_refused()
         "{err}"
     );
 }
+
+#[test]
+fn plinth_prepare_leaves_one_compiled_interpreter_per_machine() {
+    // The runtime's tests (or an earlier prepare) compiled it: prepare finds it; else it compiles it now.
+    let out = plinth().arg("prepare").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("scientific Python runtime ready in"), "{stdout}");
+    // A second prepare, and any host or `plinth score` after it, compiles nothing.
+    let again = plinth().arg("prepare").output().unwrap();
+    let again = String::from_utf8_lossy(&again.stdout);
+    assert!(again.contains("(already compiled)"), "{again}");
+}

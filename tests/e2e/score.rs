@@ -57,6 +57,21 @@ fn no_code_onnx_matches_scikit_learn() {
         .map(|r| r[0].as_f64().unwrap())
         .collect();
     assert_close(&got, &reference(&sample()).0, 1e-4);
+    // `-d @FILE` as `service run` takes it, and JSON text inline: the same answer, byte for byte; a single
+    // model file (`-m NAME=FILE`) as `model register` takes it.
+    let text = |args: &[&str]| {
+        let out = plinth().args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let model = "diabetes=examples/diabetes/model";
+    let by_path = text(&["score", "-m", model, "-d", sample().to_str().unwrap()]);
+    let at = format!("@{}", sample().display());
+    assert_eq!(text(&["score", "-m", model, "-d", &at]), by_path);
+    let inline = std::fs::read_to_string(sample()).unwrap();
+    assert_eq!(text(&["score", "-m", model, "-d", &inline]), by_path);
+    let file = "diabetes=examples/diabetes/model/model.onnx";
+    assert_eq!(text(&["score", "-m", file, "-d", &at]), by_path);
 }
 
 #[test]

@@ -11,8 +11,11 @@ import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCIENCE = os.path.join(REPO, "runtime", "python", "science")
-if SCIENCE not in sys.path:
-    sys.path.insert(0, SCIENCE)
+# Only the SDK's shared modules are imported from its folder: the scientific `plinth` comes first.
+SDK = os.path.join(REPO, "plugins", "sdk-python")
+for folder in (SDK, SCIENCE):
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 class FakeHost:

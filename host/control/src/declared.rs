@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use crate::api::{DeployRequest, DeployState, VersionSettings};
 use crate::deployments::Command;
-use crate::package::{self, ManifestVersion, PackageRef, ServiceManifest};
+use plinth_spec::manifest::{ManifestVersion, PackageRef, ServiceManifest};
+
+use crate::package;
 use crate::plane::ControlPlane;
 use crate::{Error, Result};
 
@@ -72,7 +74,7 @@ impl Declared {
 
     /// Where the package of `r` lies on this host.
     pub fn locate(&self, r: &PackageRef) -> Result<PathBuf> {
-        if !package::is_sha256(&r.sha256) {
+        if !plinth_spec::manifest::is_sha256(&r.sha256) {
             return Err(Error::BadRequest(format!(
                 "package {}: sha256 '{}' is not 64 lowercase hex digits",
                 r.uri, r.sha256
@@ -80,7 +82,7 @@ impl Declared {
         }
         if let Some(rest) = r.uri.strip_prefix("pvc://") {
             let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
-            crate::store::check_relative(path)?;
+            plinth_spec::record::check_relative(path)?;
             return Ok(self.claims_dir.join(claim).join(path));
         }
         Ok(self.package_dir.join(format!("{}.tar", r.sha256)))
@@ -128,7 +130,7 @@ impl ControlPlane {
         }
         // The default version first, so the endpoint always has one.
         let single = versions.len() == 1;
-        versions.sort_by_key(|v| !(single || v.default == Some(true)));
+        versions.sort_by_key(|v| !(single || v.settings.default == Some(true)));
         for (i, v) in versions.iter().enumerate() {
             let path = declared.locate(&v.package)?;
             let (ws2, sha) = (ws.clone(), v.package.sha256.clone());
@@ -144,22 +146,30 @@ impl ControlPlane {
                 let r = ws.register_model(&m.name, m.description.clone(), m.tags.clone(), m.files.clone())?;
                 models.push(r.id());
             }
-            let mut dc = v.deployment_config.clone().unwrap_or(pm.deployment_config.clone());
+            let mut dc = v
+                .settings
+                .deployment_config
+                .clone()
+                .unwrap_or(pm.deployment_config.clone());
             one_pod_one_replica(&mut dc, &declared.keys);
             let req = DeployRequest {
                 name: name.clone(),
                 version: Some(v.name.clone()),
                 models,
-                inference_config: v.inference_config.clone().unwrap_or(pm.inference_config.clone()),
+                inference_config: v
+                    .settings
+                    .inference_config
+                    .clone()
+                    .unwrap_or(pm.inference_config.clone()),
                 deployment_config: dc,
                 source: pm.source.clone(),
                 entry_script: pm.entry_script.clone(),
                 create: false,
                 settings: VersionSettings {
-                    traffic: Some(v.traffic.unwrap_or(if single { 100 } else { 0 })),
-                    is_default: Some(single || v.default == Some(true)),
-                    control: v.treatment.map(|t| !t),
-                    mirror: v.mirror,
+                    traffic: Some(v.settings.traffic.unwrap_or(if single { 100 } else { 0 })),
+                    is_default: Some(single || v.settings.default == Some(true)),
+                    control: v.settings.treatment.map(|t| !t),
+                    mirror: v.settings.mirror,
                     ..Default::default()
                 },
             };

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::ConfigError;
+use plinth_spec::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,6 +83,16 @@ impl Error {
 
     pub(crate) fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
         move |source| Error::Database { what, source }
+    }
+}
+
+/// A record's rule broken: a missing part is a 404, anything else the request's fault.
+impl From<plinth_spec::Error> for Error {
+    fn from(e: plinth_spec::Error) -> Self {
+        match e {
+            plinth_spec::Error::NotFound(m) => Error::NotFound(m),
+            plinth_spec::Error::Invalid(m) => Error::BadRequest(m),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use plinth_runtime::{DataType, TensorSpec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::config::{DeploymentConfig, InferenceConfig};
+use plinth_spec::config::{DeploymentConfig, InferenceConfig};
 
 fn runner() -> TestRunner {
     let cases = std::env::var("PLINTH_FUZZ_CASES")

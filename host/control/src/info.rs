@@ -6,7 +6,7 @@ use std::path::Path;
 use plinth_router::Capacity;
 use plinth_runtime::onnx::{self, Gpus, ep};
 
-use crate::api::{GpuInfo, HostInfo, OnnxRuntimeInfo, Reserved};
+use crate::api::{GpuInfo, HostInfo, OnnxRuntimeInfo, PackageVersion, Reserved};
 
 /// This host as it is now: `capacity` is the running host's budget (None: this machine as a new host
 /// would see it).
@@ -43,7 +43,8 @@ pub fn host_info(capacity: Option<&Capacity>, library: Option<&Path>) -> HostInf
         gpus: GpuInfo {
             count: count.max(gpus.count()),
             nvidia: gpus.nvidia,
-            onnx_runtime: gpus.onnx_runtime,
+            onnx_runtime: gpus.onnx_runtime.clone(),
+            cuda: gpus.cuda,
         },
         cores,
         memory_bytes,
@@ -54,5 +55,23 @@ pub fn host_info(capacity: Option<&Capacity>, library: Option<&Path>) -> HostInf
             memory_bytes: memory_bytes - free_memory,
             gpus: count - capacity.free_gpus(),
         }),
+        scientific_python: plinth_runtime::wasm::Artifacts::find().ok().map(|a| {
+            a.versions(SCIENCE_SHOWN)
+                .into_iter()
+                .map(|(name, version)| PackageVersion { name, version })
+                .collect()
+        }),
     }
 }
+
+/// The packages of the scientific runtime `plinth info` names (with Python itself).
+const SCIENCE_SHOWN: &[&str] = &[
+    "python",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "joblib",
+    "statsmodels",
+    "matplotlib",
+];

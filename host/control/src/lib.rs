@@ -3,7 +3,6 @@
 //! | job | module |
 //! |---|---|
 //! | the workspace: SQLite records, content-addressed blobs, secrets | `store.rs` |
-//! | Azure ML's `deploymentconfig.json` / `inferenceconfig.json` | `config.rs` |
 //! | the control plane a host holds (settings, the handle) | `plane.rs` |
 //! | deployments: one actor that serialises every write | `deployments.rs` |
 //! | an admin request turned into a checked version record | `validate.rs` |
@@ -20,7 +19,6 @@
 mod admin;
 pub mod api;
 mod build;
-pub mod config;
 mod context;
 mod declared;
 mod deployments;

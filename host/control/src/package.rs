@@ -11,99 +11,15 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use plinth_spec::manifest::{FORMAT, MANIFEST_ENTRY, PackageManifest, is_sha256, redact};
+use plinth_spec::record::{ServiceRecord, VersionRecord, check_relative, hex};
 use sha2::{Digest, Sha256};
 
-use crate::store::{FileRef, ModelRecord, ServiceRecord, VersionRecord, Workspace, hex};
+use crate::store::Workspace;
 use crate::{Error, Result};
 
-/// The package's own description, its first entry.
-pub const MANIFEST_ENTRY: &str = "plinth-package.json";
-/// The format `plinth-package.json` declares.
-pub const FORMAT: &str = "plinth.dev/package/v1";
 /// The most a manifest entry may hold.
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
-
-/// `plinth-package.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PackageManifest {
-    pub format: String,
-    /// The service and version it was exported from (informative).
-    pub service: String,
-    pub version: String,
-    /// The models as the edge host registered them (re-registered under new versions where imported).
-    pub models: Vec<ModelRecord>,
-    /// The source folder (or the entry script alone).
-    #[serde(default)]
-    pub source: Vec<FileRef>,
-    #[serde(default)]
-    pub entry_script: Option<String>,
-    /// Azure's `inferenceconfig.json`, as the version was deployed with it.
-    #[serde(default)]
-    pub inference_config: Value,
-    /// Azure's `deploymentconfig.json`, as the version was deployed with it.
-    #[serde(default)]
-    pub deployment_config: Value,
-}
-
-/// Where a package comes from and what it must hash to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PackageRef {
-    pub uri: String,
-    pub sha256: String,
-}
-
-/// The service a declarative host serves (`plinth serve --service-manifest`): what the controller puts in
-/// the pods' ConfigMap, with every version's package and configs resolved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceManifest {
-    pub name: String,
-    pub versions: Vec<ManifestVersion>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ManifestVersion {
-    pub name: String,
-    pub package: PackageRef,
-    /// Default: the package's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployment_config: Option<Value>,
-    /// Default: the package's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inference_config: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<bool>,
-    /// False for the control version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub treatment: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<u32>,
-}
-
-/// The fields of a deployment config that hold secrets (keys, the TLS private key): never written into a
-/// package, an exported manifest or a ConfigMap.
-pub const SECRET_FIELDS: &[&str] = &["keys", "primaryKey", "secondaryKey", "sslKey"];
-
-/// Removes [`SECRET_FIELDS`] from a deployment config.
-pub fn redact(deployment_config: &mut Value) {
-    if let Some(o) = deployment_config.as_object_mut() {
-        for f in SECRET_FIELDS {
-            o.remove(*f);
-        }
-    }
-}
-
-/// Whether `s` is a lowercase hex sha256.
-pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
 
 /// Writes one version of `service` as a package into `dir`, named `<sha256>.tar`; returns its sha256 and
 /// path. The file appears whole or not at all.
@@ -276,7 +192,7 @@ pub fn import(ws: &Workspace, path: &Path, sha256: &str) -> Result<PackageManife
         .flat_map(|m| m.files.iter())
         .chain(&manifest.source)
     {
-        crate::store::check_relative(&f.path)?;
+        check_relative(&f.path)?;
         if !stored.contains(&f.sha256) {
             return Err(bad(format!("file {} (blob {}) is missing", f.path, f.sha256)));
         }
@@ -287,6 +203,8 @@ pub fn import(ws: &Workspace, path: &Path, sha256: &str) -> Result<PackageManife
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use plinth_spec::record::FileRef;
 
     use super::*;
 
@@ -329,7 +247,7 @@ mod tests {
         let model = put(ws, "model.onnx", b"not really onnx");
         let m = ws.register_model("m", None, BTreeMap::new(), vec![model]).unwrap();
         let script = put(ws, "score.py", b"def init(): pass\ndef run(x): return x\n");
-        let mut dc = crate::config::DeploymentConfig::default();
+        let mut dc = plinth_spec::config::DeploymentConfig::default();
         dc.keys.primary_key = Some("a-secret-key-of-the-edge".into());
         let v = VersionRecord::new(
             "blue",

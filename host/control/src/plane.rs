@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use plinth_router::time::unix_seconds as now;
 use plinth_router::{Capacity, LogHub, Metrics, Router, TokenIssuer};
 use plinth_runtime::wasm::WasmEngine;
+use plinth_spec::time::unix_seconds as now;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::context::{Context, ControlOptions};

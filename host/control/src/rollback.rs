@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::context::Context;
 use crate::deployments::Command;
-use crate::store::ServiceRecord;
+use plinth_spec::record::ServiceRecord;
 
 /// How often treatments are checked against their rollback policies.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -61,7 +61,7 @@ fn breaches(record: &ServiceRecord, live: &Service) -> Vec<(String, String)> {
         if error_breach || latency_breach {
             let event = format!(
                 "{} automatic rollback: version {} traffic {}% → 0% (error rate {:.3}, p99 {:.1} ms over {} requests in {} s; policy {})",
-                plinth_router::time::timestamp(),
+                plinth_spec::time::timestamp(),
                 v.name,
                 v.traffic,
                 w.error_rate,

@@ -14,6 +14,8 @@ use crate::{Error, Result};
 
 const WIT: &str = include_str!("../../../plugins/wit/scoring.wit");
 const SDK_PLINTH: &str = include_str!("../../../plugins/sdk-python/plinth.py");
+/// The tensor codec `plinth` imports, the same file the scientific runtime embeds.
+const SDK_TENSORS: &str = include_str!("../../../plugins/sdk-python/_plinth_tensors.py");
 const SDK_APP: &str = include_str!("../../../plugins/sdk-python/plinth_app.py");
 
 /// The folder, beside the entry script, holding the pure-Python packages vendored at deploy time.
@@ -196,7 +198,7 @@ fn compile_python(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> R
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let app = SDK_APP.replacen("import score\n", &format!("import {module} as score\n"), 1);
-    let hash = source_hash(&source_dir, &[WIT, SDK_PLINTH, &app])?;
+    let hash = source_hash(&source_dir, &[WIT, SDK_PLINTH, SDK_TENSORS, &app])?;
     let out = cache_dir.join("python").join(format!("{hash}.wasm"));
     if out.is_file() {
         tracing::info!(script = %script.display(), "using cached component");
@@ -216,6 +218,7 @@ fn compile_python(script: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> R
     for (path, text) in [
         (work.join("wit/scoring.wit"), WIT),
         (work.join("sdk/plinth.py"), SDK_PLINTH),
+        (work.join("sdk/_plinth_tensors.py"), SDK_TENSORS),
         (work.join("sdk/plinth_app.py"), &app),
     ] {
         if let Some(dir) = path.parent() {
@@ -374,7 +377,7 @@ fn source_hash(dir: &Path, parts: &[&str]) -> Result<String> {
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(&bytes);
     }
-    Ok(crate::store::hex(&h.finalize()))
+    Ok(plinth_spec::record::hex(&h.finalize()))
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {

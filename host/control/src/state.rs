@@ -1,7 +1,7 @@
 //! Where each version's latest deployment stands, as the deployments actor keeps it.
 
 use crate::api::DeployState;
-use crate::store::VersionRecord;
+use plinth_spec::record::VersionRecord;
 
 /// Where one version's latest deployment stands.
 #[derive(Debug, Clone)]

@@ -1,219 +1,26 @@
 //! The workspace: everything a host keeps, in one folder with no server. SQLite (`plinth.db`) holds
 //! models and services; `blobs/sha256/<hex>` holds file contents, immutable and addressed by hash;
-//! `admin-token` and `jwt-secret` are created at first start with mode 0600.
+//! `admin-token` and `jwt-secret` are created at first start with mode 0600. Everything under the workspace
+//! is its owner's alone: folders 0700 and files 0600, narrowed at every start.
+//!
+//! Blobs no model and no service refers to are removed: at start (what an interrupted upload or a deleted
+//! model left) and after a model or a service is deleted, sparing blobs uploaded in the last hour that
+//! nothing refers to yet (an upload whose register or deploy is still to come).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use plinth_spec::record::{
+    FileRef, ModelRecord, ServiceRecord, check_name, check_relative, generate_key, hex, parse_model_id,
+};
+use plinth_spec::time::unix_seconds as now;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use plinth_router::generate_key;
-use plinth_router::time::unix_seconds as now;
-
-use crate::config::{DeploymentConfig, InferenceConfig};
 use crate::{Error, Result};
-
-/// A file of a model or a source folder: where it goes and what it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRef {
-    /// Relative path with `/` separators.
-    pub path: String,
-    pub sha256: String,
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelRecord {
-    pub name: String,
-    pub version: u32,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    pub files: Vec<FileRef>,
-    pub created: u64,
-}
-
-impl ModelRecord {
-    pub fn id(&self) -> String {
-        format!("{}:{}", self.name, self.version)
-    }
-}
-
-/// A service (an endpoint) as stored: its versions, credentials and rollout events.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServiceRecord {
-    pub name: String,
-    pub versions: Vec<VersionRecord>,
-    pub auth_enabled: bool,
-    pub token_auth_enabled: bool,
-    pub primary_key: String,
-    pub secondary_key: String,
-    /// The service's part of its token signing key (see `plinth_router::TokenIssuer`); a new one revokes
-    /// every token issued before. Records from before it existed have none until it is rotated.
-    #[serde(default)]
-    pub token_secret: String,
-    pub created: u64,
-    pub updated: u64,
-    /// Rollout events (automatic rollbacks), newest last.
-    #[serde(default)]
-    pub events: Vec<String>,
-}
-
-impl ServiceRecord {
-    pub fn version(&self, name: &str) -> Result<&VersionRecord> {
-        self.versions
-            .iter()
-            .find(|v| v.name == name)
-            .ok_or_else(|| Error::NotFound(format!("service {} has no version {name}", self.name)))
-    }
-
-    pub fn version_mut(&mut self, name: &str) -> Result<&mut VersionRecord> {
-        let service = self.name.clone();
-        self.versions
-            .iter_mut()
-            .find(|v| v.name == name)
-            .ok_or_else(|| Error::NotFound(format!("service {service} has no version {name}")))
-    }
-
-    /// Azure's rules for an endpoint: at most six versions, exactly one default, at most one control,
-    /// and claimed traffic adding up to at most 100%.
-    pub fn validate(&self) -> Result<()> {
-        if self.versions.is_empty() {
-            return Err(Error::BadRequest(format!("service {} has no version", self.name)));
-        }
-        if self.versions.len() > MAX_VERSIONS {
-            return Err(Error::BadRequest(format!(
-                "an endpoint holds at most {MAX_VERSIONS} versions"
-            )));
-        }
-        let defaults = self.versions.iter().filter(|v| v.is_default).count();
-        if defaults != 1 {
-            return Err(Error::BadRequest(format!(
-                "an endpoint needs exactly one default version, {} has {defaults}",
-                self.name
-            )));
-        }
-        if self.versions.iter().filter(|v| v.control).count() > 1 {
-            return Err(Error::BadRequest("an endpoint has at most one control version".into()));
-        }
-        for v in &self.versions {
-            if v.traffic > 100 || v.mirror > 100 {
-                return Err(Error::BadRequest(format!(
-                    "version {}: percentages must be 0..100",
-                    v.name
-                )));
-            }
-        }
-        let total: u32 = self.versions.iter().map(|v| v.traffic).sum();
-        if total > 100 {
-            let parts: Vec<String> = self
-                .versions
-                .iter()
-                .map(|v| format!("{} {}%", v.name, v.traffic))
-                .collect();
-            return Err(Error::BadRequest(format!(
-                "traffic adds up to {total}% ({}), more than 100%",
-                parts.join(", ")
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// At most this many versions per endpoint (as Azure ML allows).
-pub const MAX_VERSIONS: usize = 6;
-
-/// One version of a service: what it runs and how much traffic it takes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VersionRecord {
-    pub name: String,
-    /// `name:version` of each model.
-    pub models: Vec<String>,
-    pub inference_config: InferenceConfig,
-    pub deployment_config: DeploymentConfig,
-    /// The packed source folder (or just the entry script).
-    pub source: Vec<FileRef>,
-    /// The entry script's path inside `source`.
-    pub entry_script: Option<String>,
-    /// Percent of traffic claimed; the default version also gets what nobody claims.
-    pub traffic: u32,
-    pub is_default: bool,
-    /// A control version (at most one per endpoint); otherwise a treatment.
-    #[serde(default)]
-    pub control: bool,
-    /// Percent of traffic copied to this version; its answers are never returned.
-    #[serde(default)]
-    pub mirror: u32,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    #[serde(default)]
-    pub rollback: Option<RollbackPolicy>,
-    pub created: u64,
-    pub updated: u64,
-}
-
-impl VersionRecord {
-    /// A new version of this content: the default, claiming all traffic, no settings yet.
-    pub fn new(
-        name: &str,
-        models: Vec<String>,
-        inference_config: InferenceConfig,
-        deployment_config: DeploymentConfig,
-        source: Vec<FileRef>,
-        entry_script: Option<String>,
-    ) -> Self {
-        VersionRecord {
-            name: name.to_string(),
-            models,
-            inference_config,
-            deployment_config,
-            source,
-            entry_script,
-            traffic: 100,
-            is_default: true,
-            control: false,
-            mirror: 0,
-            description: None,
-            tags: BTreeMap::new(),
-            rollback: None,
-            created: now(),
-            updated: now(),
-        }
-    }
-}
-
-/// When a treatment's traffic is automatically set to 0.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackPolicy {
-    /// Roll back when the share of failed (5xx) requests in the window is above this (0..1).
-    #[serde(default)]
-    pub max_error_rate: Option<f64>,
-    /// Roll back when the window's p99 latency is above this many milliseconds.
-    #[serde(default)]
-    pub max_p99_ms: Option<f64>,
-    /// The window, in seconds. Default 60.
-    #[serde(default = "default_window")]
-    pub window_secs: u64,
-    /// No decision on fewer requests than this in the window. Default 20.
-    #[serde(default = "default_min_requests")]
-    pub min_requests: usize,
-}
-
-fn default_window() -> u64 {
-    60
-}
-
-fn default_min_requests() -> usize {
-    20
-}
 
 pub struct Workspace {
     root: PathBuf,
@@ -222,7 +29,12 @@ pub struct Workspace {
     db: Mutex<Connection>,
     admin_token: String,
     jwt_secret: Vec<u8>,
+    /// Blobs this host stored, and when: spared by a collection for [`UPLOAD_GRACE`].
+    uploaded: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a blob nothing refers to yet is kept after its upload (its register or deploy may follow).
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -240,6 +52,7 @@ impl Workspace {
         private_dir(root)?;
         let lock = lock(root)?;
         remove_partial_blobs(&root.join("blobs/sha256"));
+        narrow_tree(root);
         let db = Connection::open(root.join("plinth.db")).map_err(Error::db("opening plinth.db"))?;
         for file in ["plinth.db", "plinth.db-wal", "plinth.db-shm"] {
             private_file(&root.join(file))?;
@@ -255,13 +68,19 @@ impl Workspace {
         .map_err(Error::db("creating the tables"))?;
         let admin_token = secret_file(&root.join("admin-token"))?;
         let jwt_secret = secret_file(&root.join("jwt-secret"))?.into_bytes();
-        Ok(Workspace {
+        let ws = Workspace {
             root: root.to_path_buf(),
             _lock: Some(lock),
             db: Mutex::new(db),
             admin_token,
             jwt_secret,
-        })
+            uploaded: Mutex::new(HashMap::new()),
+        };
+        let (n, bytes) = ws.collect_blobs()?;
+        if n > 0 {
+            tracing::info!(blobs = n, bytes, "removed blobs no model or service refers to");
+        }
+        Ok(ws)
     }
 
     /// Opens an existing workspace to read it while its host may run (`plinth service export`): no lock,
@@ -282,6 +101,7 @@ impl Workspace {
             db: Mutex::new(db),
             admin_token: String::new(),
             jwt_secret: Vec::new(),
+            uploaded: Mutex::new(HashMap::new()),
         })
     }
 
@@ -321,6 +141,36 @@ impl Workspace {
         w.finish()
     }
 
+    /// Removes the blobs no model and no service refers to, but those uploaded within [`UPLOAD_GRACE`];
+    /// returns how many went and their bytes.
+    pub fn collect_blobs(&self) -> Result<(usize, u64)> {
+        let mut used: HashSet<String> = HashSet::new();
+        for m in self.models()? {
+            used.extend(m.files.into_iter().map(|f| f.sha256));
+        }
+        for s in self.services()? {
+            for v in s.versions {
+                used.extend(v.source.into_iter().map(|f| f.sha256));
+            }
+        }
+        let mut uploaded = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+        uploaded.retain(|_, at| at.elapsed() < UPLOAD_GRACE);
+        let dir = self.root.join("blobs/sha256");
+        let (mut n, mut bytes) = (0, 0);
+        for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.len() != 64 || used.contains(&name) || uploaded.contains_key(&name) {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            if std::fs::remove_file(entry.path()).is_ok() {
+                n += 1;
+                bytes += size;
+            }
+        }
+        Ok((n, bytes))
+    }
+
     /// A blob written a piece at a time (an upload as it arrives), hashed as it goes; it takes its place
     /// only when [`BlobWriter::finish`] finds the hash right, and a writer dropped before leaves nothing.
     pub fn blob_writer(&self, sha256: &str) -> Result<BlobWriter> {
@@ -333,6 +183,10 @@ impl Workspace {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let file = opts.open(&tmp).map_err(Error::io(tmp.clone()))?;
+        self.uploaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sha256.to_string(), Instant::now());
         Ok(BlobWriter {
             sha256: sha256.to_string(),
             path,
@@ -393,6 +247,7 @@ impl Workspace {
         )
         .map_err(Error::db("registering a model"))?;
         tx.commit().map_err(Error::db("registering a model"))?;
+        self.referred_to(&record.files);
         Ok(record)
     }
 
@@ -431,8 +286,27 @@ impl Workspace {
         };
         match record {
             Some(r) => decode(&r),
-            None => Err(Error::NotFound(format!("model {id} not found"))),
+            // Which versions there are (or that the name has none), so the next try is right.
+            None => Err(Error::NotFound(match self.versions_of(&db, name)?.as_str() {
+                "" => format!("model {id} not found (no model is registered as {name})"),
+                known => format!("model {id} not found (registered: {known})"),
+            })),
         }
+    }
+
+    /// Up to ten of a model's versions, as `name:version` joined by commas.
+    fn versions_of(&self, db: &rusqlite::Connection, name: &str) -> Result<String> {
+        let mut query = db
+            .prepare("SELECT version FROM models WHERE name = ?1 ORDER BY version LIMIT 10")
+            .map_err(Error::db("listing a model's versions"))?;
+        let versions = query
+            .query_map(params![name], |r| r.get::<_, i64>(0))
+            .and_then(|rows| {
+                rows.map(|v| v.map(|v| format!("{name}:{v}")))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
+            .map_err(Error::db("listing a model's versions"))?;
+        Ok(versions.join(", "))
     }
 
     pub fn delete_model(&self, id: &str) -> Result<()> {
@@ -454,12 +328,16 @@ impl Workspace {
                 params![model.name, model.version],
             )
             .map_err(Error::db("deleting a model"))?;
+        self.collect_after_delete();
         Ok(())
     }
 
     // --- services
 
     pub fn put_service(&self, record: &ServiceRecord) -> Result<()> {
+        for v in &record.versions {
+            self.referred_to(&v.source);
+        }
         let json = serde_json::to_string(record).map_err(Error::Corrupt)?;
         self.db().execute(
             "INSERT INTO services (name, record) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
@@ -503,7 +381,26 @@ impl Workspace {
         if n == 0 {
             return Err(Error::NotFound(format!("service {name} not found")));
         }
+        self.collect_after_delete();
         Ok(())
+    }
+
+    /// Uploads a record now refers to need no grace any more: once nothing refers to them, they go.
+    fn referred_to(&self, files: &[FileRef]) {
+        let mut uploaded = self.uploaded.lock().unwrap_or_else(|p| p.into_inner());
+        if !uploaded.is_empty() {
+            for f in files {
+                uploaded.remove(&f.sha256);
+            }
+        }
+    }
+
+    fn collect_after_delete(&self) {
+        match self.collect_blobs() {
+            Ok((0, _)) => {}
+            Ok((n, bytes)) => tracing::info!(blobs = n, bytes, "removed blobs nothing refers to any more"),
+            Err(e) => tracing::warn!(error = %e, "collecting unreferenced blobs"),
+        }
     }
 }
 
@@ -515,6 +412,30 @@ fn private_dir(dir: &Path) -> Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).map_err(Error::io(dir))?;
     narrow(dir, 0o700)
+}
+
+/// Narrows everything under `root` to its owner (folders 0700, files 0600): what an older host, another
+/// tool or a wider umask left. Best effort: a file that cannot be narrowed is logged, never fatal.
+fn narrow_tree(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            let path = entry.path();
+            let result = if kind.is_dir() {
+                stack.push(path.clone());
+                narrow(&path, 0o700)
+            } else if kind.is_file() {
+                narrow(&path, 0o600)
+            } else {
+                continue;
+            };
+            if let Err(e) = result {
+                tracing::warn!(path = %path.display(), error = %e, "could not narrow to the owner alone");
+            }
+        }
+    }
 }
 
 /// Narrows an existing file to its owner alone (0600); a missing one is fine.
@@ -623,11 +544,6 @@ fn lock(root: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(Error::Corrupt)
 }
@@ -650,189 +566,5 @@ fn secret_file(path: &Path) -> Result<String> {
     Ok(key)
 }
 
-/// Names of models and services: letters, digits, `-`, `_`, `.`; 1..=64 characters; a letter or digit first.
-pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRequest(format!(
-            "{what} name '{name}' is invalid: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
-        )))
-    }
-}
-
-/// `name` or `name:version`.
-pub fn parse_model_id(id: &str) -> Result<(&str, Option<u32>)> {
-    match id.split_once(':') {
-        None => Ok((id, None)),
-        Some((name, v)) => {
-            let v = v
-                .parse()
-                .map_err(|_| Error::BadRequest(format!("model '{id}': the version must be a number")))?;
-            Ok((name, Some(v)))
-        }
-    }
-}
-
-/// A relative path with no `..`, no root and no empty parts.
-pub fn check_relative(path: &str) -> Result<()> {
-    let bad = path.is_empty()
-        || path.starts_with('/')
-        || path.contains('\\')
-        || path.split('/').any(|p| p.is_empty() || p == "." || p == "..");
-    if bad {
-        return Err(Error::BadRequest(format!(
-            "file path '{path}' must be relative, without '..'"
-        )));
-    }
-    Ok(())
-}
-
-/// Records for tests, built up from a plain one-version service.
 #[cfg(test)]
-impl ServiceRecord {
-    /// `name` with one version, `blue`: the default, keys `name-primary-key…`.
-    pub(crate) fn test(name: &str) -> Self {
-        ServiceRecord {
-            name: name.into(),
-            versions: vec![VersionRecord::test("blue")],
-            auth_enabled: true,
-            token_auth_enabled: false,
-            primary_key: format!("{name}-primary-key-0123456789"),
-            secondary_key: format!("{name}-secondary-key-0123456789"),
-            token_secret: format!("{name}-token-secret"),
-            created: 1,
-            updated: 1,
-            events: Vec::new(),
-        }
-    }
-
-    /// Blue claims `blue`%, and a treatment `green` claims `green`%.
-    pub(crate) fn with_split(mut self, blue: u32, green: u32) -> Self {
-        self.versions[0].traffic = blue;
-        let mut v = VersionRecord::test("green");
-        v.is_default = false;
-        v.traffic = green;
-        self.versions.push(v);
-        self
-    }
-}
-
-#[cfg(test)]
-impl VersionRecord {
-    pub(crate) fn test(name: &str) -> Self {
-        VersionRecord::new(
-            name,
-            Vec::new(),
-            InferenceConfig::default(),
-            DeploymentConfig::default(),
-            Vec::new(),
-            None,
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ws() -> (Workspace, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("plinth-ws-{}-{}", std::process::id(), generate_key()));
-        (Workspace::open(&dir).unwrap(), dir)
-    }
-
-    #[test]
-    fn models_count_up_and_blobs_are_checked() {
-        let (ws, dir) = ws();
-        let bytes = b"model bytes";
-        let sha = hex(&Sha256::digest(bytes));
-        assert!(ws.put_blob(&"0".repeat(64), bytes).is_err(), "hash mismatch refused");
-        // An upload cut off half-way leaves nothing behind.
-        let mut cut = ws.blob_writer(&sha).unwrap();
-        cut.write(&bytes[..4]).unwrap();
-        drop(cut);
-        let blobs = || std::fs::read_dir(dir.join("blobs/sha256")).unwrap().count();
-        assert_eq!(blobs(), 0);
-        // Written in pieces, hashed as it goes.
-        let mut w = ws.blob_writer(&sha).unwrap();
-        w.write(&bytes[..4]).unwrap();
-        w.write(&bytes[4..]).unwrap();
-        w.finish().unwrap();
-        assert_eq!(std::fs::read(ws.blob_path(&sha).unwrap()).unwrap(), bytes);
-        ws.put_blob(&sha, bytes).unwrap();
-        assert_eq!(blobs(), 1, "stored once, no temporary file left");
-        let file = FileRef {
-            path: "model.onnx".into(),
-            sha256: sha,
-            size: 11,
-        };
-        let a = ws
-            .register_model("m", None, BTreeMap::new(), vec![file.clone()])
-            .unwrap();
-        let b = ws.register_model("m", None, BTreeMap::new(), vec![file]).unwrap();
-        assert_eq!((a.version, b.version), (1, 2));
-        assert_eq!(ws.model("m").unwrap().version, 2);
-        assert_eq!(ws.model("m:1").unwrap().version, 1);
-        assert!(matches!(ws.model("m:9"), Err(Error::NotFound(_))));
-        let missing = FileRef {
-            path: "x".into(),
-            sha256: "a".repeat(64),
-            size: 1,
-        };
-        assert!(ws.register_model("m", None, BTreeMap::new(), vec![missing]).is_err());
-        // One holder at a time; reopening keeps everything, secrets included.
-        let second = Workspace::open(&dir).unwrap_err().to_string();
-        assert!(
-            second.contains("in use by another plinth host") && second.contains(&std::process::id().to_string()),
-            "{second}"
-        );
-        let token = ws.admin_token().to_string();
-        let partial = dir.join("blobs/sha256").join(format!("{}.tmp4242", "b".repeat(64)));
-        std::fs::write(&partial, b"half").unwrap();
-        drop(ws);
-        let again = Workspace::open(&dir).unwrap();
-        assert!(!partial.exists(), "a half-written blob is cleaned at start");
-        assert_eq!(again.admin_token(), token);
-        assert_eq!(again.models().unwrap().len(), 2);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
-            for file in ["admin-token", "jwt-secret", "plinth.db", "lock"] {
-                assert_eq!(mode(file), 0o600, "{file}");
-            }
-            assert_eq!(mode(&format!("blobs/sha256/{}", hex(&Sha256::digest(bytes)))), 0o600);
-            assert_eq!(mode(""), 0o700);
-            assert_eq!(mode("blobs"), 0o700);
-        }
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn endpoint_rules() {
-        ServiceRecord::test("ep").with_split(80, 20).validate().unwrap();
-        let over = ServiceRecord::test("ep").with_split(90, 20);
-        assert!(over.validate().unwrap_err().to_string().contains("adds up to 110%"));
-        let mut two_defaults = ServiceRecord::test("ep").with_split(80, 20);
-        two_defaults.versions[1].is_default = true;
-        assert!(two_defaults.validate().is_err());
-    }
-
-    #[test]
-    fn names_and_paths_are_checked() {
-        assert!(check_name("service", "my-svc_1.0").is_ok());
-        for bad in ["", "-x", "a/b", "a b", &"x".repeat(65)] {
-            assert!(check_name("service", bad).is_err(), "{bad}");
-        }
-        assert!(check_relative("a/b.txt").is_ok());
-        for bad in ["/etc/passwd", "../x", "a/../b", "a//b", ""] {
-            assert!(check_relative(bad).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

@@ -5,8 +5,10 @@ use plinth_runtime::MAX_MODELS;
 use serde_json::Value;
 
 use crate::api::VersionSettings;
-use crate::config::{DeploymentConfig, InferenceConfig};
-use crate::store::{FileRef, VersionRecord, Workspace, check_relative};
+use plinth_spec::config::{DeploymentConfig, InferenceConfig};
+use plinth_spec::record::{FileRef, VersionRecord, check_relative};
+
+use crate::store::Workspace;
 use crate::{Error, Result};
 
 /// Validates a version's content (configs, models, files) into a record.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::api::{DeployState, ModelProvider, ServiceView, VersionStats, VersionView, to_json};
 use crate::context::Context;
 use crate::state::{Deployment, state_key};
-use crate::store::ServiceRecord;
+use plinth_spec::record::ServiceRecord;
 
 /// A service's state: Failed if a version failed, Transitioning while one loads, else Healthy; and
 /// whether the failed one still serves its previous deployment.

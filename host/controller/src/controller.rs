@@ -1,4 +1,5 @@
-//! The reconciler: a `PlinthService` in, its ConfigMap, Deployment and Service applied (server-side
+//! The reconciler: a `PlinthService` in, its ConfigMap, Deployment, Service and (when several pods may
+//! run) PodDisruptionBudget applied (server-side
 //! apply, field manager `plinth-controller`, owned by the resource), its keys' Secret created once, and
 //! its status written. A finalizer guards cleanup; failures requeue with backoff and are counted.
 //! Pod counts are the scaler's (`scale.rs`), never the reconcile's.
@@ -9,8 +10,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -19,7 +21,8 @@ use serde_json::json;
 
 use crate::crd::{PlinthService, PlinthServiceStatus, VersionStatus};
 use crate::metrics::Metrics;
-use crate::render::{self, FINALIZER, MANAGER, Plan, RenderOptions};
+use crate::plan::{self, Plan};
+use crate::render::{self, FINALIZER, MANAGER, RenderOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -135,7 +138,7 @@ async fn apply(ps: &PlinthService, cx: &Context) -> Result<Action, Error> {
     let name = ps.name_any();
     let ns = ps.namespace().unwrap_or_default();
     let api: Api<PlinthService> = Api::namespaced(cx.client.clone(), &ns);
-    let plan = match render::plan(ps) {
+    let plan = match plan::plan(ps) {
         Ok(plan) => plan,
         Err(message) => return invalid(ps, cx, &api, message).await,
     };
@@ -153,8 +156,8 @@ async fn apply(ps: &PlinthService, cx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-/// The Secret (when absent), the ConfigMap, the Deployment and the Service; returns the Deployment as
-/// the API server has it.
+/// The Secret (when absent), the ConfigMap, the Deployment, the Service and the disruption budget;
+/// returns the Deployment as the API server has it.
 async fn write_objects(ps: &PlinthService, cx: &Context, plan: &Plan, ns: &str) -> Result<Deployment, kube::Error> {
     let name = ps.name_any();
     let objects = render::render(ps, plan, &cx.render);
@@ -191,6 +194,18 @@ async fn write_objects(ps: &PlinthService, cx: &Context, plan: &Plan, ns: &str) 
         .await?;
     let services: Api<Service> = Api::namespaced(cx.client.clone(), ns);
     services.patch(&name, &params, &Patch::Apply(&objects.service)).await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(cx.client.clone(), ns);
+    match &objects.disruption_budget {
+        Some(budget) => {
+            budgets.patch(&name, &params, &Patch::Apply(budget)).await?;
+        }
+        // One pod at most: a budget an earlier spec needed goes (none there is fine).
+        None => match budgets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        },
+    }
     Ok(deployment)
 }
 

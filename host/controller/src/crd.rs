@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::core::v1::{LocalObjectReference, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
+pub use plinth_spec::manifest::PackageRef;
+use plinth_spec::manifest::{VersionSettings, azure_config};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -71,6 +73,13 @@ pub struct PlinthServiceSpec {
     /// `amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0: 1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extended_resources: Option<BTreeMap<String, String>>,
+    /// Secrets to pull the image with from a private registry (the pods' `imagePullSecrets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Credentials for private package storage (an Azure Blob container, a private server): a Secret
+    /// mounted only into the init containers that fetch packages, never written into a manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_credentials: Option<PackageCredentials>,
     /// A PersistentVolumeClaim (ReadWriteMany) the pods share for compiled code: the first pod on a kind
     /// of node compiles a Python entry script's interpreter (about a minute), the next ones load it in
     /// moments. Default: each pod compiles into its own scratch volume.
@@ -84,18 +93,26 @@ pub struct PlinthServiceSpec {
     pub scratch_size: Option<String>,
 }
 
-/// A package: the tarball `plinth service export` writes, addressed by its sha256.
+/// Where `plinth package fetch` finds credentials: keys of a Secret in the service's namespace. At least one.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PackageRef {
-    /// `https://...`, `file:///...` (fetched by an init container) or `pvc://claim/path` (the claim is
-    /// mounted read-only).
-    pub uri: String,
-    /// The package's sha256 (lowercase hex); a package that hashes differently is refused.
-    pub sha256: String,
+pub struct PackageCredentials {
+    pub secret_name: String,
+    /// The key holding a query string added to every package URI: an Azure Blob SAS token
+    /// (`sv=...&sig=...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_key: Option<String>,
+    /// The key holding an `Authorization` header value sent with every package request
+    /// (`Bearer ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_key: Option<String>,
+    /// The key holding a PEM certificate authority to trust besides the system's (a private server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
 }
 
-/// One version of the endpoint.
+/// One version of the endpoint: its name, its package (default: the spec's) and the same settings a
+/// declared host's manifest holds (`deploymentConfig` and `inferenceConfig` default to the spec's).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionSpec {
@@ -103,26 +120,8 @@ pub struct VersionSpec {
     /// Default: the spec's package.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<PackageRef>,
-    /// Default: the spec's deployment config.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "azure_config")]
-    pub deployment_config: Option<Value>,
-    /// Default: the spec's inference config.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "azure_config")]
-    pub inference_config: Option<Value>,
-    /// Percent of traffic this version claims (0..100); the default version also gets what is unclaimed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic: Option<u32>,
-    /// The default version (exactly one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<bool>,
-    /// A treatment (true, the default) or the control version (false; at most one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub treatment: Option<bool>,
-    /// Percent of traffic copied to this version (its answers are never returned).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<u32>,
+    #[serde(flatten)]
+    pub settings: VersionSettings,
 }
 
 /// What the controller last saw and did.
@@ -165,14 +164,6 @@ pub struct VersionStatus {
     pub name: String,
     pub traffic: u32,
     pub default: bool,
-}
-
-/// An Azure ML config: any JSON object (checked by Plinth's own parser, which names the bad field).
-fn azure_config(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true
-    })
 }
 
 /// The CRD as YAML (what `plinth controller crd` prints and `plinthservice.crd.yaml` holds).

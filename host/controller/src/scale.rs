@@ -1,6 +1,6 @@
 //! The scaler: pods of a `PlinthService` as azureml-fe scales them. Each host pod reports its load
 //! (`GET /api/v1/load`: the mean utilization its own autoscaler measured, (busy replicas + waiting
-//! requests) / replicas); the mean over the pods goes through the host's own policy (`plinth_router::
+//! requests) / replicas); the mean over the pods goes through the host's own policy (`plinth_spec::
 //! Policy`: eager up, down only after a sustained quiet window, within min/max), and a changed count is
 //! applied with a patch of the Deployment's `/scale`. With autoscaling off, `spec.replicas` (or
 //! `numReplicas`) is applied the same way. Never an HPA (the two would fight); nodes are not its concern.
@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use plinth_router::{Decision, Policy, ScaleState};
+use plinth_spec::scale::{Decision, Policy, State as ScaleState};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -103,7 +103,7 @@ impl Scaler {
 
     /// One look at one service, at `now` since the scaler started (tests pass a simulated clock).
     pub async fn tick(&self, cx: &Context, ps: &PlinthService, now: Duration) -> Result<Tick, kube::Error> {
-        let Ok(plan) = render::plan(ps) else {
+        let Ok(plan) = crate::plan::plan(ps) else {
             return Ok(Tick::Skipped("invalid spec"));
         };
         let (name, ns) = (ps.name_any(), ps.namespace().unwrap_or_default());
@@ -223,7 +223,7 @@ impl Scaler {
 
     /// Whether `ps` is due for a look (its `refreshPeriodInSeconds` since the last one).
     pub fn due(&self, ps: &PlinthService, last: &mut HashMap<String, Instant>) -> bool {
-        let refresh = render::plan(ps).map(|p| p.refresh_secs).unwrap_or(5);
+        let refresh = crate::plan::plan(ps).map(|p| p.refresh_secs).unwrap_or(5);
         let key = format!("{}/{}", ps.namespace().unwrap_or_default(), ps.name_any());
         let due = last
             .get(&key)

@@ -13,12 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::time::unix_seconds;
 use crate::{Error, Result};
 
-/// A new random key: 32 bytes from the OS, hex-encoded.
-pub fn generate_key() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use plinth_spec::record::generate_key;
 
 /// Whether `given` equals `key`, in time that depends only on the lengths.
 fn key_matches(given: &[u8], key: &str) -> bool {
@@ -125,6 +120,11 @@ impl HostAuth {
         }
     }
 
+    /// Whether `header` carries the admin token.
+    pub(crate) fn is_admin_header(&self, header: Option<&http::HeaderValue>) -> bool {
+        bearer(header).is_some_and(|given| self.is_admin(given))
+    }
+
     /// Whether `/metrics` may be read: open when the host has no admin token, else with it.
     pub fn authorize_metrics(&self, header: Option<&http::HeaderValue>) -> Result<()> {
         if self.admin_token.is_none() {
@@ -207,6 +207,8 @@ pub struct TokenIssuer {
 }
 
 const ISSUER: &str = "plinth";
+/// How far ahead of this host's clock another host's `iat` may be (hosts of one service share keys).
+const CLOCK_SKEW_SECS: u64 = 60;
 
 impl TokenIssuer {
     pub fn new(secret: &[u8], lifetime: Duration) -> Self {
@@ -252,7 +254,9 @@ impl TokenIssuer {
         })
     }
 
-    /// Checks signature, algorithm (HS256 only, so `alg: none` fails), expiry, issuer and audience.
+    /// Checks signature, algorithm (HS256 only, so `alg: none` fails), expiry, issuer and audience, and
+    /// that the token lives no longer than this host issues them for (`exp - iat` at most the lifetime, `iat`
+    /// not in the future): a token signed with a far expiry is refused even with the right key.
     pub fn verify(&self, token: &[u8], service: &str, service_secret: &str) -> Result<()> {
         let token = std::str::from_utf8(token).map_err(|_| Error::Unauthorized("malformed token".into()))?;
         let mut validation = Validation::new(Algorithm::HS256);
@@ -260,9 +264,19 @@ impl TokenIssuer {
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 0;
         let decoding = DecodingKey::from_secret(&self.key(service_secret));
-        jsonwebtoken::decode::<Claims>(token, &decoding, &validation)
-            .map(|_| ())
-            .map_err(|e| Error::Unauthorized(format!("invalid token: {}", token_problem(e.kind()))))
+        let claims = jsonwebtoken::decode::<Claims>(token, &decoding, &validation)
+            .map_err(|e| Error::Unauthorized(format!("invalid token: {}", token_problem(e.kind()))))?
+            .claims;
+        let lifetime = self.lifetime.as_secs().max(1);
+        if claims.exp.saturating_sub(claims.iat) > lifetime {
+            return Err(Error::Unauthorized(format!(
+                "invalid token: it lives longer than this host's tokens do ({lifetime} s); fetch a new one (plinth service token)"
+            )));
+        }
+        if claims.iat > unix_seconds() + CLOCK_SKEW_SECS {
+            return Err(Error::Unauthorized("invalid token: it is not valid yet".into()));
+        }
+        Ok(())
     }
 }
 
@@ -346,6 +360,26 @@ mod tests {
         let key = EncodingKey::from_secret(&issuer.key("s1"));
         let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &c, &key).unwrap();
         assert!(said(verify(&expired, "svc", "s1")).contains("expired"));
+        // Signed with the right key, but for longer than the host's lifetime (or from the future).
+        let now = unix_seconds();
+        let sign = |iat: u64, exp: u64| {
+            let c = Claims {
+                iat,
+                exp,
+                ..Claims {
+                    sub: "svc".into(),
+                    aud: audience("svc"),
+                    iss: ISSUER.into(),
+                    iat: 0,
+                    exp: 0,
+                    refresh_by: 0,
+                }
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()
+        };
+        assert!(said(verify(&sign(now, 32_503_680_000), "svc", "s1")).contains("lives longer"));
+        assert!(said(verify(&sign(now + 3600, now + 3620), "svc", "s1")).contains("not valid yet"));
+        verify(&sign(now - 10, now + 50), "svc", "s1").unwrap();
     }
 
     #[test]

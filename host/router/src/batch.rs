@@ -1,6 +1,8 @@
-//! Dynamic batching for ONNX models with a batch dimension: a queue actor gathers requests for up to
-//! `maxBatchDelayMicros` or `maxBatchSize` rows, runs them as one call on a free replica, and hands each
-//! request exactly its own rows back. A request that does not fit the model fails alone, before
+//! Dynamic batching for ONNX models with a batch dimension, adaptive: a request that finds a replica free
+//! runs at once (with whatever else is already waiting), so batching costs nothing at low load; requests
+//! that arrive while every replica is busy gather for the next batch, up to `maxBatchSize` rows, or
+//! `maxBatchDelayMicros`, or a replica coming free, whichever comes first. A queue actor runs each batch as
+//! one call on a free replica and hands each request exactly its own rows back. A request that does not fit the model fails alone, before
 //! batching; a request whose client has gone is dropped before the model runs. The batcher sits above
 //! the version: it knows it only as a [`BatchTarget`]. Each request is recorded as one request, whatever
 //! batch it ran in, and a failed batch hands every request the same error (status and kind kept).
@@ -10,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use plinth_runtime::{Tensor, TensorData, TensorSpec, with_tensor_data};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{Error, Result};
 
@@ -22,6 +24,8 @@ pub trait BatchTarget: Send + Sync + 'static {
     fn record_request(&self, queued: Instant, error: Option<&Error>);
     /// A batch's rows and how long its oldest request waited to be batched.
     fn observe_batch(&self, rows: usize, waited: Duration);
+    /// Whether a call would start at once (a replica has a free slot).
+    fn has_free_slot(&self) -> bool;
 }
 
 /// Requests waiting to be batched, per version.
@@ -31,7 +35,7 @@ pub const QUEUE: usize = 4096;
 pub struct BatchConfig {
     /// Rows per batch at most.
     pub max_batch_size: usize,
-    /// How long the first request of a batch waits for company.
+    /// How long the first request of a batch waits for company when every replica is busy.
     pub max_delay: Duration,
 }
 
@@ -182,17 +186,44 @@ fn names(specs: &[TensorSpec]) -> String {
 }
 
 async fn actor<T: BatchTarget>(version: Weak<T>, mut rx: mpsc::Receiver<Job>, config: BatchConfig) {
+    // Told when a batch's call ends, so that a gathering batch can go as soon as a replica is free.
+    let finished = Arc::new(Notify::new());
     while let Some(first) = rx.recv().await {
-        let deadline = tokio::time::Instant::now() + config.max_delay;
         let mut rows = first.rows;
         let mut batch = vec![first];
+        // What is already waiting joins at once.
         while rows < config.max_batch_size {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => {
+            match rx.try_recv() {
+                Ok(job) => {
                     rows += job.rows;
                     batch.push(job);
                 }
-                _ => break,
+                Err(_) => break,
+            }
+        }
+        let Some(v) = version.upgrade() else { return };
+        if rows < config.max_batch_size && !v.has_free_slot() {
+            // Every replica is busy, so this batch would wait anyway: it gathers company meanwhile.
+            let deadline = tokio::time::Instant::now() + config.max_delay;
+            loop {
+                tokio::select! {
+                    job = rx.recv() => match job {
+                        Some(job) => {
+                            rows += job.rows;
+                            batch.push(job);
+                            if rows >= config.max_batch_size {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    () = finished.notified() => {
+                        if v.has_free_slot() {
+                            break;
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
             }
         }
         // Clients that have gone get nothing computed for them.
@@ -200,7 +231,6 @@ async fn actor<T: BatchTarget>(version: Weak<T>, mut rx: mpsc::Receiver<Job>, co
         if batch.is_empty() {
             continue;
         }
-        let Some(v) = version.upgrade() else { return };
         // Requests whose non-batch dimensions differ cannot share a call: one group per shape.
         let mut groups: Vec<Vec<Job>> = Vec::new();
         for job in batch {
@@ -210,8 +240,11 @@ async fn actor<T: BatchTarget>(version: Weak<T>, mut rx: mpsc::Receiver<Job>, co
             }
         }
         for group in groups {
-            let v = v.clone();
-            tokio::spawn(run_group(v, group));
+            let (v, finished) = (v.clone(), finished.clone());
+            tokio::spawn(async move {
+                run_group(v, group).await;
+                finished.notify_one();
+            });
         }
     }
 }
@@ -372,5 +405,96 @@ mod tests {
             data: TensorData::Fp32(vec![1.0]),
         };
         assert!(split(vec![out], &[1, 1]).unwrap_err().contains("cannot be batched"));
+    }
+
+    /// A model that answers its inputs, records each batch's rows, and is busy when told.
+    #[derive(Default)]
+    struct Echo {
+        busy: std::sync::atomic::AtomicBool,
+        batches: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl BatchTarget for Echo {
+        async fn run_batch(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+            self.batches.lock().unwrap().push(inputs[0].shape[0] as usize);
+            Ok(inputs)
+        }
+        fn record_request(&self, _: Instant, _: Option<&Error>) {}
+        fn observe_batch(&self, _: usize, _: Duration) {}
+        fn has_free_slot(&self) -> bool {
+            !self.busy.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    fn spec() -> Vec<TensorSpec> {
+        vec![TensorSpec {
+            name: "x".into(),
+            datatype: plinth_runtime::DataType::Fp32,
+            shape: vec![-1, 2],
+        }]
+    }
+
+    #[tokio::test]
+    async fn a_request_that_finds_a_replica_free_runs_at_once() {
+        let echo = Arc::new(Echo::default());
+        let config = BatchConfig {
+            max_batch_size: 32,
+            max_delay: Duration::from_secs(2),
+        };
+        let b = Batcher::start(Arc::downgrade(&echo), spec(), config, Duration::from_secs(10));
+        for _ in 0..3 {
+            let started = Instant::now();
+            let out = b.infer(&*echo, vec![t("x", 1, 0.0)]).await.unwrap();
+            assert_eq!(out[0], t("x", 1, 0.0));
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{:?}: it waited",
+                started.elapsed()
+            );
+        }
+        assert_eq!(*echo.batches.lock().unwrap(), vec![1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn requests_gather_while_every_replica_is_busy() {
+        let echo = Arc::new(Echo::default());
+        echo.busy.store(true, std::sync::atomic::Ordering::Relaxed);
+        let config = BatchConfig {
+            max_batch_size: 4,
+            max_delay: Duration::from_secs(5),
+        };
+        let b = Arc::new(Batcher::start(
+            Arc::downgrade(&echo),
+            spec(),
+            config,
+            Duration::from_secs(10),
+        ));
+        // Four one-row requests while busy: one batch of four, sent when full (long before the delay).
+        let started = Instant::now();
+        let calls: Vec<_> = (0..4)
+            .map(|i| {
+                let (b, echo) = (b.clone(), echo.clone());
+                tokio::spawn(async move { b.infer(&*echo, vec![t("x", 1, i as f32)]).await })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            let out = call.await.unwrap().unwrap();
+            assert_eq!(out[0], t("x", 1, i as f32), "each gets its own row back");
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(*echo.batches.lock().unwrap(), vec![4]);
+        // A lone request while busy waits for company up to the delay (here shortened by nothing).
+        let config = BatchConfig {
+            max_batch_size: 4,
+            max_delay: Duration::from_millis(300),
+        };
+        let b = Batcher::start(Arc::downgrade(&echo), spec(), config, Duration::from_secs(10));
+        let started = Instant::now();
+        b.infer(&*echo, vec![t("x", 1, 0.0)]).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(290),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -28,7 +28,7 @@ pub enum Error {
     /// The request ran past its scoring timeout.
     #[error("{0}")]
     Timeout(String),
-    /// The model or entry script failed; its kind says whose fault it is.
+    /// The model or entry script failed; its fault class says whose fault it is.
     #[error(transparent)]
     Runtime(#[from] plinth_runtime::Error),
     /// One failure shared by every request of a dynamic batch: each request keeps the original
@@ -110,15 +110,13 @@ impl Error {
             | Error::BodyTimeout { .. } => Fault::Client,
             Error::Overloaded(_) => Fault::Busy,
             Error::Timeout(_) => Fault::Late,
-            Error::Runtime(plinth_runtime::Error::Response { status, .. }) => match status {
-                500.. => Fault::Server,
-                _ => Fault::Client,
-            },
-            Error::Runtime(e) => match e.kind() {
-                "invalid_input" | "unknown_model" => Fault::Client,
-                "deadline" => Fault::Late,
-                "overloaded" => Fault::Busy,
-                _ => Fault::Server,
+            Error::Runtime(e) => match e.fault() {
+                plinth_runtime::Fault::Client => Fault::Client,
+                plinth_runtime::Fault::Overload => Fault::Busy,
+                plinth_runtime::Fault::Timeout => Fault::Late,
+                // A package that cannot load is refused at deploy time; a fresh instance failing while
+                // serving is the version failing.
+                plinth_runtime::Fault::Package | plinth_runtime::Fault::Server => Fault::Server,
             },
             Error::Shared(e) => e.fault(),
             Error::Task { .. } | Error::Io { .. } | Error::Tls { .. } | Error::Backend { .. } | Error::Internal(_) => {

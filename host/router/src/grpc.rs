@@ -1,11 +1,12 @@
 //! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`), served by
 //! [`serve_grpc`](crate::serve_grpc) on a listener of its own (HTTP/2, with or without TLS). The same
 //! router underneath as the HTTP routes: the same services and versions (`model_version` pins one), the
-//! same credentials (`authorization: Bearer <key or token>` metadata), split, queue, batching, mirror,
-//! metrics, request logs and data collection. Errors are gRPC status codes, mapped from the same errors
-//! the HTTP side answers with a status.
+//! same credentials (`authorization: Bearer <key or token>` metadata), and the same scoring flow
+//! (`score.rs`: split, queue, batching, mirror, metrics, request logs and data collection). Errors are
+//! gRPC status codes, mapped from the status an HTTP answer would carry (`status.rs`).
 
 mod convert;
+mod deadline;
 
 use std::sync::Arc;
 
@@ -14,11 +15,15 @@ use http::header::AUTHORIZATION;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
+pub(crate) use self::deadline::Deadline;
 use self::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use self::proto::*;
-use crate::http::score::{Answer, Payload};
-use crate::http::{Host, REQUEST_ID, VERSION_HEADER, oip, status_of};
+use crate::host::Host;
+use crate::ids::REQUEST_ID;
+use crate::oip;
+use crate::score::{Answer, Payload, VERSION_HEADER};
 use crate::service::Service;
+use crate::status::status_of;
 use crate::{Error, Version};
 
 /// The protocol's messages and service, generated from `proto/inference.proto`.
@@ -56,6 +61,26 @@ impl Grpc {
         GrpcInferenceServiceServer::new(self)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(usize::MAX)
+    }
+
+    /// The refusal of a call whose `authorization` metadata no service on this host accepts (an open
+    /// service accepts any), decided before its message is read: a stream of up to the body limit costs
+    /// an unauthenticated client nothing but its own upload. The health and server-metadata calls take
+    /// no credential. The call's own service is checked again once its message names it.
+    pub(crate) fn refuse_unadmitted<B>(&self, request: &http::Request<B>) -> Option<Status> {
+        const OPEN: [&str; 3] = ["/ServerLive", "/ServerReady", "/ServerMetadata"];
+        let path = request.uri().path();
+        if OPEN.iter().any(|open| path.ends_with(open)) {
+            return None;
+        }
+        let credential = request.headers().get(AUTHORIZATION);
+        if self.host.router.admits_any(&self.host.auth, credential) {
+            return None;
+        }
+        Some(Status::unauthenticated(match credential {
+            None => "this host's models need an 'authorization: Bearer <key or token>' metadata entry",
+            Some(_) => "the credential in 'authorization' is not accepted by any model on this host",
+        }))
     }
 
     /// The service named `name`, its caller's credential checked first.

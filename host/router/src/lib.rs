@@ -1,14 +1,18 @@
 //! The Plinth embedded router: the data plane of a node host, embeddable on its own.
 //!
 //! A [`Router`] maps names to [`Service`]s; a service splits traffic between [`Version`]s; a version
-//! runs requests on replicas of a `plinth_runtime::Package`, bounded by slots. [`Host`] puts HTTP in
-//! front and [`serve`] runs it on a listener. Where each job lives:
+//! runs requests on replicas of a `plinth_runtime::Package`, bounded by slots. A [`Host`] holds the
+//! services for its faces, HTTP and gRPC, and [`serve`] runs it on a listener. Where each job lives:
 //!
 //! | job | module |
 //! |---|---|
-//! | routes, the scoring flow, the inference protocol | `http/` (`mod.rs`, `score.rs`, `oip.rs`) |
-//! | the inference protocol over gRPC | `grpc.rs`, `grpc/convert.rs` |
-//! | error → status, JSON body, `Retry-After` | `http/response.rs` |
+//! | the host: services, limits, request ids, the admin API it mounts | `host.rs`, `ids.rs` |
+//! | the scoring flow every face calls (route, mirror, run, collect, count) | `score.rs` |
+//! | the inference protocol's messages (JSON, binary tensors) | `oip.rs` |
+//! | HTTP routes, bodies (limit, read timeout), the answer of a score | `http/` (`mod.rs`, `body.rs`, `answer.rs`) |
+//! | the inference protocol over gRPC, its message deadline | `grpc.rs`, `grpc/convert.rs`, `grpc/deadline.rs` |
+//! | error → status (HTTP, and gRPC's from it) | `status.rs` |
+//! | error → JSON body, `Retry-After` | `http/response.rs` |
 //! | every credential check (keys, tokens, admin) | `auth.rs` |
 //! | the traffic split between versions | `split.rs` |
 //! | slots (permits), waiting, the 503 | `queue.rs` |
@@ -41,39 +45,48 @@ mod conns;
 mod error;
 mod exec;
 mod grpc;
+mod host;
 mod http;
+mod ids;
 mod observe;
+pub mod oip;
 mod queue;
 mod replicas;
 mod router;
 mod scale;
+mod score;
 mod server;
 mod service;
 mod split;
 mod stats;
-pub mod time;
+mod status;
 mod version;
+
+pub use plinth_spec::time;
 
 pub use self::auth::{Auth, HostAuth, Token, TokenIssuer, generate_key};
 pub use self::batch::BatchConfig;
 pub use self::error::{Error, Fault, Result};
 pub use self::exec::INLINE_BELOW;
 pub use self::grpc::{Grpc, GrpcServer, proto as grpc_proto};
+pub use self::host::{DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, Host};
 pub use self::http::{
-    Admin, AdminBody, AdminRequest, Body, BoxFuture, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, Host,
-    MAX_ADMIN_JSON_BYTES, MAX_JSON_DEPTH, MAX_UPLOAD_BYTES, REQUEST_ID, VERSION_HEADER, error_response, json_response,
-    oip, status_of,
+    Admin, AdminBody, AdminRequest, Body, BoxFuture, MAX_ADMIN_JSON_BYTES, MAX_UPLOAD_BYTES, error_response,
+    json_response,
 };
+pub use self::ids::REQUEST_ID;
 pub use self::observe::{COLLECT_QUEUE, Collector, LINES_KEPT, LogHub, Metrics, Sampling, is_service_event};
 pub use self::queue::COLD_START_WAIT;
 pub use self::replicas::{Capacity, Factory, Reservation};
 pub use self::router::Router;
 pub use self::scale::{Decision, Policy, State as ScaleState};
+pub use self::score::{MAX_JSON_DEPTH, VERSION_HEADER};
 pub use self::server::{
     DRAIN, ServeOptions, serve, serve_grpc, serve_with, shutdown_signal, tls_acceptor, tls_acceptor_h2,
 };
 pub use self::service::{Routed, Service, ServiceConfig};
 pub use self::stats::{Stats, Window};
+pub use self::status::status_of;
 pub use self::version::{Reporting, Version, VersionConfig, VersionInfo};
 
 /// Starts the autoscaler for `version` with `policy`; it stops when the version is dropped.

@@ -46,6 +46,11 @@ impl Queue {
         }
     }
 
+    /// Whether a slot is free right now (a call would start at once).
+    pub(crate) fn has_free_slot(&self) -> bool {
+        self.permits.available_permits() > 0
+    }
+
     /// Requests waiting for a slot now.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)

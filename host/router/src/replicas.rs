@@ -110,6 +110,8 @@ impl Capacity {
             })
             .map(|kb| kb * 1024)
             .unwrap_or(u64::MAX);
+        // In a container (a Kubernetes pod), the memory limit is the host's memory, not the machine's.
+        let memory = cgroup_memory_limit().map_or(memory, |limit| limit.min(memory));
         Capacity::new(cpu, memory).with_gpus(plinth_runtime::onnx::Gpus::of_host().count())
     }
 
@@ -367,9 +369,47 @@ impl Drop for Replicas {
     }
 }
 
+/// The memory limit of this process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`), if it has
+/// one. The CPU limit needs no such reading: `available_parallelism` already follows the CPU quota.
+fn cgroup_memory_limit() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut files = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if controllers.is_empty() {
+            files.push(format!("/sys/fs/cgroup{path}/memory.max"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            files.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+        }
+    }
+    // A container sees its own cgroup at the root of its view.
+    files.push("/sys/fs/cgroup/memory.max".into());
+    files.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".into());
+    files
+        .iter()
+        .filter_map(|f| parse_memory_limit(&std::fs::read_to_string(f).ok()?))
+        .min()
+}
+
+/// A cgroup memory limit file's value: `max` (v2) or a page-rounded huge number (v1) mean none.
+fn parse_memory_limit(text: &str) -> Option<u64> {
+    let n: u64 = text.trim().parse().ok()?;
+    (n < 1 << 60).then_some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_limit_is_read_in_both_versions() {
+        assert_eq!(parse_memory_limit("max\n"), None);
+        assert_eq!(parse_memory_limit("1610612736\n"), Some(1_610_612_736));
+        // cgroup v1's "no limit" is the largest page-aligned number.
+        assert_eq!(parse_memory_limit("9223372036854771712"), None);
+        assert_eq!(parse_memory_limit(""), None);
+    }
 
     #[test]
     fn capacity_is_a_budget() {

@@ -42,6 +42,11 @@ impl Router {
         self.update(|m| m.remove(name))
     }
 
+    /// Whether at least one service would let a request with `header` in (an open service lets any in).
+    pub fn admits_any(&self, auth: &crate::auth::HostAuth, header: Option<&http::HeaderValue>) -> bool {
+        auth.is_admin_header(header) || self.services.load().values().any(|s| s.authorize(auth, header).is_ok())
+    }
+
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.services.load().keys().cloned().collect();
         names.sort();

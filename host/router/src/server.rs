@@ -18,9 +18,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::conns::{Conn, Conns, Full, Limits};
-use crate::grpc::{Grpc, GrpcServer};
-use crate::http::Host;
-use crate::http::body::Deadline;
+use crate::grpc::{Deadline, Grpc, GrpcServer};
+use crate::host::Host;
 use crate::observe::Metrics;
 use crate::{Error, Result};
 
@@ -137,7 +136,7 @@ pub async fn serve_grpc(
     let body_timeout = grpc.body_timeout();
     run(
         listener,
-        App::Grpc(grpc.into_server(), body_timeout),
+        App::Grpc(grpc.clone().into_server(), body_timeout, grpc),
         metrics,
         tls,
         options,
@@ -150,8 +149,9 @@ pub async fn serve_grpc(
 #[derive(Clone)]
 enum App {
     Http(Arc<Host>),
-    /// The service, and how long a request's message may take to arrive.
-    Grpc(GrpcServer, Duration),
+    /// The service, how long a request's message may take to arrive, and the credential check made
+    /// before any message is read.
+    Grpc(GrpcServer, Duration, Grpc),
 }
 
 async fn run(
@@ -267,15 +267,21 @@ where
             builder.timer(TokioTimer::new()).header_read_timeout(None::<Duration>);
             watcher.watch(builder.serve_connection(TokioIo::new(io), svc)).await
         }
-        App::Grpc(server, body_timeout) => {
+        App::Grpc(server, body_timeout, gate) => {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let mut server = server.clone();
                 let in_flight = conn.request();
+                // A credential that no service takes is refused from the metadata: the message (up to the
+                // body limit, and naming the model) is never read.
+                let refused = gate.refuse_unadmitted(&req);
                 // The message within the body-read timeout, as an HTTP body: a request trickled in
                 // slowly is in flight, so no timeout of the reaper's would close it.
                 let req = req.map(|body| Deadline::new(body, body_timeout));
                 async move {
-                    let response = tonic::codegen::Service::call(&mut server, req).await;
+                    let response = match refused {
+                        Some(status) => Ok(status.into_http()),
+                        None => tonic::codegen::Service::call(&mut server, req).await,
+                    };
                     drop(in_flight);
                     response
                 }

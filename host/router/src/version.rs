@@ -451,8 +451,8 @@ impl Version {
 
     /// Takes a call's duration into the service-time average and counts a trapped script.
     fn observe_call<T>(&self, started: Instant, result: Result<T>) -> Result<T> {
-        if let (Some(m), Err(Error::Runtime(e))) = (&self.reporting.metrics, &result)
-            && matches!(e.kind(), "deadline" | "memory" | "trap")
+        if let (Some(m), Err(Error::Runtime(e @ plinth_runtime::Error::ScriptTrap { .. }))) =
+            (&self.reporting.metrics, &result)
         {
             m.script_traps
                 .with_label_values(&[self.service.as_str(), &self.name, e.kind()])
@@ -627,6 +627,10 @@ impl BatchTarget for Version {
 
     fn record_request(&self, queued: Instant, error: Option<&Error>) {
         self.record(queued, error);
+    }
+
+    fn has_free_slot(&self) -> bool {
+        self.queue.has_free_slot()
     }
 
     fn observe_batch(&self, rows: usize, waited: Duration) {

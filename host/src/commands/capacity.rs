@@ -42,8 +42,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.max_concurrent,
     )?;
     match args.output {
-        super::Output::Text => println!("{n}"),
+        super::Output::Text | super::Output::Table => println!("{n}"),
         super::Output::Json => println!("{}", serde_json::json!({"replicas": n})),
+        super::Output::Yaml => println!("replicas: {n}"),
     }
     Ok(())
 }

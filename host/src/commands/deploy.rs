@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use http::Method;
 use plinth_control::api::{DeployRequest, DeployState, ServiceView};
-use plinth_control::config::{DeploymentConfig, InferenceConfig};
+use plinth_spec::config::{DeploymentConfig, InferenceConfig};
 use serde_json::{Value, json};
 
 use crate::client::Client;
@@ -21,16 +21,19 @@ pub struct Args {
     /// The service name.
     #[arg(short = 'n', long = "name")]
     name: String,
-    /// inferenceconfig.json (entryScript, sourceDirectory, ...). Without it the model is served directly.
+    /// -ic/--ic FILE, as az ml spells it: inferenceconfig.json (entryScript, sourceDirectory, ...). Without
+    /// it the model is served directly.
     #[arg(long = "ic", visible_aliases = ["inference-config-file"], alias = "inference-config", value_name = "FILE")]
     inference_config: Option<PathBuf>,
-    /// deploymentconfig.json (auth, autoscaler, timeouts, ...). Without it, Azure's defaults.
+    /// -dc/--dc FILE, as az ml spells it: deploymentconfig.json (auth, autoscaler, timeouts, ...). Without
+    /// it, Azure's defaults.
     #[arg(long = "dc", visible_aliases = ["deploy-config-file"], alias = "deployment-config", value_name = "FILE")]
     deployment_config: Option<PathBuf>,
     /// Return as soon as the host has accepted the deployment.
     #[arg(long)]
     no_wait: bool,
-    /// Replace a service of the same name (what a deploy does anyway; accepted as Azure spells it).
+    /// Replace a service of the same name (without it, a deploy onto an existing name is refused, as
+    /// `az ml model deploy` refuses it).
     #[arg(long)]
     overwrite: bool,
     /// Give up waiting after this many seconds.
@@ -320,7 +323,7 @@ pub async fn wait(
     mark: Option<String>,
 ) -> anyhow::Result<Value> {
     let started = Instant::now();
-    let text = host.output == super::Output::Text;
+    let text = matches!(host.output, super::Output::Text | super::Output::Table);
     let spinner = (text && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let pb = indicatif::ProgressBar::new_spinner();
         if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
@@ -415,8 +418,14 @@ async fn show_events(client: &Client, service: &str, cursor: &mut Option<String>
 
 pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
     let content = content(args.inference_config.as_deref(), args.deployment_config.as_deref())?;
+    if !plinth_spec::record::is_dns_label(&args.name) {
+        eprintln!(
+            "note: '{}' cannot name a Kubernetes Service (at most 63 lowercase letters, digits and '-', starting \
+             with a letter): this host serves it, and `plinth controller render` would refuse it",
+            args.name
+        );
+    }
     let client = host.client()?;
-    let _ = args.overwrite;
     block_on(async {
         // A service of this name already there is updated in place: say so, with what it served.
         let before = client
@@ -425,6 +434,13 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
             .ok()
             .and_then(|v| typed::<ServiceView>(&v).ok())
             .map(|v| v.models);
+        if let Some(was) = before.as_deref().filter(|_| !args.overwrite) {
+            anyhow::bail!(
+                "service {} is already deployed (serving {}); add --overwrite to replace it, as az ml model deploy asks",
+                args.name,
+                models_text(was)
+            );
+        }
         let source = upload(&client, &content.files).await?;
         let mark = log_mark(&client, &args.name).await;
         let body = DeployRequest {
@@ -469,11 +485,16 @@ pub fn run(args: Args, host: &HostArgs) -> anyhow::Result<()> {
             ),
             None => String::new(),
         };
-        host.print(
-            &json!({"state": "Healthy", "scoringUri": uri, "service": status, "updatedExisting": before.is_some(),
-                    "previousModels": before}),
-            |_| format!("Healthy ({elapsed:.1} s){update}\nScoring URI: {uri}"),
-        );
+        // Under -o json, the service as `service show` gives it, and whether this deploy replaced one.
+        let mut summary = status;
+        if let Some(fields) = summary.as_object_mut() {
+            fields.insert("updatedExisting".into(), json!(before.is_some()));
+            fields.insert("previousModels".into(), json!(before));
+            fields.insert("deploySeconds".into(), json!((elapsed * 10.0).round() / 10.0));
+        }
+        host.print(&summary, |_| {
+            format!("Healthy ({elapsed:.1} s){update}\nScoring URI: {uri}")
+        });
         Ok(())
     })
 }

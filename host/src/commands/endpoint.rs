@@ -32,6 +32,7 @@ pub struct Settings {
     /// Percent of traffic copied to this version; its answers are recorded, never returned.
     #[arg(long)]
     mirror: Option<u32>,
+    /// A description of the version.
     #[arg(long, short = 'd')]
     description: Option<String>,
     /// A tag as key=value (repeatable).
@@ -91,8 +92,10 @@ pub struct Content {
     /// A registered model as NAME:VERSION (repeatable).
     #[arg(short = 'm', long = "model", value_name = "NAME:VERSION")]
     models: Vec<String>,
+    /// -ic/--ic FILE: the version's inferenceconfig.json.
     #[arg(long = "ic", visible_aliases = ["inference-config-file"], alias = "inference-config", value_name = "FILE")]
     inference_config: Option<PathBuf>,
+    /// -dc/--dc FILE: the version's deploymentconfig.json.
     #[arg(long = "dc", visible_aliases = ["deploy-config-file"], alias = "deployment-config", value_name = "FILE")]
     deployment_config: Option<PathBuf>,
 }
@@ -107,7 +110,9 @@ impl Content {
 pub enum Command {
     /// Create an endpoint with its first version.
     Create {
+        /// The endpoint's (service's) name.
         name: String,
+        /// The first version's name.
         #[arg(long)]
         version_name: String,
         #[command(flatten)]
@@ -116,7 +121,19 @@ pub enum Command {
         settings: Settings,
     },
     /// Show an endpoint: versions, traffic, state, statistics and rollout events.
-    Show { name: String },
+    Show {
+        /// The endpoint's name.
+        name: String,
+    },
+    /// Set several versions' traffic in one command (`plinth endpoint traffic NAME blue=50 green=50`):
+    /// lowered shares are applied before raised ones, so no step claims more than 100%.
+    Traffic {
+        /// The endpoint's name.
+        name: String,
+        /// VERSION=PERCENT, one per version to change.
+        #[arg(value_name = "VERSION=PERCENT", required = true)]
+        shares: Vec<String>,
+    },
     /// Add, update or delete versions.
     Version {
         #[command(subcommand)]
@@ -128,7 +145,9 @@ pub enum Command {
 pub enum VersionCommand {
     /// Add a version.
     Add {
+        /// The endpoint's name.
         name: String,
+        /// The version's name.
         version: String,
         #[command(flatten)]
         content: Content,
@@ -138,7 +157,9 @@ pub enum VersionCommand {
     /// Change a version's traffic, default, type, mirror, description, tags or rollback policy (live);
     /// with -m/--ic/--dc, redeploy it.
     Update {
+        /// The endpoint's name.
         name: String,
+        /// The version's name.
         version: String,
         #[command(flatten)]
         content: Content,
@@ -146,7 +167,12 @@ pub enum VersionCommand {
         settings: Settings,
     },
     /// Delete a version (not the default).
-    Delete { name: String, version: String },
+    Delete {
+        /// The endpoint's name.
+        name: String,
+        /// The version to delete.
+        version: String,
+    },
 }
 
 pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
@@ -157,6 +183,11 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 let s = client
                     .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
                     .await?;
+                host.print(&s, show);
+                return Ok(());
+            }
+            Command::Traffic { name, shares } => {
+                let s = set_traffic(&client, &name, &shares).await?;
                 host.print(&s, show);
                 return Ok(());
             }
@@ -246,6 +277,74 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
         host.print(&s, show);
         Ok(())
     })
+}
+
+/// Applies `VERSION=PERCENT` shares to `name`'s versions, every lowered share before any raised one
+/// (each step is a live update the host checks, so the sum stays within 100% throughout); the service as
+/// it is after.
+async fn set_traffic(client: &crate::client::Client, name: &str, shares: &[String]) -> anyhow::Result<Value> {
+    let service: ServiceView = typed(
+        &client
+            .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
+            .await?,
+    )?;
+    let versions = service.versions.unwrap_or_default();
+    let mut changes = Vec::new();
+    for share in shares {
+        let (version, percent) = share
+            .split_once('=')
+            .with_context(|| format!("'{share}' is not VERSION=PERCENT (e.g. blue=50)"))?;
+        let percent: u32 = percent
+            .trim_end_matches('%')
+            .parse()
+            .ok()
+            .filter(|p| *p <= 100)
+            .with_context(|| format!("'{share}': the percent must be a whole number 0..100"))?;
+        let Some(now) = versions.iter().find(|v| v.name == version) else {
+            let known: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+            anyhow::bail!(
+                "service {name} has no version {version} (versions: {})",
+                known.join(", ")
+            );
+        };
+        changes.push((version.to_string(), now.traffic, percent));
+    }
+    let total: u32 = versions
+        .iter()
+        .map(|v| {
+            changes
+                .iter()
+                .find(|(n, ..)| *n == v.name)
+                .map_or(v.traffic, |(.., to)| *to)
+        })
+        .sum();
+    if total > 100 {
+        anyhow::bail!("the versions would claim {total}% of the traffic together (at most 100)");
+    }
+    // Lowered first, then raised: no step claims more than the end state or the start does.
+    changes.sort_by_key(|(_, from, to)| i64::from(*to) - i64::from(*from));
+    for (version, from, to) in changes {
+        if from == to {
+            continue;
+        }
+        let body = UpdateRequest {
+            settings: VersionSettings {
+                traffic: Some(to),
+                ..VersionSettings::default()
+            },
+            ..UpdateRequest::default()
+        };
+        client
+            .json(
+                Method::PATCH,
+                &format!("/api/v1/admin/services/{name}/versions/{version}"),
+                Some(&serde_json::to_value(&body)?),
+            )
+            .await?;
+    }
+    client
+        .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
+        .await
 }
 
 async fn deploy_body(

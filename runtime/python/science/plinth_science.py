@@ -106,13 +106,67 @@ def _describe(e, script_path):
     text = f"{name}: {message}" if message else name
     if where is not None:
         text += f" (at {where[0]}:{where[1]})"
-    return text
+    return text + _beside_missing(e)
+
+
+def _beside_missing(e):
+    """For a file not found under the model folder: what the folder it looked in holds (a model
+    registered from a folder keeps its own layout under ``/models/<name>/<version>/``)."""
+    path = getattr(e, "filename", None)
+    if not isinstance(e, FileNotFoundError) or not isinstance(path, str):
+        return ""
+    models = os.environ.get("AZUREML_MODEL_DIR") or "/models"
+    path = os.path.normpath(path)
+    if not (path == models or path.startswith(models.rstrip("/") + "/")):
+        return ""
+    folder = os.path.dirname(path)
+    while len(folder) >= len(models) and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return ""
+    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+    return f"; {folder} holds: {shown or 'nothing'}"
 
 
 # ---- load -------------------------------------------------------------------------------------------
 
 
 VENDOR_DIR = ".plinth_vendor"
+
+
+def _install_logging():
+    """Python's ``logging`` into the service log with its levels, INFO and above shown (as Azure's
+    inference server shows them), and ``warnings`` (scikit-learn's InconsistentVersionWarning for a model
+    pickled with another version, say) as WARNING lines. A script that sets up logging itself keeps it."""
+    import logging
+
+    class ServiceLog(logging.Handler):
+        def emit(self, record):
+            try:
+                if record.levelno >= logging.ERROR:
+                    level = "error"
+                elif record.levelno >= logging.WARNING:
+                    level = "warn"
+                elif record.levelno >= logging.INFO:
+                    level = "info"
+                else:
+                    level = "debug"
+                message = self.format(record)
+                if record.name not in ("root", "py.warnings"):
+                    message = f"{record.name}: {message}"
+                _log(message, level)
+            except Exception:  # noqa: BLE001 - logging never fails the request
+                self.handleError(record)
+
+    root = logging.getLogger()
+    if any(type(h).__name__ == "ServiceLog" for h in root.handlers):
+        return
+    root.addHandler(ServiceLog())
+    if root.level == logging.WARNING:
+        root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
 
 
 def load(source_dir, module_name="score"):
@@ -124,6 +178,7 @@ def load(source_dir, module_name="score"):
     _failure = None
     script_path = None
     try:
+        _install_logging()
         source_dir, module_name = _normalise(str(source_dir), str(module_name))
         script_path = os.path.join(source_dir, *module_name.split(".")) + ".py"
         script = _import(source_dir, module_name)

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
-use self::ep::{Placement, Provider, ProviderSpec};
+use self::ep::{Placement, Provider, ProviderExt, ProviderSpec};
 pub use self::library::{INSTALL_HINT, ORT_DYLIB_PATH, site_packages_dirs};
 use crate::{DataType, Error, Result, Tensor, TensorData, TensorSpec};
 
@@ -113,6 +113,9 @@ pub struct Gpus {
     pub nvidia: u32,
     /// GPUs ONNX Runtime's device discovery reports for its providers (`vendor:id`), when loaded.
     pub onnx_runtime: Vec<String>,
+    /// GPUs the CUDA provider's own runtime sees (`cudaGetDeviceCount`), when the library has the CUDA
+    /// provider and a CUDA runtime loads.
+    pub cuda: Option<u32>,
 }
 
 impl Gpus {
@@ -133,12 +136,19 @@ impl Gpus {
                 }
             }
         }
-        Gpus { nvidia, onnx_runtime }
+        let cuda = Provider::Cuda.is_available().then(ep::cuda::device_count).flatten();
+        Gpus {
+            nvidia,
+            onnx_runtime,
+            cuda,
+        }
     }
 
     /// How many GPUs replicas may be placed on.
     pub fn count(&self) -> u32 {
-        self.nvidia.max(self.onnx_runtime.len() as u32)
+        self.nvidia
+            .max(self.onnx_runtime.len() as u32)
+            .max(self.cuda.unwrap_or(0))
     }
 }
 
@@ -174,6 +184,12 @@ impl OnnxModel {
         let load_err = |message: String| Error::ModelLoad {
             model: name.to_string(),
             message,
+            source: None,
+        };
+        let ort_load_err = |source: ort::Error| Error::ModelLoad {
+            model: name.to_string(),
+            message: String::new(),
+            source: Some(Box::new(source)),
         };
         if !path.is_file() {
             return Err(load_err(format!("{} is not a file", path.display())));
@@ -184,7 +200,7 @@ impl OnnxModel {
             message,
         };
         let (mut specs, mut dropped) =
-            ep::plan(&options.providers, Provider::is_available, &library).map_err(provider_err)?;
+            ep::plan(&options.providers, |p| p.is_available(), &library).map_err(provider_err)?;
         let caches = specs
             .iter()
             .any(|s| matches!(s.provider(), Provider::TensorRt | Provider::OpenVino | Provider::Vitis));
@@ -201,12 +217,17 @@ impl OnnxModel {
             match new_session(&env, options, &specs, &cx, path) {
                 Ok(session) => break session,
                 Err((Some(i), e)) if ep::cpu_after(&specs, i) => {
-                    dropped.push(format!("{} could not start: {e}", specs[i].provider()));
+                    let p = specs[i].provider();
+                    dropped.push(format!("{p} could not start: {}", start_failure(p, &e)));
                     specs.remove(i);
                 }
                 Err((Some(i), e)) => {
                     let p = specs[i].provider();
-                    return Err(provider_err(format!("{p} could not start: {e}; {}", p.install_hint())));
+                    return Err(provider_err(format!(
+                        "{p} could not start: {}; {}",
+                        start_failure(p, &e),
+                        p.install_hint()
+                    )));
                 }
                 // A load failure with a device provider in use may be the provider's (an operator it
                 // cannot take, a device it cannot open): with cpu listed, try the CPU alone.
@@ -220,14 +241,14 @@ impl OnnxModel {
                     dropped.push(format!("{} could not load the model: {e}", gone.join(", ")));
                     specs.retain(|s| s.provider() == Provider::Cpu);
                 }
-                Err((None, e)) => return Err(load_err(e)),
+                Err((None, e)) => return Err(ort_load_err(e)),
             }
         };
         let count = options.sessions.max(1);
         let mut sessions = Vec::with_capacity(count);
         sessions.push(Mutex::new(first));
         for _ in 1..count {
-            let session = new_session(&env, options, &specs, &cx, path).map_err(|(_, e)| load_err(e))?;
+            let session = new_session(&env, options, &specs, &cx, path).map_err(|(_, e)| ort_load_err(e))?;
             sessions.push(Mutex::new(session));
         }
         let providers: Vec<Provider> = specs.iter().map(ProviderSpec::provider).collect();
@@ -305,7 +326,7 @@ impl OnnxModel {
             values.push((Cow::Borrowed(t.name.as_str()), self.to_value(t)?));
         }
         let mut session = self.session();
-        let outputs = session.run(values).map_err(|e| self.inference_err(e))?;
+        let outputs = session.run(values).map_err(|e| self.ort_err(e))?;
         let mut result = Vec::with_capacity(self.outputs.len());
         for spec in &self.outputs {
             let value = outputs
@@ -370,26 +391,26 @@ impl OnnxModel {
         let shape = t.shape.as_slice();
         let value: SessionInputValue<'t> = match &t.data {
             TensorData::Bytes(v) => ort::value::Tensor::from_string_array((shape, v.as_slice()))
-                .map_err(|e| self.inference_err(e))?
+                .map_err(|e| self.ort_err(e))?
                 .into(),
-            TensorData::Bool(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Uint8(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Uint16(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Uint32(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Uint64(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Int8(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Int16(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Int32(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Int64(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Fp16(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Fp32(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
-            TensorData::Fp64(v) => view(shape, v).map_err(|e| self.inference_err(e))?,
+            TensorData::Bool(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Uint8(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Uint16(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Uint32(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Uint64(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Int8(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Int16(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Int32(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Int64(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Fp16(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Fp32(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
+            TensorData::Fp64(v) => view(shape, v).map_err(|e| self.ort_err(e))?,
         };
         Ok(value)
     }
 
     fn tensor_of(&self, name: &str, value: &DynValue) -> Result<Tensor> {
-        let err = |e: ort::Error| self.inference_err(e);
+        let err = |e: ort::Error| self.ort_err(e);
         let ty = match value.dtype() {
             ValueType::Tensor { ty, .. } => *ty,
             other => return Err(self.inference_err(format!("output '{name}' is not a tensor ({other:?})"))),
@@ -426,11 +447,34 @@ impl OnnxModel {
         })
     }
 
-    fn inference_err(&self, e: impl std::fmt::Display) -> Error {
+    fn inference_err(&self, message: String) -> Error {
         Error::Inference {
             model: self.name.clone(),
-            message: e.to_string(),
+            message,
+            source: None,
         }
+    }
+
+    fn ort_err(&self, source: ort::Error) -> Error {
+        Error::Inference {
+            model: self.name.clone(),
+            message: String::new(),
+            source: Some(source),
+        }
+    }
+}
+
+/// Why provider `p` did not start: ONNX Runtime's words, and the dynamic loader's when the provider's
+/// library cannot be loaded (naming the missing library, which ONNX Runtime's message may leave out).
+fn start_failure(p: Provider, e: &impl std::fmt::Display) -> String {
+    let said = e.to_string();
+    let said = said.trim();
+    let loader = library_path().and_then(|lib| ep::unloadable(p, lib));
+    match (said.is_empty(), loader) {
+        (true, Some(l)) => l,
+        (true, None) => "ONNX Runtime gave no reason".to_string(),
+        (false, Some(l)) if !said.contains(&l) => format!("{said} ({l})"),
+        (false, _) => said.to_string(),
     }
 }
 
@@ -442,21 +486,21 @@ fn new_session(
     specs: &[ProviderSpec],
     cx: &ep::Context,
     path: &Path,
-) -> std::result::Result<Session, (Option<usize>, String)> {
+) -> std::result::Result<Session, (Option<usize>, ort::Error)> {
     let mut builder = Session::builder(env)
         .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)).map_err(Into::into))
         .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
-        .map_err(|e| (None, e.to_string()))?;
+        .map_err(|e| (None, e))?;
     for (i, spec) in specs.iter().enumerate() {
-        let Some(dispatch) = spec.dispatch(cx) else {
+        let Some(dispatch) = ep::dispatch(spec, cx) else {
             continue;
         };
-        spec.prepare();
+        ep::prepare(spec);
         builder = builder
             .with_execution_providers([dispatch])
-            .map_err(|e| (Some(i), e.to_string()))?;
+            .map_err(|e| (Some(i), e.into()))?;
     }
-    builder.commit_from_file(path).map_err(|e| (None, e.to_string()))
+    builder.commit_from_file(path).map_err(|e| (None, e))
 }
 
 /// The SHA-256 of a model file, remembered per file (by path, size and modification time) so that

@@ -1,14 +1,11 @@
 //! What an entry script's store holds, and the host side of the `plinth:scoring/host` imports.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::call::LogPipe;
 use super::limits::MemoryCap;
 use super::wit;
 use crate::{ModelSet, Tensor, TensorData};
@@ -77,57 +74,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// The script's stdout and stderr: kept (up to a cap) until the call ends, then written to the log.
-#[derive(Clone)]
-pub(crate) struct LogPipe {
-    buf: Arc<Mutex<Vec<u8>>>,
-    cap: usize,
-}
-
-impl LogPipe {
-    pub(crate) fn new(cap: usize) -> Self {
-        LogPipe {
-            buf: Arc::new(Mutex::new(Vec::new())),
-            cap,
-        }
-    }
-
-    /// Takes what was written since the last call.
-    pub(crate) fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-impl IsTerminal for LogPipe {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for LogPipe {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl tokio::io::AsyncWrite for LogPipe {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
-        // Past the cap, output is dropped rather than refused, so a chatty script is not failed for it.
-        let room = self.cap.saturating_sub(buf.len());
-        buf.extend_from_slice(&data[..data.len().min(room)]);
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 impl From<wit::Tensor> for Tensor {

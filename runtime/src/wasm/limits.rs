@@ -92,11 +92,21 @@ pub(crate) fn start_epoch_ticker(
     Ok(ticker)
 }
 
-/// A call stopped by the host, as the caller is told: the deadline, the memory cap (`memory_hit`, the
-/// size asked for), or the script's own trap, with the last useful line it printed.
+/// Which call into a script stopped: `init()` on a fresh instance (bounded by `init_deadline`) or a
+/// scoring call (bounded by `deadline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Init,
+    Run,
+}
+
+/// A call stopped by the host, as the caller is told: the deadline of the phase it was in (named), the
+/// memory cap (`memory_hit`, the size asked for), or the script's own trap, with the last useful line it
+/// printed.
 pub(crate) fn trap_error(
     script: &str,
     limits: &ScriptLimits,
+    phase: Phase,
     e: &wasmtime::Error,
     memory_hit: Option<usize>,
     output: &str,
@@ -112,7 +122,13 @@ pub(crate) fn trap_error(
         TrapKind::Trap
     };
     let mut message = match kind {
-        TrapKind::Deadline => format!("stopped after {} ms", limits.deadline.as_millis()),
+        TrapKind::Deadline => match phase {
+            Phase::Init => format!(
+                "init() stopped after {} s (initTimeoutSeconds)",
+                limits.init_deadline.as_secs_f64()
+            ),
+            Phase::Run => format!("stopped after {} ms (scoringTimeoutMs)", limits.deadline.as_millis()),
+        },
         TrapKind::Memory => format!(
             "the script asked for {} MiB, the cap is {} MiB",
             memory_hit.unwrap_or(0) >> 20,

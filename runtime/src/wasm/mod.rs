@@ -2,6 +2,7 @@
 //! cached on disk, kept instances with a deadline and a memory cap on every call.
 
 mod cache;
+mod call;
 mod host;
 mod limits;
 mod science;
@@ -14,9 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use self::call::{CallContext, HttpRequest};
 pub use self::limits::{EPOCH_TICK, ScriptLimits};
-pub use self::science::{APP_DIR, Artifacts, HttpRequest, ScienceResponse, ScienceRuntime, ScienceScript};
-pub use self::script::{CallContext, EntryScript};
+pub use self::science::{
+    APP_DIR, Artifacts, COMPILE_SECS, ScienceResponse, ScienceRuntime, ScienceScript, machine_cache_dir,
+};
+pub use self::script::EntryScript;
 use crate::{Error, Result};
 
 mod bindings {
@@ -87,16 +91,15 @@ impl WasmEngine {
         wt.epoch_interruption(true)
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wt).map_err(|e| Error::Config(format!("wasm engine: {e:#}")))?;
+        let engine = Engine::new(&wt).map_err(Error::engine("wasm engine"))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| Error::Config(format!("wasm engine: linking WASI: {e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(Error::engine("wasm engine: linking WASI"))?;
         Scoring::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| Error::Config(format!("wasm engine: linking host imports: {e:#}")))?;
+            .map_err(Error::engine("wasm engine: linking host imports"))?;
 
         let ticker = self::limits::start_epoch_ticker(&engine, "plinth-epoch")
-            .map_err(|e| Error::Config(format!("wasm engine: epoch thread: {e}")))?;
+            .map_err(Error::engine("wasm engine: epoch thread"))?;
         Ok(WasmEngine {
             engine,
             linker,

@@ -10,25 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::Store;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Component, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::host::{HostState, LogPipe};
-use super::limits::{MemoryCap, ScriptLimits, ticks};
-use super::{Scoring, ScoringPre, WasmEngine, cache, wit};
+use super::cache::{Code, CodeCache};
+use super::call::{CallContext, LogPipe, MODEL_DIR};
+use super::host::HostState;
+use super::limits::{MemoryCap, Phase, ScriptLimits, ticks};
+use super::{Scoring, ScoringPre, WasmEngine, wit};
 use crate::{Error, ModelSet, Result};
-
-/// Where the package's model files appear inside the sandbox (also `AZUREML_MODEL_DIR`).
-pub const MODEL_DIR: &str = "/models";
-
-/// Per-call context passed through to the script's log lines.
-#[derive(Debug, Clone, Default)]
-pub struct CallContext {
-    pub request_id: Option<Arc<str>>,
-    /// The HTTP request around the body, for scripts that read it (Azure's `@rawhttp`); set only for
-    /// those.
-    pub http: Option<Arc<super::science::HttpRequest>>,
-}
 
 struct Live {
     store: Store<HostState>,
@@ -68,21 +58,26 @@ impl EntryScript {
         mut limits: ScriptLimits,
     ) -> Result<Self> {
         let wasm = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let load_err = |message: String| Error::ScriptLoad {
-            script: name.to_string(),
-            message,
-        };
         if limits.memory_bytes > engine.config().max_memory_bytes {
             limits.memory_bytes = engine.config().max_memory_bytes;
         }
         let started = Instant::now();
-        let (component, from_cache) = cache::load(engine.engine(), engine.config().cache_dir.as_deref(), name, &wasm)?;
+        let not_a_component = refused(name, "not a valid component");
+        let (component, from_cache) = match engine.config().cache_dir.as_deref() {
+            Some(dir) => {
+                let compiled = CodeCache::new(dir, "").load::<Component>(engine.engine(), &wasm, not_a_component)?;
+                (compiled.code, compiled.from_cache)
+            }
+            None => (
+                Component::compile(engine.engine(), &wasm).map_err(not_a_component)?,
+                false,
+            ),
+        };
         let pre = engine
             .linker()
             .instantiate_pre(&component)
-            .map_err(|e| load_err(format!("imports do not match the plinth:scoring world: {e:#}")))?;
-        let pre = ScoringPre::new(pre)
-            .map_err(|e| load_err(format!("exports do not match the plinth:scoring world: {e:#}")))?;
+            .map_err(refused(name, "imports do not match the plinth:scoring world"))?;
+        let pre = ScoringPre::new(pre).map_err(refused(name, "exports do not match the plinth:scoring world"))?;
         let script = EntryScript {
             name: name.into(),
             pre,
@@ -153,7 +148,7 @@ impl EntryScript {
                 })
             }
             // The instance is unusable after a trap; dropping it frees its pool slot.
-            Err(e) => Err(self.trap_error(&e, live.store.data().limiter.hit, &stdio)),
+            Err(e) => Err(self.trap_error(Phase::Run, &e, live.store.data().limiter.hit, &stdio)),
         }
     }
 
@@ -166,9 +161,10 @@ impl EntryScript {
             .allow_blocking_current_thread(true);
         if let Some(dir) = &self.model_dir {
             wasi.preopened_dir(dir, MODEL_DIR, FsPerms::ReadOnly)
-                .map_err(|e| Error::ScriptLoad {
+                .map_err(|source| Error::ScriptLoad {
                     script: self.name.to_string(),
-                    message: format!("model directory {}: {e:#}", dir.display()),
+                    message: format!("model directory {}", dir.display()),
+                    source: Some(source),
                 })?;
             wasi.env("AZUREML_MODEL_DIR", MODEL_DIR);
         }
@@ -197,11 +193,11 @@ impl EntryScript {
                 if message.contains("maximum concurrent") || message.contains("pooling") {
                     return Err(Error::Overloaded {
                         script: self.name.to_string(),
-                        message,
+                        source: e,
                     });
                 }
                 let stdio = self.flush_stdio(&mut store);
-                return Err(self.trap_error(&e, hit, &stdio));
+                return Err(self.trap_error(Phase::Init, &e, hit, &stdio));
             }
         };
         let init = bindings.call_init(&mut store);
@@ -213,7 +209,7 @@ impl EntryScript {
                 message,
             }),
             Err(e) => {
-                let trap = self.trap_error(&e, store.data().limiter.hit, &stdio);
+                let trap = self.trap_error(Phase::Init, &e, store.data().limiter.hit, &stdio);
                 Err(Error::ScriptInit {
                     script: self.name.to_string(),
                     message: trap.to_string(),
@@ -231,19 +227,20 @@ impl EntryScript {
 
     /// Writes what the script printed to the log and returns it.
     fn flush_stdio(&self, store: &mut Store<HostState>) -> String {
-        let bytes = store.data().stdio.take();
-        if bytes.is_empty() {
-            return String::new();
-        }
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let request_id = store.data().request_id.as_deref().unwrap_or("-");
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::info!(target: "plinth::script", script = &*self.name, request_id, "{line}");
-        }
-        text
+        let state = store.data();
+        state.stdio.drain(&self.name, state.request_id.as_deref())
     }
 
-    fn trap_error(&self, e: &wasmtime::Error, memory_hit: Option<usize>, stdio: &str) -> Error {
-        super::limits::trap_error(&self.name, &self.limits, e, memory_hit, stdio)
+    fn trap_error(&self, phase: Phase, e: &wasmtime::Error, memory_hit: Option<usize>, stdio: &str) -> Error {
+        super::limits::trap_error(&self.name, &self.limits, phase, e, memory_hit, stdio)
+    }
+}
+
+/// wasmtime's refusal to load `script`, after the host's words for what was refused.
+fn refused<'a>(script: &'a str, message: &'a str) -> impl FnOnce(wasmtime::Error) -> Error + 'a {
+    move |source| Error::ScriptLoad {
+        script: script.to_string(),
+        message: message.to_string(),
+        source: Some(source),
     }
 }

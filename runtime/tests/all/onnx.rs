@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use plinth_runtime::onnx::ep::{self, Provider, ProviderSpec};
+use plinth_runtime::onnx::ep::{self, Provider, ProviderExt, ProviderSpec};
 use plinth_runtime::onnx::{OnnxModel, SessionOptions};
 use plinth_runtime::wasm::CallContext;
 use plinth_runtime::{DataType, Error, Package, PackageSpec, Tensor, TensorData};

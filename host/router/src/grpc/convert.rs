@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
-use crate::http::oip;
+use crate::oip;
 use crate::{Error, Result};
 
 fn bad(message: String) -> Error {

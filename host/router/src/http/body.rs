@@ -1,4 +1,5 @@
-//! Reading request bodies within a limit (413 before reading when the declared length is too large).
+//! Reading request bodies within a limit (413 before reading when the declared length is too large) and
+//! within the host's body-read timeout (408).
 
 use std::time::Duration;
 
@@ -8,11 +9,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::{Error, Result};
-
-/// How long a client may take by default to send a request body (whole for scoring and admin JSON,
-/// between chunks for an upload) before it gets a 408: a body trickled in slowly holds a connection no
-/// timeout of the reaper's covers, since its request is already in flight.
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// [`read_within`], within `timeout`.
 pub(crate) async fn read_body(
@@ -146,115 +142,5 @@ impl AdminBody {
                 }
             }
         }
-    }
-}
-
-/// A request body that fails once it has been waited for longer than a timeout, for readers that take
-/// the body themselves (the gRPC service decodes its message from it): the error is the gRPC status for
-/// [`Error::BodyTimeout`], which tonic answers as it is. No timer until the body is first waited for.
-pub(crate) struct Deadline<B> {
-    inner: B,
-    timeout: Duration,
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<B> Deadline<B> {
-    pub(crate) fn new(inner: B, timeout: Duration) -> Self {
-        Deadline {
-            inner,
-            timeout,
-            sleep: None,
-        }
-    }
-}
-
-impl<B> hyper::body::Body for Deadline<B>
-where
-    B: hyper::body::Body + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Data = B::Data;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        use std::future::Future;
-        use std::task::Poll;
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let error = Error::BodyTimeout {
-                    secs: timeout.as_secs(),
-                };
-                Poll::Ready(Some(Err(Box::new(crate::grpc::status(&error)))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The deepest JSON nesting (arrays and objects) a body may have before it reaches an entry script.
-pub const MAX_JSON_DEPTH: usize = 64;
-
-/// Refuses a body nested deeper than [`MAX_JSON_DEPTH`], counting brackets outside strings: a script's
-/// JSON parser would exhaust its stack on it and fail as if the script were at fault. One pass over
-/// the bytes, no allocation.
-pub(crate) fn check_nesting(body: &[u8]) -> Result<()> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_JSON_DEPTH {
-                    return Err(Error::BadRequest(format!(
-                        "the request body nests JSON more than {MAX_JSON_DEPTH} levels deep"
-                    )));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nesting_is_counted_outside_strings() {
-        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        assert!(check_nesting(deep(MAX_JSON_DEPTH).as_bytes()).is_ok());
-        let err = check_nesting(deep(2000).as_bytes()).unwrap_err().to_string();
-        assert!(err.contains("more than 64 levels"), "{err}");
-        let in_string = format!(r#"{{"text": "{}", "escaped": "\"[[["}}"#, "[".repeat(500));
-        assert!(check_nesting(in_string.as_bytes()).is_ok());
-        assert!(check_nesting(br#"{"data": [[1, 2], [3, 4]]}"#).is_ok());
     }
 }

@@ -2,11 +2,9 @@
 //! `/metrics`, and the admin API an embedder mounts). Every response carries `x-request-id`; every
 //! error is JSON, shaped in `response.rs`.
 
-pub(crate) mod body;
-mod ids;
-pub mod oip;
+mod answer;
+mod body;
 mod response;
-pub(crate) mod score;
 mod swagger;
 
 use std::future::Future;
@@ -21,30 +19,21 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
-pub use self::body::{AdminBody, DEFAULT_BODY_READ_TIMEOUT, MAX_JSON_DEPTH};
-pub use self::response::{Body, error_response, json_response, status_of};
+pub use self::body::AdminBody;
+pub use self::response::{Body, error_response, json_response};
 
 use self::body::read_body;
-use self::ids::RequestIds;
-use self::score::Payload;
-use crate::auth::HostAuth;
-use crate::observe::{LogHub, Metrics, Observer};
-use crate::router::Router;
+use crate::host::Host;
+use crate::ids::REQUEST_ID;
+use crate::oip;
+use crate::score::{Payload, VERSION_HEADER};
 use crate::{Error, Result};
-
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// Names the version that served a response; on a request, pins the version.
-pub const VERSION_HEADER: &str = "x-plinth-version";
 
 /// Largest admin JSON request (a deployment, a model registration): 16 MiB.
 pub const MAX_ADMIN_JSON_BYTES: usize = 16 << 20;
 
 /// Largest upload (one model or source file, streamed to disk as it arrives): 4 GiB.
 pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
-
-/// Default request body limit: 100 MB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -65,85 +54,7 @@ pub trait Admin: Send + Sync + 'static {
     fn loading(&self) -> usize;
 }
 
-/// Routes requests to services (and to an admin API, when one is mounted).
-pub struct Host {
-    pub(crate) router: Arc<Router>,
-    pub(crate) auth: HostAuth,
-    admin: Option<Arc<dyn Admin>>,
-    pub(crate) max_body_bytes: usize,
-    pub(crate) body_timeout: std::time::Duration,
-    pub(crate) ids: RequestIds,
-    observer: Observer,
-    open_metrics: bool,
-}
-
 impl Host {
-    /// A host that serves the services in `router`, with no admin API: the embedding entry point.
-    pub fn new(router: Arc<Router>) -> Self {
-        Host {
-            router,
-            auth: HostAuth::default(),
-            admin: None,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            body_timeout: DEFAULT_BODY_READ_TIMEOUT,
-            ids: RequestIds::new(),
-            observer: Observer {
-                metrics: Arc::new(Metrics::new()),
-                logs: None,
-            },
-            open_metrics: false,
-        }
-    }
-
-    /// Records into `metrics` (shared with the control plane) instead of a registry of its own.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.observer.metrics = metrics;
-        self
-    }
-
-    /// Keeps a line per request in each service's log (`plinth service logs`).
-    pub fn with_logs(mut self, logs: Arc<LogHub>) -> Self {
-        self.observer.logs = Some(logs);
-        self
-    }
-
-    /// The host's admin token and token issuer (see [`HostAuth`]).
-    pub fn with_auth(mut self, auth: HostAuth) -> Self {
-        self.auth = auth;
-        self
-    }
-
-    /// Mounts an admin API under `/api/v1/admin/`.
-    pub fn with_admin(mut self, admin: Arc<dyn Admin>) -> Self {
-        self.admin = Some(admin);
-        self
-    }
-
-    /// Serves `/metrics` without a credential (default: the admin token is needed, when there is one).
-    pub fn with_open_metrics(mut self, open: bool) -> Self {
-        self.open_metrics = open;
-        self
-    }
-
-    /// How long a client may take to send a request body (default [`DEFAULT_BODY_READ_TIMEOUT`]); 408 after.
-    pub fn with_body_read_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.body_timeout = timeout;
-        self
-    }
-
-    pub fn with_max_body_bytes(mut self, limit: usize) -> Self {
-        self.max_body_bytes = limit;
-        self
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.observer.metrics
-    }
-
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
-    }
-
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let request_id = self.ids.for_request(&req);
         let result = self.route(req, &request_id).await;
@@ -194,7 +105,11 @@ impl Host {
                 self.oip_model(method, name, rest, req, request_id).await
             }
             (method, ["api", "v1", "service", name, rest @ ..]) => {
-                let service = self.router.get(name).ok_or_else(|| self.missing("service", name))?;
+                let Some(service) = self.router.get(name) else {
+                    let missing = self.missing("service", name);
+                    self.discard(req);
+                    return Err(missing);
+                };
                 match (method, rest) {
                     // GET only for scripts that read the request themselves (Azure's @rawhttp).
                     (&Method::POST, ["score"]) | (&Method::GET, ["score"]) => {
@@ -205,7 +120,10 @@ impl Host {
                             if method == Method::GET && !wants_http {
                                 return Err(Error::NotFound(format!("no route {method} {path} (scoring is POST)")));
                             }
-                            service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
+                            if let Err(e) = service.authorize(&self.auth, req.headers().get(AUTHORIZATION)) {
+                                self.discard(req);
+                                return Err(e);
+                            }
                             let (parts, body) = req.into_parts();
                             // The request around the body, only for scripts that read it.
                             let http = wants_http.then(|| Arc::new(http_request(&parts)));
@@ -255,13 +173,20 @@ impl Host {
         req: Request<Incoming>,
         request_id: &str,
     ) -> Result<Response<Body>> {
-        let service = self.router.get(name).ok_or_else(|| self.missing("model", name))?;
+        let Some(service) = self.router.get(name) else {
+            let missing = self.missing("model", name);
+            self.discard(req);
+            return Err(missing);
+        };
         // An inference request refused before it reaches a version is counted as the service's.
         let infer = method == Method::POST && rest.last() == Some(&"infer");
         let started = Instant::now();
         let answered = async {
             // The credential first: a caller without one learns nothing of the model's versions.
-            service.authorize(&self.auth, req.headers().get(AUTHORIZATION))?;
+            if let Err(e) = service.authorize(&self.auth, req.headers().get(AUTHORIZATION)) {
+                self.discard(req);
+                return Err(e);
+            }
             let (pinned, rest) = match rest {
                 ["versions", v, tail @ ..] => {
                     service.version(v).map_err(|_| {
@@ -319,27 +244,29 @@ impl Host {
         }
     }
 
-    /// A name not served: a 404, or while deployments are still loading (a host starting), a 503 with
-    /// `Retry-After`, since the service may be one of them.
-    pub(crate) fn missing(&self, what: &str, name: &str) -> Error {
-        match self.loading() {
-            0 => Error::NotFound(format!("{what} {name} not found")),
-            n => Error::Overloaded(format!(
-                "{what} {name} is not being served yet: the host is loading {n} deployment(s); retry shortly"
-            )),
+    /// Reads and drops what a refused request still sends (up to the body limit, within the body-read
+    /// timeout) while its answer goes out, so that its client reads the 401 or 404 instead of a connection
+    /// reset under its upload. Nothing is kept; past the limit or the timeout the connection closes.
+    fn discard(&self, req: Request<Incoming>) {
+        use http_body_util::BodyExt as _;
+        use hyper::body::Body as _;
+        let mut body = req.into_body();
+        if body.is_end_stream() {
+            return;
         }
-    }
-
-    /// A scoring request refused before it reached a version (no credential, a body too large, too slow
-    /// or undecodable): counted and logged as the service's with version `-`, as routing failures are.
-    pub(crate) fn refused(&self, service: &str, started: Instant, request_id: &str, e: Error) -> Error {
-        self.observer
-            .request(service, None, status_of(&e), started, request_id, Some(&e));
-        e
-    }
-
-    pub(crate) fn loading(&self) -> usize {
-        self.admin.as_ref().map_or(0, |a| a.loading())
+        let (limit, timeout) = (self.max_body_bytes as u64, self.body_timeout);
+        tokio::spawn(async move {
+            let mut read = 0u64;
+            let _ = tokio::time::timeout(timeout, async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > limit {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
     }
 
     /// What a cluster's scaler reads of this host (`GET /api/v1/load`, no credential: figures only, no

@@ -1,6 +1,6 @@
-//! The one place that decides what an error looks like on the wire: its HTTP status, its JSON body
-//! (`{"error": ..., "kind": ...}`) and `Retry-After` on a 503. Every route, the admin API included,
-//! answers errors through here.
+//! The one place that decides what an error looks like on the wire: its HTTP status (judged in
+//! `status.rs`), its JSON body (`{"error": ..., "kind": ...}`) and `Retry-After` on a 503. Every route,
+//! the admin API included, answers errors through here.
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -8,30 +8,10 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::{Error, Fault};
+use crate::Error;
+use crate::status::status_of;
 
 pub type Body = Full<Bytes>;
-
-/// The HTTP status of an error. Client mistakes are 4xx; nothing a caller sends is a 500.
-pub fn status_of(e: &Error) -> StatusCode {
-    if let Error::Runtime(plinth_runtime::Error::Response { status, .. }) = e {
-        return StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    }
-    match e.fault() {
-        Fault::Busy => StatusCode::SERVICE_UNAVAILABLE,
-        Fault::Late => StatusCode::GATEWAY_TIMEOUT,
-        Fault::Server => StatusCode::INTERNAL_SERVER_ERROR,
-        Fault::Client => match e {
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Error::Shared(inner) => status_of(inner),
-            _ => StatusCode::BAD_REQUEST,
-        },
-    }
-}
 
 impl From<&Error> for Response<Body> {
     fn from(e: &Error) -> Self {
@@ -100,28 +80,10 @@ pub fn json_bytes(body: Vec<u8>) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]
-    fn statuses_by_fault() {
-        let cases = [
-            (Error::NotFound("x".into()), 404),
-            (Error::BadRequest("x".into()), 400),
-            (Error::Conflict("x".into()), 409),
-            (Error::Unauthorized("x".into()), 401),
-            (Error::PayloadTooLarge { limit: 1 }, 413),
-            (Error::BodyTimeout { secs: 1 }, 408),
-            (Error::Overloaded("x".into()), 503),
-            (Error::Timeout("x".into()), 504),
-            (Error::Internal("x".into()), 500),
-        ];
-        for (e, status) in cases {
-            assert_eq!(status_of(&e).as_u16(), status, "{e:?}");
-            let shared = Error::Shared(Arc::new(e));
-            assert_eq!(status_of(&shared).as_u16(), status, "shared by a batch: {shared:?}");
-        }
+    fn a_busy_answer_says_when_to_retry() {
         let r = error_response(&Error::Overloaded("full".into()));
         assert_eq!(r.headers()[RETRY_AFTER], "1");
     }

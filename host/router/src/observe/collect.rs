@@ -2,10 +2,16 @@
 //! `<workspace>/modeldata/<service>/<model>/<version>/{inputs,predictions}/<yyyy>/<mm>/<dd>/data.jsonl`,
 //! by one writer thread behind a bounded queue. Scoring never waits for the disk: when the queue is full
 //! a record is dropped, counted and logged. On shutdown every accepted record is written.
+//!
+//! A record is whole or absent: its input line and its prediction line are written together, and a write
+//! that fails (a full disk) is cut back to where the files ended before it, so no torn line is ever left
+//! and an input never lacks its prediction. Every record not written is counted in
+//! `plinth_collection_dropped_total{reason="write_failed"}` (`"queue_full"` for the queue) and logged at
+//! most once per 10 s per reason. Files and folders are the host's alone (0600 and 0700).
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +48,20 @@ pub struct Collector {
     last_warning: Mutex<Option<Instant>>,
 }
 
+/// Why a record was not written: the `reason` label.
+const QUEUE_FULL: &str = "queue_full";
+const WRITE_FAILED: &str = "write_failed";
+
+/// Whether a warning may be logged now: at most one per 10 s for each `last`.
+fn time_to_warn(last: &mut Option<Instant>) -> bool {
+    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+        *last = Some(Instant::now());
+        true
+    } else {
+        false
+    }
+}
+
 impl std::fmt::Debug for Collector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Collector")
@@ -75,11 +95,13 @@ impl Collector {
         match tx.try_send(record) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.metrics.collection_dropped.with_label_values(&[&service]).inc();
+                self.metrics
+                    .collection_dropped
+                    .with_label_values(&[&service, QUEUE_FULL])
+                    .inc();
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
-                if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    *last = Some(Instant::now());
+                if time_to_warn(&mut last) {
                     tracing::warn!(
                         service,
                         dropped_total = n,
@@ -100,39 +122,51 @@ impl Collector {
     }
 }
 
+/// An open `data.jsonl` and where it ends: what a failed write is cut back to.
+struct Open {
+    file: File,
+    len: u64,
+}
+
 fn write_loop(root: &Path, rx: Receiver<Record>, metrics: &Metrics) {
-    let mut files: HashMap<PathBuf, BufWriter<File>> = HashMap::new();
+    let mut files: HashMap<PathBuf, Open> = HashMap::new();
+    let mut failed = 0u64;
+    let mut last_warning = None;
+    let mut line = Vec::with_capacity(4096);
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(record) => {
-                if let Err(e) = write(root, &mut files, &record) {
-                    tracing::error!(service = %record.service, error = %e, "model data collection: write failed");
-                } else {
-                    metrics.collected_records.with_label_values(&[&record.service]).inc();
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(record) => match write(root, &mut files, &record, &mut line) {
+                Ok(()) => metrics.collected_records.with_label_values(&[&record.service]).inc(),
+                Err(e) => {
+                    metrics
+                        .collection_dropped
+                        .with_label_values(&[&record.service, WRITE_FAILED])
+                        .inc();
+                    failed += 1;
+                    if time_to_warn(&mut last_warning) {
+                        tracing::error!(
+                            service = %record.service,
+                            error = %e,
+                            failed_total = failed,
+                            "model data collection: a record could not be written and was dropped (whole)"
+                        );
+                    }
                 }
-            }
-            Err(RecvTimeoutError::Timeout) => flush(&mut files),
+            },
+            // Keep only the files of the day in use open.
+            Err(RecvTimeoutError::Timeout) => files.clear(),
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    flush(&mut files);
 }
 
-fn flush(files: &mut HashMap<PathBuf, BufWriter<File>>) {
-    for (path, f) in files.iter_mut() {
-        if let Err(e) = f.flush() {
-            tracing::error!(path = %path.display(), error = %e, "model data collection: flush failed");
-        }
-    }
-    // Keep only today's files open.
-    if files.len() > 64 {
-        files.clear();
-    }
-}
-
-fn write(root: &Path, files: &mut HashMap<PathBuf, BufWriter<File>>, r: &Record) -> std::io::Result<()> {
+/// Writes a record's input and prediction lines, each whole, or neither: a failed write cuts every file
+/// it touched back to its length before.
+fn write(root: &Path, files: &mut HashMap<PathBuf, Open>, r: &Record, line: &mut Vec<u8>) -> std::io::Result<()> {
     let now = crate::time::timestamp();
     let (y, m, d) = (&now[0..4], &now[5..7], &now[8..10]);
+    let mut written: Vec<PathBuf> = Vec::with_capacity(2);
+    let mut result = Ok(());
     for (kind, payload) in [("inputs", &r.input[..]), ("predictions", &r.output[..])] {
         let dir = root
             .join(&r.service)
@@ -143,26 +177,77 @@ fn write(root: &Path, files: &mut HashMap<PathBuf, BufWriter<File>>, r: &Record)
             .join(m)
             .join(d);
         let path = dir.join("data.jsonl");
-        if !files.contains_key(&path) {
-            std::fs::create_dir_all(&dir)?;
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-            files.insert(path.clone(), BufWriter::new(f));
-        }
         let data: Value = serde_json::from_slice(payload).unwrap_or_else(|_| json!(String::from_utf8_lossy(payload)));
-        let line = json!({
-            "request_id": r.request_id,
-            "time": now,
-            "service": r.service,
-            "model": r.model,
-            "model_version": r.model_version,
-            "version": r.version,
-            "data": data,
-        });
-        let f = files.get_mut(&path).expect("just inserted");
-        serde_json::to_writer(&mut *f, &line)?;
-        f.write_all(b"\n")?;
+        line.clear();
+        serde_json::to_writer(
+            &mut *line,
+            &json!({
+                "request_id": r.request_id,
+                "time": now,
+                "service": r.service,
+                "model": r.model,
+                "model_version": r.model_version,
+                "version": r.version,
+                "data": data,
+            }),
+        )?;
+        line.push(b'\n');
+        if !files.contains_key(&path) {
+            if files.len() >= 64 {
+                // Yesterday's files (and other services' idle ones) close.
+                files.clear();
+            }
+            match open(&dir, &path) {
+                Ok(f) => {
+                    files.insert(path.clone(), f);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let Some(f) = files.get_mut(&path) else { break };
+        match f.file.write_all(line) {
+            Ok(()) => {
+                f.len += line.len() as u64;
+                written.push(path);
+            }
+            Err(e) => {
+                written.push(path);
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(())
+    if result.is_err() {
+        // Cut back what this record wrote, whole lines before it stay; a file that cannot be cut back is
+        // reopened (and measured) next time.
+        for path in written {
+            if let Some(f) = files.get(&path)
+                && f.file.set_len(f.len).is_err()
+            {
+                files.remove(&path);
+            }
+        }
+    }
+    result
+}
+
+/// Opens (or creates) a day's file for appending, with its folders, the host's alone.
+fn open(dir: &Path, path: &Path) -> std::io::Result<Open> {
+    let mut folders = std::fs::DirBuilder::new();
+    folders.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folders, 0o700);
+    folders.create(dir)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let file = opts.open(path)?;
+    let len = file.metadata()?.len();
+    Ok(Open { file, len })
 }
 
 /// Which requests of a version are collected, and under which model name.

@@ -117,9 +117,9 @@ impl Metrics {
             collection_dropped: IntCounterVec::new(
                 Opts::new(
                     "plinth_collection_dropped_total",
-                    "Model data collection records dropped because the disk could not keep up",
+                    "Model data collection records not written: the queue was full, or the write failed",
                 ),
-                &["service"],
+                &["service", "reason"],
             )
             .unwrap(),
             batch_size: HistogramVec::new(

@@ -2,31 +2,24 @@
 //! providers leave.
 
 use ort::ep::ExecutionProviderDispatch;
-use serde::{Deserialize, Serialize};
 
-use super::Context;
+use super::{Context, OrtPairs};
 
-/// `{"name": "cpu", "arena": false}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Options {
-    /// ONNX Runtime's memory arena for CPU tensors (default on): faster, at the cost of memory that
-    /// stays with the session after a large request.
-    pub arena: Option<bool>,
-}
+pub use plinth_spec::provider::CpuOptions as Options;
 
-impl Options {
-    pub fn pairs(&self, _cx: &Context) -> Vec<(&'static str, String)> {
+impl OrtPairs for Options {
+    fn pairs(&self, _cx: &Context) -> Vec<(&'static str, String)> {
         self.arena
             .map(|on| vec![("use_arena", if on { "1" } else { "0" }.to_string())])
             .unwrap_or_default()
     }
+}
 
-    /// Registered only to change the arena: ONNX Runtime adds the CPU provider to every session itself.
-    pub(crate) fn build(&self) -> Option<ExecutionProviderDispatch> {
-        self.arena
-            .map(|on| ort::ep::CPU::default().with_arena_allocator(on).build())
-    }
+/// Registered only to change the arena: ONNX Runtime adds the CPU provider to every session itself.
+pub(super) fn build(options: &Options) -> Option<ExecutionProviderDispatch> {
+    options
+        .arena
+        .map(|on| ort::ep::CPU::default().with_arena_allocator(on).build())
 }
 
 #[cfg(test)]
@@ -37,9 +30,9 @@ mod tests {
     fn defaults_leave_onnx_runtime_alone() {
         let cx = Context::default();
         assert!(Options::default().pairs(&cx).is_empty());
-        assert!(Options::default().build().is_none());
+        assert!(build(&Options::default()).is_none());
         let off = Options { arena: Some(false) };
         assert_eq!(off.pairs(&cx), vec![("use_arena", "0".to_string())]);
-        assert!(off.build().is_some());
+        assert!(build(&off).is_some());
     }
 }

@@ -5,28 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
-
-use super::Context;
+use super::{Context, OrtPairs};
 
 pub const INSTALL_HINT: &str = "the CUDA provider comes with the GPU build of ONNX Runtime: `scripts/setup --gpu` \
      installs onnxruntime-gpu==1.31.1 with its CUDA and cuDNN wheels, or set ORT_DYLIB_PATH to that build's \
      libonnxruntime.so";
 
-/// `{"name": "cuda", "deviceId": 0, "memoryLimitMb": 8192}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Options {
-    /// The GPU to run on. Default: the one the host placed this replica on.
-    pub device_id: Option<i32>,
-    /// The most GPU memory ONNX Runtime's arena may take, in MiB. Default: no limit.
-    pub memory_limit_mb: Option<u64>,
-    /// TF32 matrix maths on Ampere and newer (ONNX Runtime's default: on).
-    pub tf32: Option<bool>,
-}
+pub use plinth_spec::provider::CudaOptions as Options;
 
-impl Options {
-    pub fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
+impl OrtPairs for Options {
+    fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if let Some(id) = self.device_id.or(cx.device_id) {
             out.push(("device_id", id.to_string()));
@@ -114,6 +102,31 @@ pub(crate) fn preload_libraries() {
         }
         loaded
     });
+}
+
+/// GPUs the CUDA runtime that the provider uses sees (`cudaGetDeviceCount`), after loading the wheels'
+/// libraries as the provider would; None without a CUDA runtime to ask.
+#[allow(unsafe_code)]
+pub fn device_count() -> Option<u32> {
+    preload_libraries();
+    for name in ["libcudart.so.13", "libcudart.so.12", "libcudart.so"] {
+        // SAFETY: NVIDIA's CUDA runtime (already loaded by `preload_libraries` when the wheels have it);
+        // `cudaGetDeviceCount(int*) -> cudaError_t` is its documented C signature.
+        let count = unsafe {
+            let Ok(lib) = libloading::Library::new(name) else {
+                continue;
+            };
+            let Ok(get) =
+                lib.get::<unsafe extern "C" fn(*mut std::ffi::c_int) -> std::ffi::c_int>(b"cudaGetDeviceCount")
+            else {
+                continue;
+            };
+            let mut n: std::ffi::c_int = 0;
+            (get(&mut n) == 0).then_some(n.max(0) as u32)
+        };
+        return count;
+    }
+    None
 }
 
 /// `.../site-packages` for a library at `.../site-packages/onnxruntime/capi/libonnxruntime.so.*`.

@@ -18,43 +18,22 @@ use std::path::PathBuf;
 
 use ort::ep::{ArbitrarilyConfigurableExecutionProvider, ExecutionProvider, ExecutionProviderDispatch};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-/// The providers Plinth knows, by their short names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Cpu,
-    Cuda,
-    #[serde(rename = "tensorrt")]
-    TensorRt,
-    #[serde(rename = "openvino")]
-    OpenVino,
-    Vitis,
+pub use plinth_spec::provider::{Provider, ProviderSpec, cpu_after};
+
+/// What the runtime knows of a provider beyond its name: ONNX Runtime's name for it, whether the loaded
+/// library has it, and how to get one that does.
+pub trait ProviderExt {
+    /// ONNX Runtime's name (`CUDAExecutionProvider`).
+    fn ort_name(self) -> &'static str;
+    /// Whether the loaded ONNX Runtime library was built with this provider (false before one is loaded).
+    fn is_available(&self) -> bool;
+    /// How to get a library that has this provider.
+    fn install_hint(self) -> &'static str;
 }
 
-impl Provider {
-    pub const ALL: [Provider; 5] = [
-        Provider::TensorRt,
-        Provider::Cuda,
-        Provider::OpenVino,
-        Provider::Vitis,
-        Provider::Cpu,
-    ];
-
-    /// The name in configs, logs and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Cpu => "cpu",
-            Provider::Cuda => "cuda",
-            Provider::TensorRt => "tensorrt",
-            Provider::OpenVino => "openvino",
-            Provider::Vitis => "vitis",
-        }
-    }
-
-    /// ONNX Runtime's name (`CUDAExecutionProvider`).
-    pub fn ort_name(self) -> &'static str {
+impl ProviderExt for Provider {
+    fn ort_name(self) -> &'static str {
         match self {
             Provider::Cpu => ort::ep::CPU::NAME,
             Provider::Cuda => ort::ep::CUDA::NAME,
@@ -64,29 +43,9 @@ impl Provider {
         }
     }
 
-    /// Our names, ONNX Runtime's (`CUDAExecutionProvider`, as Triton and KServe configs spell them) and
-    /// the usual short forms (`trt`, `vitisai`), in any case.
-    pub fn parse(name: &str) -> Result<Provider, String> {
-        let n = name.trim().to_ascii_lowercase();
-        let n = n.strip_suffix("executionprovider").unwrap_or(&n);
-        Ok(match n {
-            "cpu" => Provider::Cpu,
-            "cuda" | "gpu" => Provider::Cuda,
-            "tensorrt" | "trt" => Provider::TensorRt,
-            "openvino" => Provider::OpenVino,
-            "vitis" | "vitisai" | "vitis_ai" | "vitis-ai" => Provider::Vitis,
-            _ => {
-                return Err(format!(
-                    "unknown execution provider \"{name}\" (known: tensorrt, cuda, openvino, vitis, cpu)"
-                ));
-            }
-        })
-    }
-
-    /// Whether the loaded ONNX Runtime library was built with this provider (false before one is loaded).
-    pub fn is_available(self) -> bool {
+    fn is_available(&self) -> bool {
         if !super::loaded() {
-            return self == Provider::Cpu;
+            return *self == Provider::Cpu;
         }
         let found = match self {
             Provider::Cpu => return true,
@@ -98,8 +57,7 @@ impl Provider {
         found.unwrap_or(false)
     }
 
-    /// How to get a library that has this provider.
-    pub fn install_hint(self) -> &'static str {
+    fn install_hint(self) -> &'static str {
         match self {
             Provider::Cpu => "",
             Provider::Cuda => cuda::INSTALL_HINT,
@@ -108,104 +66,15 @@ impl Provider {
             Provider::Vitis => vitis::INSTALL_HINT,
         }
     }
-
-    /// Whether this provider runs on a GPU (and so counts against the host's GPUs).
-    pub fn uses_gpu(self) -> bool {
-        matches!(self, Provider::Cuda | Provider::TensorRt)
-    }
 }
 
-impl std::fmt::Display for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+/// One provider's options (`plinth_spec::provider`) as ONNX Runtime's key/value pairs for one model.
+pub trait OrtPairs {
+    fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)>;
 }
 
-/// One entry of `executionProviders`: a provider and its options.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProviderSpec {
-    Cpu(cpu::Options),
-    Cuda(cuda::Options),
-    TensorRt(tensorrt::Options),
-    OpenVino(openvino::Options),
-    Vitis(vitis::Options),
-}
-
-impl ProviderSpec {
-    /// A provider with its default options.
-    pub fn of(provider: Provider) -> ProviderSpec {
-        match provider {
-            Provider::Cpu => ProviderSpec::Cpu(Default::default()),
-            Provider::Cuda => ProviderSpec::Cuda(Default::default()),
-            Provider::TensorRt => ProviderSpec::TensorRt(Default::default()),
-            Provider::OpenVino => ProviderSpec::OpenVino(Default::default()),
-            Provider::Vitis => ProviderSpec::Vitis(Default::default()),
-        }
-    }
-
-    pub fn provider(&self) -> Provider {
-        match self {
-            ProviderSpec::Cpu(_) => Provider::Cpu,
-            ProviderSpec::Cuda(_) => Provider::Cuda,
-            ProviderSpec::TensorRt(_) => Provider::TensorRt,
-            ProviderSpec::OpenVino(_) => Provider::OpenVino,
-            ProviderSpec::Vitis(_) => Provider::Vitis,
-        }
-    }
-
-    /// `"cuda"`, or `{"name": "tensorrt", "fp16": true}`: a name, or an object with a name and that
-    /// provider's options (an option another provider has, or a misspelt one, is an error naming it).
-    pub fn from_json(value: &Value) -> Result<ProviderSpec, String> {
-        let (name, options) = match value {
-            Value::String(s) => (s.as_str(), serde_json::Map::new()),
-            Value::Object(map) => {
-                let Some(Value::String(name)) = map.get("name") else {
-                    return Err("an execution provider object needs \"name\" (e.g. {\"name\": \"cuda\"})".into());
-                };
-                let mut options = map.clone();
-                options.remove("name");
-                (name.as_str(), options)
-            }
-            other => {
-                return Err(format!(
-                    "an execution provider is a name (\"cuda\") or an object with \"name\", got {other}"
-                ));
-            }
-        };
-        let provider = Provider::parse(name)?;
-        let options = Value::Object(options);
-        let bad = |e: serde_json::Error| format!("{provider} options: {e}");
-        Ok(match provider {
-            Provider::Cpu => ProviderSpec::Cpu(serde_json::from_value(options).map_err(bad)?),
-            Provider::Cuda => ProviderSpec::Cuda(serde_json::from_value(options).map_err(bad)?),
-            Provider::TensorRt => ProviderSpec::TensorRt(serde_json::from_value(options).map_err(bad)?),
-            Provider::OpenVino => ProviderSpec::OpenVino(serde_json::from_value(options).map_err(bad)?),
-            Provider::Vitis => ProviderSpec::Vitis(serde_json::from_value(options).map_err(bad)?),
-        })
-    }
-
-    /// A whole `executionProviders` list: each entry as [`ProviderSpec::from_json`], no provider twice,
-    /// and nothing after `cpu` (it takes every operator, so a later provider would never run).
-    pub fn list_from_json(values: &[Value]) -> Result<Vec<ProviderSpec>, String> {
-        let mut out: Vec<ProviderSpec> = Vec::with_capacity(values.len());
-        for (i, v) in values.iter().enumerate() {
-            let spec = ProviderSpec::from_json(v).map_err(|e| format!("[{i}]: {e}"))?;
-            if out.iter().any(|s| s.provider() == spec.provider()) {
-                return Err(format!("[{i}]: {} is listed twice", spec.provider()));
-            }
-            if out.iter().any(|s| s.provider() == Provider::Cpu) {
-                return Err(format!(
-                    "[{i}]: {} comes after cpu, which runs every operator left to it; list cpu last",
-                    spec.provider()
-                ));
-            }
-            out.push(spec);
-        }
-        Ok(out)
-    }
-
-    /// ONNX Runtime's options for this provider on one model, as key/value pairs.
-    pub fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
+impl OrtPairs for ProviderSpec {
+    fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
         match self {
             ProviderSpec::Cpu(o) => o.pairs(cx),
             ProviderSpec::Cuda(o) => o.pairs(cx),
@@ -214,36 +83,68 @@ impl ProviderSpec {
             ProviderSpec::Vitis(o) => o.pairs(cx),
         }
     }
+}
 
-    /// The provider, ready to register on a session; registration errors are returned, never swallowed.
-    /// `None` for the CPU provider with its defaults: ONNX Runtime backs every session with it anyway.
-    pub(crate) fn dispatch(&self, cx: &Context) -> Option<ExecutionProviderDispatch> {
-        fn with<E>(mut ep: E, pairs: Vec<(&'static str, String)>) -> E
-        where
-            E: ArbitrarilyConfigurableExecutionProvider,
-        {
-            for (k, v) in pairs {
-                ep = ep.with_arbitrary_config(k, v);
-            }
-            ep
+/// The provider, ready to register on a session; registration errors are returned, never swallowed.
+/// `None` for the CPU provider with its defaults: ONNX Runtime backs every session with it anyway.
+pub(crate) fn dispatch(spec: &ProviderSpec, cx: &Context) -> Option<ExecutionProviderDispatch> {
+    fn with<E>(mut ep: E, pairs: Vec<(&'static str, String)>) -> E
+    where
+        E: ArbitrarilyConfigurableExecutionProvider,
+    {
+        for (k, v) in pairs {
+            ep = ep.with_arbitrary_config(k, v);
         }
-        let pairs = self.pairs(cx);
-        let dispatch = match self {
-            ProviderSpec::Cpu(o) => o.build()?,
-            ProviderSpec::Cuda(_) => with(ort::ep::CUDA::default(), pairs).build(),
-            ProviderSpec::TensorRt(_) => with(ort::ep::TensorRT::default(), pairs).build(),
-            ProviderSpec::OpenVino(_) => with(ort::ep::OpenVINO::default(), pairs).build(),
-            ProviderSpec::Vitis(_) => with(ort::ep::Vitis::default(), pairs).build(),
-        };
-        Some(dispatch.error_on_failure())
+        ep
     }
+    let pairs = spec.pairs(cx);
+    let dispatch = match spec {
+        ProviderSpec::Cpu(o) => cpu::build(o)?,
+        ProviderSpec::Cuda(_) => with(ort::ep::CUDA::default(), pairs).build(),
+        ProviderSpec::TensorRt(_) => with(ort::ep::TensorRT::default(), pairs).build(),
+        ProviderSpec::OpenVino(_) => with(ort::ep::OpenVINO::default(), pairs).build(),
+        ProviderSpec::Vitis(_) => with(ort::ep::Vitis::default(), pairs).build(),
+    };
+    Some(dispatch.error_on_failure())
+}
 
-    /// Before registering: what the provider needs loaded first (the CUDA libraries of the GPU wheel).
-    pub(crate) fn prepare(&self) {
-        if self.provider().uses_gpu() {
-            cuda::preload_libraries();
-        }
+/// Before registering: what the provider needs loaded first (the CUDA libraries of the GPU wheel).
+pub(crate) fn prepare(spec: &ProviderSpec) {
+    if spec.provider().uses_gpu() {
+        cuda::preload_libraries();
     }
+}
+
+/// Why `provider` cannot start, in the dynamic loader's words, when its provider library beside the ONNX
+/// Runtime library (`libonnxruntime_providers_tensorrt.so`) cannot be loaded: it names the library that
+/// is missing (`libnvinfer.so.10: cannot open shared object file`). None when it loads, or has no library
+/// of its own.
+#[allow(unsafe_code)]
+pub fn unloadable(provider: Provider, ort_library: &std::path::Path) -> Option<String> {
+    let file = match provider {
+        Provider::Cuda => "libonnxruntime_providers_cuda.so",
+        Provider::TensorRt => "libonnxruntime_providers_tensorrt.so",
+        Provider::OpenVino => "libonnxruntime_providers_openvino.so",
+        Provider::Cpu | Provider::Vitis => return None,
+    };
+    let path = ort_library.parent()?.join(file);
+    if !path.is_file() {
+        return Some(format!("{} is missing", path.display()));
+    }
+    prepare(&ProviderSpec::of(provider));
+    // SAFETY: ONNX Runtime's own provider library, which ONNX Runtime itself would load the same way; it is
+    // closed at once (RTLD_LOCAL: nothing of it stays visible).
+    let opened = unsafe {
+        libloading::os::unix::Library::open(
+            Some(&path),
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+        )
+    };
+    // The loader's own words ("libnvinfer.so.10: cannot open shared object file: ...") are the source.
+    opened.err().map(|e| match std::error::Error::source(&e) {
+        Some(words) => words.to_string(),
+        None => e.to_string(),
+    })
 }
 
 /// What a provider's options depend on beyond the deployment's words: where this model's provider
@@ -316,11 +217,6 @@ pub fn plan(
     Ok((keep, dropped))
 }
 
-/// Whether `cpu` comes after position `i` in `list`, so that a provider there may be dropped.
-pub fn cpu_after(list: &[ProviderSpec], i: usize) -> bool {
-    list.iter().skip(i + 1).any(|s| s.provider() == Provider::Cpu)
-}
-
 /// The providers the loaded library was built with, by ONNX Runtime's names.
 #[allow(unsafe_code)]
 pub fn library_providers() -> Vec<String> {
@@ -359,7 +255,7 @@ pub fn short_name(ort_name: &str) -> Option<Provider> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -368,55 +264,28 @@ mod tests {
     }
 
     #[test]
-    fn names_parse_in_every_spelling_users_bring() {
-        for (name, p) in [
-            ("cuda", Provider::Cuda),
-            ("CUDAExecutionProvider", Provider::Cuda),
-            ("TensorRT", Provider::TensorRt),
-            ("trt", Provider::TensorRt),
-            ("TensorrtExecutionProvider", Provider::TensorRt),
-            ("OpenVINOExecutionProvider", Provider::OpenVino),
-            ("vitisai", Provider::Vitis),
-            ("VitisAIExecutionProvider", Provider::Vitis),
-            ("CPU", Provider::Cpu),
-        ] {
-            assert_eq!(Provider::parse(name), Ok(p), "{name}");
-        }
-        let err = Provider::parse("rocm").unwrap_err();
-        assert!(err.contains("unknown execution provider \"rocm\""), "{err}");
-        assert!(err.contains("tensorrt, cuda"), "{err}");
+    fn a_provider_library_that_cannot_load_is_named_with_the_loaders_words() {
+        let dir = std::env::temp_dir().join(format!("plinth-ep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ort = dir.join("libonnxruntime.so.1.32.0");
+        std::fs::write(&ort, b"").unwrap();
+        // No provider library at all (the CPU build of ONNX Runtime).
+        let said = unloadable(Provider::Cuda, &ort).unwrap();
+        assert!(said.ends_with("libonnxruntime_providers_cuda.so is missing"), "{said}");
+        // One the loader refuses: its words, naming the file.
+        std::fs::write(dir.join("libonnxruntime_providers_tensorrt.so"), b"not a library").unwrap();
+        let said = unloadable(Provider::TensorRt, &ort).unwrap();
+        assert!(said.contains("libonnxruntime_providers_tensorrt.so"), "{said}");
+        assert_eq!(unloadable(Provider::Cpu, &ort), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn onnx_runtime_names_map_back() {
         for p in Provider::ALL {
             assert_eq!(Provider::parse(p.ort_name()), Ok(p));
             assert_eq!(short_name(p.ort_name()), Some(p));
         }
-    }
-
-    #[test]
-    fn lists_parse_and_validate() {
-        let l = list(json!(["tensorrt", {"name": "cuda", "deviceId": 1}, "cpu"])).unwrap();
-        assert_eq!(
-            l.iter().map(|s| s.provider()).collect::<Vec<_>>(),
-            [Provider::TensorRt, Provider::Cuda, Provider::Cpu]
-        );
-        assert_eq!(
-            l[1],
-            ProviderSpec::Cuda(cuda::Options {
-                device_id: Some(1),
-                ..Default::default()
-            })
-        );
-        let err = list(json!(["cuda", "cuda"])).unwrap_err();
-        assert!(err.contains("[1]: cuda is listed twice"), "{err}");
-        let err = list(json!(["cpu", "cuda"])).unwrap_err();
-        assert!(err.contains("[1]: cuda comes after cpu"), "{err}");
-        let err = list(json!([{"name": "cuda", "fp16": true}])).unwrap_err();
-        assert!(err.contains("[0]: cuda options: unknown field `fp16`"), "{err}");
-        let err = list(json!([{"deviceId": 0}])).unwrap_err();
-        assert!(err.contains("needs \"name\""), "{err}");
-        let err = list(json!([3])).unwrap_err();
-        assert!(err.contains("a name (\"cuda\") or an object"), "{err}");
-        let err = list(json!([{"name": "tensorrt", "fp16": "yes"}])).unwrap_err();
-        assert!(err.contains("tensorrt options: invalid type"), "{err}");
     }
 
     #[test]

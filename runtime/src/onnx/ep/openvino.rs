@@ -1,27 +1,15 @@
 //! Intel OpenVINO: Intel CPUs, integrated and discrete GPUs and NPUs. Compiled blobs are cached under the
 //! host's cache, keyed by the model's content.
 
-use serde::{Deserialize, Serialize};
-
-use super::{Context, Provider};
+use super::{Context, OrtPairs, Provider};
 
 pub const INSTALL_HINT: &str = "the OpenVINO provider comes with Intel's build of ONNX Runtime (the \
      onnxruntime-openvino wheel): set ORT_DYLIB_PATH to its libonnxruntime.so";
 
-/// `{"name": "openvino", "deviceType": "GPU", "precision": "FP16"}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Options {
-    /// `CPU`, `GPU`, `GPU.1`, `NPU`, or OpenVINO's `AUTO:GPU,CPU` / `HETERO:...`. Default: OpenVINO's (CPU).
-    pub device_type: Option<String>,
-    /// `FP32`, `FP16` or `ACCURACY`.
-    pub precision: Option<String>,
-    /// Threads for CPU inference.
-    pub num_threads: Option<usize>,
-}
+pub use plinth_spec::provider::OpenVinoOptions as Options;
 
-impl Options {
-    pub fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
+impl OrtPairs for Options {
+    fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if let Some(d) = &self.device_type {
             out.push(("device_type", d.clone()));

@@ -2,30 +2,16 @@
 //! take seconds to minutes to build, so they are cached under the host's cache, keyed by the model's
 //! content like compiled entry scripts, and a restart loads them instead of building again.
 
-use serde::{Deserialize, Serialize};
-
-use super::{Context, Provider};
+use super::{Context, OrtPairs, Provider};
 
 pub const INSTALL_HINT: &str = "the TensorRT provider comes with the GPU build of ONNX Runtime (`scripts/setup \
      --gpu` installs onnxruntime-gpu==1.31.1; TensorRT itself is the tensorrt-cu13 wheel), or set \
      ORT_DYLIB_PATH to that build's libonnxruntime.so";
 
-/// `{"name": "tensorrt", "fp16": true, "deviceId": 0, "engineCache": true, "maxWorkspaceMb": 4096}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Options {
-    /// The GPU to run on. Default: the one the host placed this replica on.
-    pub device_id: Option<i32>,
-    /// Let TensorRT use FP16 kernels (faster, slightly different numbers). Default off.
-    pub fp16: Option<bool>,
-    /// Cache built engines under the host's cache (default on when the host has a cache).
-    pub engine_cache: Option<bool>,
-    /// The most GPU memory TensorRT may use while building, in MiB.
-    pub max_workspace_mb: Option<u64>,
-}
+pub use plinth_spec::provider::TensorRtOptions as Options;
 
-impl Options {
-    pub fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
+impl OrtPairs for Options {
+    fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if let Some(id) = self.device_id.or(cx.device_id) {
             out.push(("device_id", id.to_string()));

@@ -2,27 +2,15 @@
 //! the deployment or the host; compiled models are cached under the host's cache, keyed by the model's
 //! content.
 
-use serde::{Deserialize, Serialize};
-
-use super::{Context, Provider};
+use super::{Context, OrtPairs, Provider};
 
 pub const INSTALL_HINT: &str = "the Vitis AI provider comes with AMD's build of ONNX Runtime (Ryzen AI / Vitis \
      AI software): set ORT_DYLIB_PATH to its libonnxruntime.so";
 
-/// `{"name": "vitis", "configFile": "vaip_config.json"}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Options {
-    /// Vitis AI's config; relative paths are read from the deployment's source folder.
-    pub config_file: Option<String>,
-    /// The device target (`X1`, `X2`).
-    pub target: Option<String>,
-    /// An `.xclbin` bitstream for the FPGA; relative like `configFile`.
-    pub xclbin: Option<String>,
-}
+pub use plinth_spec::provider::VitisOptions as Options;
 
-impl Options {
-    pub fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
+impl OrtPairs for Options {
+    fn pairs(&self, cx: &Context) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if let Some(f) = &self.config_file {
             out.push(("config_file", cx.resolve(f)));

@@ -1,24 +1,35 @@
-//! The scoring flow, once for every protocol: route to a version (the split, or a pin), mirror copies,
-//! hold the in-flight gauge, score, collect the data, count and log the request, name the version.
+//! The scoring flow, once for every protocol: what a request to a service goes through, whichever face
+//! (the HTTP routes, the gRPC service) reads it and answers it.
+//!
+//! 1. The caller's credential, checked by the face before it reads a body
+//!    ([`Service::authorize`](crate::Service::authorize)); a request refused before it reaches a version
+//!    still counts as the service's ([`Host::refused`]).
+//! 2. A version: the split, or the one pinned ([`VERSION_HEADER`], a path, a message field); mirror copies.
+//! 3. The in-flight gauge, held while the version runs the request on a replica's slot (`queue.rs`
+//!    waits for one, `batch.rs` may join it with others), within the scoring timeout.
+//! 4. The data collected, the request counted and logged, the version named.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::Response;
-use http::header::{CONTENT_TYPE, HeaderValue};
-use http_body_util::Full;
-use plinth_runtime::wasm::{CallContext, HttpRequest};
-
 use http::StatusCode;
 use plinth_runtime::Tensor;
+use plinth_runtime::wasm::{CallContext, HttpRequest};
 
-use super::response::{Body, error_response, json_bytes, status_of};
-use super::{Host, VERSION_HEADER, oip};
-use crate::Result;
+use crate::host::Host;
 use crate::observe::Served;
+use crate::oip;
 use crate::service::{Mirrored, Service};
+use crate::status::status_of;
 use crate::version::Version;
+use crate::{Error, Result};
+
+/// Names the version that served a response; on a request, pins the version.
+pub const VERSION_HEADER: &str = "x-plinth-version";
+
+/// The deepest JSON nesting (arrays and objects) a body may have before it reaches an entry script.
+pub const MAX_JSON_DEPTH: usize = 64;
 
 /// A scoring request, decoded as far as its route needs before a version is chosen.
 pub(crate) enum Payload {
@@ -107,29 +118,12 @@ impl Host {
         }
     }
 
-    /// [`Host::score`], answered over HTTP: JSON, or the inference protocol's JSON or binary encoding.
-    pub(crate) async fn score_http(
-        &self,
-        service: &Service,
-        payload: Payload,
-        pinned: Option<&str>,
-        request_id: &str,
-        http: Option<Arc<HttpRequest>>,
-    ) -> Response<Body> {
-        let scored = self.score(service, payload, pinned, request_id, http).await;
-        let response = match (scored.result, scored.version) {
-            (Ok(Answer::Json(body)), _) => json_bytes(body),
-            (Ok(Answer::Tensors { request, outputs }), Some(version)) => {
-                let (body, json_len) = oip::encode(service.name(), version.name(), &request, &outputs, false);
-                binary_response(body, json_len)
-            }
-            (Ok(Answer::Tensors { .. }), None) => error_response(&crate::Error::Internal("no version".into())),
-            (Err(e), _) => error_response(&e),
-        };
-        match scored.version {
-            Some(version) => tag_version(response, version),
-            None => response,
-        }
+    /// A scoring request refused before it reached a version (no credential, a body too large, too slow
+    /// or undecodable): counted and logged as the service's with version `-`, as routing failures are.
+    pub(crate) fn refused(&self, service: &str, started: Instant, request_id: &str, e: Error) -> Error {
+        self.observer
+            .request(service, None, status_of(&e), started, request_id, Some(&e));
+        e
     }
 }
 
@@ -138,7 +132,7 @@ async fn run(version: &Version, model: &str, payload: Payload, ctx: CallContext,
     match payload {
         Payload::Score(body) => {
             if version.info().has_script {
-                super::body::check_nesting(&body)?;
+                check_nesting(&body)?;
             }
             let out = version.score(body.clone(), ctx).await?;
             version.collect(request_id, || body, || out.clone());
@@ -147,7 +141,7 @@ async fn run(version: &Version, model: &str, payload: Payload, ctx: CallContext,
         Payload::Oip { decoded, raw } if version.info().has_script => {
             // An entry script reads OIP JSON whatever the request's encoding.
             let script_body = Bytes::from(oip::to_script_json(&decoded));
-            super::body::check_nesting(&script_body)?;
+            check_nesting(&script_body)?;
             let input = script_body.clone();
             let out = version.run(move |p| p.score(&script_body, &ctx)).await?;
             version.collect(request_id, || raw.unwrap_or(input), || out.clone());
@@ -173,25 +167,51 @@ async fn run(version: &Version, model: &str, payload: Payload, ctx: CallContext,
         }
     }
 }
-/// Names the version that served a response.
-fn tag_version(mut response: Response<Body>, version: &Version) -> Response<Body> {
-    if let Ok(v) = HeaderValue::from_str(version.name()) {
-        response.headers_mut().insert(VERSION_HEADER, v);
+
+/// Refuses a body nested deeper than [`MAX_JSON_DEPTH`], counting brackets outside strings: a script's
+/// JSON parser would exhaust its stack on it and fail as if the script were at fault. One pass over
+/// the bytes, no allocation.
+pub(crate) fn check_nesting(body: &[u8]) -> Result<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Error::BadRequest(format!(
+                        "the request body nests JSON more than {MAX_JSON_DEPTH} levels deep"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
-    response
+    Ok(())
 }
 
-fn binary_response(body: Vec<u8>, json_len: Option<usize>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    let headers = response.headers_mut();
-    match json_len {
-        Some(n) => {
-            headers.insert(oip::HEADER_LENGTH, HeaderValue::from(n));
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        }
-        None => {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_nesting(deep(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        let err = check_nesting(deep(2000).as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("more than 64 levels"), "{err}");
+        let in_string = format!(r#"{{"text": "{}", "escaped": "\"[[["}}"#, "[".repeat(500));
+        assert!(check_nesting(in_string.as_bytes()).is_ok());
+        assert!(check_nesting(br#"{"data": [[1, 2], [3, 4]]}"#).is_ok());
     }
-    response
 }

@@ -71,7 +71,7 @@ fn inference_config() {
 
 #[test]
 fn execution_providers_and_azure_gpu_switches() {
-    use plinth_runtime::onnx::ep::Provider;
+    use crate::provider::Provider;
     let dc = |json: &str| DeploymentConfig::from_json("dc.json", json.as_bytes());
     let names = |c: &DeploymentConfig, gpu: bool| -> Vec<Provider> {
         c.providers(gpu).unwrap().iter().map(|s| s.provider()).collect()
@@ -153,4 +153,101 @@ fn real_files_spellings_and_unknown_keys_never_fail() {
         ignored.contains(&"weird (not a field of this file)".to_string()),
         "{ignored:?}"
     );
+}
+
+#[test]
+fn probe_requirements_in_both_spellings_and_the_older_top_level_fields() {
+    let dc = |json: &str| DeploymentConfig::from_json("dc.json", json.as_bytes());
+    let (c, ignored) = dc(
+        r#"{"livenessProbeRequirements": {"periodSeconds": 20, "failure_threshold": 5},
+                               "readinessProbeRequirements": {"initial_delay_seconds": 3, "timeoutSeconds": 4}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (c.liveness().period_seconds, c.liveness().failure_threshold),
+        (Some(20), Some(5))
+    );
+    assert_eq!(
+        (c.readiness().initial_delay_seconds, c.readiness().timeout_seconds),
+        (Some(3), Some(4))
+    );
+    assert!(
+        ignored.iter().all(|i| i.contains("the probes of pods on Kubernetes")),
+        "{ignored:?}"
+    );
+    // Older files put the liveness probe's fields at the top level; the object wins where both speak.
+    let (c, _) =
+        dc(r#"{"periodSeconds": 7, "initialDelaySeconds": 310, "livenessProbeRequirements": {"periodSeconds": 9}}"#)
+            .unwrap();
+    assert_eq!(
+        (c.liveness().period_seconds, c.liveness().initial_delay_seconds),
+        (Some(9), Some(310))
+    );
+    let err = dc(r#"{"readinessProbeRequirements": {"periodSeconds": 0}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("readinessProbeRequirements.periodSeconds must be at least 1"),
+        "{err}"
+    );
+    let err = dc(r#"{"livenessProbeRequirements": {"successThreshold": 3}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("livenessProbeRequirements.successThreshold must be 1"),
+        "{err}"
+    );
+    let err = dc(r#"{"livenessProbeRequirements": {"periodSeconds": "often"}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("livenessProbeRequirements.periodSeconds: invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn text_for_a_boolean_or_a_number_is_read_as_python_reads_it() {
+    let json = br#"{
+        "authEnabled": "False",
+        "tokenAuthEnabled": "true",
+        "containerResourceRequirements": {"cpu": "0.5", "memoryInGB": "2"},
+        "autoScaler": {"autoscaleEnabled": "True", "maxReplicas": "4"},
+        "scoringTimeoutMs": " 20000 ",
+        "description": "7"
+    }"#;
+    let (c, ignored) = DeploymentConfig::from_json("dc.json", json).unwrap();
+    assert!(!c.auth_enabled && c.token_auth_enabled);
+    assert_eq!(c.container_resource_requirements.cpu, 0.5);
+    assert_eq!(c.container_resource_requirements.memory_in_gb, 2.0);
+    assert_eq!(
+        (c.auto_scaler.autoscale_enabled, c.auto_scaler.max_replicas),
+        (Some(true), 4)
+    );
+    assert_eq!(c.scoring_timeout_ms, 20_000);
+    assert_eq!(c.description.as_deref(), Some("7"));
+    assert!(ignored.is_empty(), "{ignored:?}");
+    // Text that spells neither is still an error naming the field.
+    let err = DeploymentConfig::from_json("dc.json", br#"{"authEnabled": "yes please"}"#).unwrap_err();
+    assert!(err.to_string().contains("authEnabled: invalid type"), "{err}");
+    let (ic, _) = InferenceConfig::from_json("ic.json", br#"{"enableGpu": "TRUE"}"#).unwrap();
+    assert_eq!(ic.enable_gpu, Some(true));
+}
+
+#[test]
+fn the_python_sdks_parameter_names_are_refused_naming_the_field() {
+    let err = |json: &str| {
+        DeploymentConfig::from_json("dc.json", json.as_bytes())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        err(r#"{"cpu_cores": 2}"#).contains("cpu_cores is the Python SDK's parameter name, not a field of this file: did you mean containerResourceRequirements.cpu?"),
+        "{}",
+        err(r#"{"cpu_cores": 2}"#)
+    );
+    assert!(err(r#"{"autoscale_max_replicas": 2}"#).contains("did you mean autoScaler.maxReplicas?"));
+    assert!(err(r#"{"auth_enabled": false}"#).contains("did you mean authEnabled?"));
+    let ic = InferenceConfig::from_json("ic.json", br#"{"entry_script": "score.py"}"#).unwrap_err();
+    assert!(ic.to_string().contains("did you mean entryScript?"), "{ic}");
 }

@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::Request;
 
+/// The request's id, on a request (HTTP header, gRPC metadata) and on its answer.
+pub const REQUEST_ID: &str = "x-request-id";
+
 /// Request ids: the client's `x-request-id` when it is sensible, else a fresh one.
 pub(crate) struct RequestIds {
     prefix: u64,
@@ -21,7 +24,7 @@ impl RequestIds {
     }
 
     pub(crate) fn for_request<B>(&self, req: &Request<B>) -> String {
-        self.for_candidate(req.headers().get(super::REQUEST_ID).and_then(|v| v.to_str().ok()))
+        self.for_candidate(req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()))
     }
 
     /// The client's id when it is sensible, else a fresh one.

@@ -8,8 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use plinth_runtime::onnx::ep::{Provider, ProviderSpec};
 use serde::{Deserialize, Serialize};
+
+use crate::provider::{Provider, ProviderSpec};
 
 /// What went wrong reading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,9 @@ pub struct DeploymentConfig {
     /// Replicas when autoscaling is off. Default 1.
     pub num_replicas: Option<u32>,
     pub data_collection: DataCollection,
+    /// Plinth: how long the entry script's `init()` may run on a fresh instance, in seconds (Azure has no
+    /// such bound). Default 120.
+    pub init_timeout_seconds: Option<u64>,
     /// Plinth: rows per dynamic batch for an ONNX model with a batch dimension. Default: no batching.
     pub max_batch_size: Option<u32>,
     /// Plinth: how long a request may wait for others to batch with, in microseconds. Default 500.
@@ -69,7 +73,11 @@ pub struct DeploymentConfig {
     pub app_insights_enabled: Option<bool>,
     pub namespace: Option<String>,
     pub compute_target_name: Option<String>,
-    pub liveness_probe_requirements: Option<serde_json::Value>,
+    /// On Kubernetes, the host container's liveness probe (`plinth controller render`); none on a host.
+    pub liveness_probe_requirements: Option<ProbeRequirements>,
+    /// On Kubernetes, the host container's readiness probe; none on a host.
+    pub readiness_probe_requirements: Option<ProbeRequirements>,
+    /// The liveness probe's settings at the top level (older files): `livenessProbeRequirements`'s.
     pub period_seconds: Option<u32>,
     pub initial_delay_seconds: Option<u32>,
     pub timeout_seconds: Option<u32>,
@@ -100,6 +108,7 @@ impl Default for DeploymentConfig {
             max_queue_wait_ms: 500,
             num_replicas: None,
             data_collection: DataCollection::default(),
+            init_timeout_seconds: None,
             max_batch_size: None,
             max_batch_delay_micros: None,
             execution_providers: None,
@@ -113,6 +122,7 @@ impl Default for DeploymentConfig {
             namespace: None,
             compute_target_name: None,
             liveness_probe_requirements: None,
+            readiness_probe_requirements: None,
             period_seconds: None,
             initial_delay_seconds: None,
             timeout_seconds: None,
@@ -200,6 +210,47 @@ pub struct DataCollection {
     pub sample_rate: Option<f64>,
 }
 
+/// Azure's probe settings (`livenessProbeRequirements`, `readinessProbeRequirements`), in the spellings of
+/// its JSON files and of its Python SDK. Each is a Kubernetes probe's field of the same name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProbeRequirements {
+    /// Seconds between probes.
+    #[serde(alias = "period_seconds")]
+    pub period_seconds: Option<u32>,
+    /// Seconds after the container starts before the first probe.
+    #[serde(alias = "initial_delay_seconds")]
+    pub initial_delay_seconds: Option<u32>,
+    /// Seconds a probe may take.
+    #[serde(alias = "timeout_seconds")]
+    pub timeout_seconds: Option<u32>,
+    /// Successes in a row after a failure to count as passing again.
+    #[serde(alias = "success_threshold")]
+    pub success_threshold: Option<u32>,
+    /// Failures in a row before the probe gives up.
+    #[serde(alias = "failure_threshold")]
+    pub failure_threshold: Option<u32>,
+}
+
+impl DeploymentConfig {
+    /// The liveness probe's settings: `livenessProbeRequirements`, with what the top-level fields of
+    /// older files give where it says nothing.
+    pub fn liveness(&self) -> ProbeRequirements {
+        let mut p = self.liveness_probe_requirements.clone().unwrap_or_default();
+        p.period_seconds = p.period_seconds.or(self.period_seconds);
+        p.initial_delay_seconds = p.initial_delay_seconds.or(self.initial_delay_seconds);
+        p.timeout_seconds = p.timeout_seconds.or(self.timeout_seconds);
+        p.success_threshold = p.success_threshold.or(self.success_threshold);
+        p.failure_threshold = p.failure_threshold.or(self.failure_threshold);
+        p
+    }
+
+    /// The readiness probe's settings.
+    pub fn readiness(&self) -> ProbeRequirements {
+        self.readiness_probe_requirements.clone().unwrap_or_default()
+    }
+}
+
 /// `inferenceconfig.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -228,7 +279,7 @@ pub struct InferenceConfig {
 
 impl DeploymentConfig {
     pub fn from_json(file: &str, bytes: &[u8]) -> Result<(Self, Ignored), ConfigError> {
-        let (mut config, unknown): (Self, _) = parse(file, bytes)?;
+        let (mut config, unknown): (Self, _) = parse(file, bytes, lenient::File::Deployment)?;
         if let Some(cpu) = config.cpu_cores.take() {
             config.container_resource_requirements.cpu = cpu;
         }
@@ -315,6 +366,9 @@ impl DeploymentConfig {
         if self.scoring_timeout_ms == 0 {
             return Err("scoringTimeoutMs must be above 0".into());
         }
+        if self.init_timeout_seconds == Some(0) {
+            return Err("initTimeoutSeconds must be above 0".into());
+        }
         if self.max_concurrent_requests_per_container == 0 {
             return Err("maxConcurrentRequestsPerContainer must be at least 1".into());
         }
@@ -331,6 +385,27 @@ impl DeploymentConfig {
             && !(0.0..=1.0).contains(&rate)
         {
             return Err(format!("dataCollection.sampleRate must be between 0 and 1, got {rate}"));
+        }
+        for (field, p) in [
+            ("livenessProbeRequirements", self.liveness()),
+            ("readinessProbeRequirements", self.readiness()),
+        ] {
+            for (name, value) in [
+                ("periodSeconds", p.period_seconds),
+                ("timeoutSeconds", p.timeout_seconds),
+                ("successThreshold", p.success_threshold),
+                ("failureThreshold", p.failure_threshold),
+            ] {
+                if value == Some(0) {
+                    return Err(format!("{field}.{name} must be at least 1"));
+                }
+            }
+        }
+        // Kubernetes takes no other value for a liveness probe.
+        if let Some(n) = self.liveness().success_threshold.filter(|&n| n != 1) {
+            return Err(format!(
+                "livenessProbeRequirements.successThreshold must be 1 (as Kubernetes requires), got {n}"
+            ));
         }
         for (field, key) in [
             ("keys.primaryKey", &self.keys.primary_key),
@@ -356,12 +431,20 @@ impl DeploymentConfig {
         note(self.app_insights_enabled.is_some(), "appInsightsEnabled");
         note(self.namespace.is_some(), "namespace");
         note(self.compute_target_name.is_some(), "computeTargetName");
-        note(self.liveness_probe_requirements.is_some(), "livenessProbeRequirements");
-        note(self.period_seconds.is_some(), "periodSeconds");
-        note(self.initial_delay_seconds.is_some(), "initialDelaySeconds");
-        note(self.timeout_seconds.is_some(), "timeoutSeconds");
-        note(self.success_threshold.is_some(), "successThreshold");
-        note(self.failure_threshold.is_some(), "failureThreshold");
+        for (set, name) in [
+            (self.liveness_probe_requirements.is_some(), "livenessProbeRequirements"),
+            (
+                self.readiness_probe_requirements.is_some(),
+                "readinessProbeRequirements",
+            ),
+            (self.period_seconds.is_some(), "periodSeconds"),
+            (self.initial_delay_seconds.is_some(), "initialDelaySeconds"),
+            (self.timeout_seconds.is_some(), "timeoutSeconds"),
+            (self.success_threshold.is_some(), "successThreshold"),
+            (self.failure_threshold.is_some(), "failureThreshold"),
+        ] {
+            note(set, &format!("{name} (the probes of pods on Kubernetes)"));
+        }
         note(self.location.is_some(), "location");
         note(
             self.ssl_enabled.is_some(),
@@ -392,7 +475,7 @@ impl DeploymentConfig {
 
 impl InferenceConfig {
     pub fn from_json(file: &str, bytes: &[u8]) -> Result<(Self, Ignored), ConfigError> {
-        let (config, unknown): (Self, _) = parse(file, bytes)?;
+        let (config, unknown): (Self, _) = parse(file, bytes, lenient::File::Inference)?;
         let err = |message: String| ConfigError {
             file: file.into(),
             message,
@@ -453,13 +536,18 @@ impl InferenceConfig {
 
 /// serde with the failing field's path in the message (`autoScaler.minReplicas: invalid type ...`), and
 /// the keys nobody defines, by path, as Azure's loaders skip them (`someKey (not a field of this file)`).
-fn parse<T: serde::de::DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<(T, Ignored), ConfigError> {
-    let mut unknown = Vec::new();
-    let mut note = |path: serde_ignored::Path<'_>| unknown.push(format!("{path} (not a field of this file)"));
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut note)).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = in_user_words(&e.into_inner().to_string());
+/// A config file as `T`, with the fields it does not know. A boolean or a number given as text (as
+/// Python's loader takes them) is read as what it spells; the Python SDK's parameter names are refused
+/// naming the field they are (see `lenient.rs`). Errors name the field's path (and, when the file is read
+/// as written, its line and column).
+fn parse<T: serde::de::DeserializeOwned>(
+    file: &str,
+    bytes: &[u8],
+    kind: lenient::File,
+) -> Result<(T, Ignored), ConfigError> {
+    let error = |path: &serde_path_to_error::Path, inner: &str| {
+        let path = path.to_string();
+        let inner = in_user_words(inner);
         ConfigError {
             file: file.into(),
             message: if path.is_empty() || path == "." {
@@ -468,13 +556,51 @@ fn parse<T: serde::de::DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<(T,
                 format!("{path}: {inner}")
             },
         }
-    })?;
+    };
+    let as_written = read_noting_unknown::<T, _>(&mut serde_json::Deserializer::from_slice(bytes));
+    let parsed = serde_json::from_slice::<serde_json::Value>(bytes).ok();
+    if let Some(message) = parsed.as_ref().and_then(|v| lenient::sdk_spelling(kind, v)) {
+        return Err(ConfigError {
+            file: file.into(),
+            message,
+        });
+    }
+    let mut failed = match (as_written, parsed) {
+        (Ok(read), _) => return Ok(read),
+        (Err(e), None) => return Err(error(e.path(), &e.inner().to_string())),
+        (Err(e), Some(value)) => (e, value),
+    };
+    // Text where a boolean or a number is read: read again with the text as what it spells.
+    for _ in 0..64 {
+        let (e, mut value) = failed;
+        let message = e.inner().to_string();
+        if !lenient::coerce(&mut value, e.path(), &message) {
+            return Err(error(e.path(), &message));
+        }
+        match read_noting_unknown::<T, _>(&value) {
+            Ok(read) => return Ok(read),
+            Err(e) => failed = (e, value),
+        }
+    }
+    let (e, _) = failed;
+    Err(error(e.path(), &e.inner().to_string()))
+}
+
+/// `T` from `de`, with the paths of the fields `T` does not know.
+fn read_noting_unknown<'de, T, D>(de: D) -> Result<(T, Ignored), serde_path_to_error::Error<D::Error>>
+where
+    T: serde::de::DeserializeOwned,
+    D: serde::Deserializer<'de>,
+{
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(format!("{path} (not a field of this file)"));
+    let value = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut note))?;
     Ok((value, unknown))
 }
 
 /// JSON as `T`; on failure, the message with the failing field's path in front of it. Config files and
 /// admin request bodies both read this way.
-pub(crate) fn from_json_naming_the_field<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub fn from_json_naming_the_field<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -500,5 +626,6 @@ fn in_user_words(message: &str) -> String {
         .replace("expected a map", "expected an object {...}")
 }
 
+mod lenient;
 #[cfg(test)]
 mod tests;
