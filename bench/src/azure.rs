@@ -66,14 +66,25 @@ pub async fn azure(repo: &Path, secs: u64) -> anyhow::Result<()> {
         Ok(started.elapsed().as_secs_f64())
     };
 
-    // Cold starts: a fresh cache (the interpreter compiles), then a second host on the same cache.
+    // Cold starts: a machine whose interpreter is not compiled yet (a fresh machine-wide cache), then the
+    // first deploy on a new workspace and host cache once it is (what a user meets after scripts/setup,
+    // and a pod whose cache claim holds it), then a second host on the first one's own cache.
+    let machine = ws.join("machine");
     let mut cold = Vec::new();
     for (label, cache) in [
-        ("compile not cached", ws.join("cache-a")),
-        ("compile cached", ws.join("cache-a")),
+        (
+            "interpreter not compiled (fresh machine-wide cache)",
+            ws.join("cache-a"),
+        ),
+        (
+            "first deploy after setup (machine-wide cache compiled; new workspace and host cache)",
+            ws.join("cache-b"),
+        ),
+        ("second host on the first host's cache", ws.join("cache-a")),
     ] {
         let host_ws = ws.join(format!("ws-{}", cold.len()));
-        let host = Host::start_with(&bin, &host_ws, &["--cache-dir", &p(&cache)])?;
+        let env = [("PLINTH_MACHINE_CACHE", machine.as_path())];
+        let host = Host::start_env(&bin, &host_ws, &["--cache-dir", &p(&cache)], &env)?;
         host.cli(&["model", "register", "--name", "ridge", "--path", &p(&ws.join("pkl"))])?;
         let took = deploy(
             &host,
@@ -85,7 +96,12 @@ pub async fn azure(repo: &Path, secs: u64) -> anyhow::Result<()> {
     }
 
     // Side by side on one host.
-    let host = Host::start_with(&bin, &ws.join("ws-run"), &["--cache-dir", &p(&ws.join("cache-a"))])?;
+    let host = Host::start_env(
+        &bin,
+        &ws.join("ws-run"),
+        &["--cache-dir", &p(&ws.join("cache-a"))],
+        &[("PLINTH_MACHINE_CACHE", machine.as_path())],
+    )?;
     let pid = host.child.id();
     host.cli(&["model", "register", "--name", "ridge", "--path", &p(&ws.join("pkl"))])?;
     host.cli(&[
@@ -141,6 +157,11 @@ pub async fn azure(repo: &Path, secs: u64) -> anyhow::Result<()> {
     for (label, took) in &cold {
         println!("| {label} | {took:.1} |");
     }
+    println!();
+    println!(
+        "| goal | measured | target |\n|---|---:|---:|\n| first deploy of a scientific score.py after setup, to Healthy | {:.1} s | ≤ 5 s |",
+        cold[1].1
+    );
     println!();
     println!("| service | c | req/s | p50 µs | p99 µs | errors |");
     println!("|---|---:|---:|---:|---:|---:|");

@@ -42,10 +42,16 @@ impl Host {
     }
 
     pub(crate) fn start_with(bin: &Path, ws: &Path, extra: &[&str]) -> anyhow::Result<Host> {
+        Self::start_env(bin, ws, extra, &[])
+    }
+
+    /// As [`start_with`](Self::start_with), with environment variables of its own.
+    pub(crate) fn start_env(bin: &Path, ws: &Path, extra: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<Host> {
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--open-metrics", "--workspace"])
             .arg(ws)
             .args(extra)
+            .envs(env.iter().copied())
             .env("PLINTH_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
