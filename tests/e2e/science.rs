@@ -286,3 +286,56 @@ fn plinth_prepare_leaves_one_compiled_interpreter_per_machine() {
     let again = String::from_utf8_lossy(&again.stdout);
     assert!(again.contains("(already compiled)"), "{again}");
 }
+
+#[test]
+fn an_init_that_loops_stops_at_its_deadline_or_when_its_service_is_deleted() {
+    let dir = temp_dir("init-loop");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("score.py"),
+        "def init():\n    while True:\n        pass\n\n\ndef run(raw):\n    return raw\n",
+    )
+    .unwrap();
+    let ic = write_json(&dir, "ic.json", &serde_json::json!({"entryScript": "src/score.py"}));
+    let deploy = |name: &str, init_secs: u64, wait: bool| {
+        let dc = Dc::test()
+            .no_auth()
+            .with("initTimeoutSeconds", serde_json::json!(init_secs))
+            .write(&dir, &format!("dc-{name}.json"));
+        let mut cmd = host.cli();
+        cmd.args(["deploy", "-n", name, "--ic"]).arg(&ic).arg("--dc").arg(&dc);
+        if !wait {
+            cmd.arg("--no-wait");
+        }
+        cmd.output().unwrap()
+    };
+    // The deadline is the init's own, named as such (this also builds the script once).
+    let out = deploy("short", 2, true);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("init() stopped after 2 s (initTimeoutSeconds)"), "{said}");
+    // CPU seconds the host has used (utime + stime, in clock ticks of 1/100 s).
+    let cpu = || -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", host.pid())).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) as f64 / 100.0
+    };
+    let busy = |secs: f64| {
+        let before = cpu();
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+        cpu() - before
+    };
+    // A long deadline: the init loops on a core until its service is deleted, then stops at once.
+    let out = deploy("long", 600, false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = busy(1.0);
+    assert!(used > 0.5, "{used} s of CPU in 1 s while init() loops");
+    host.run(&["service", "delete", "long"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = busy(3.0);
+    assert!(used < 0.5, "{used} s of CPU in the 3 s after the delete");
+}

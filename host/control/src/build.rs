@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use plinth_router::{Factory, Policy, Reporting, Sampling, Version, VersionConfig};
@@ -47,7 +48,13 @@ impl Context {
     }
 
     /// Materialises files, prepares the entry script and loads the package.
-    pub(crate) fn build(&self, service: &str, record: &VersionRecord, generation: u64) -> Result<Version> {
+    pub(crate) fn build(
+        &self,
+        service: &str,
+        record: &VersionRecord,
+        generation: u64,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Version> {
         let dir = self
             .deploy_root(service)
             .join(&record.name)
@@ -148,6 +155,10 @@ impl Context {
                     .map_or(ScriptLimits::default().init_deadline, Duration::from_secs),
                 memory_bytes: memory_bytes as usize,
                 max_idle: slots.clamp(1, 64),
+                tmp_bytes: dc
+                    .script_tmp_mb
+                    .map_or(ScriptLimits::default().tmp_bytes, |mb| mb.saturating_mul(1 << 20)),
+                stop,
                 ..ScriptLimits::default()
             },
             ort_library: self.options.ort_library.clone(),

@@ -400,7 +400,9 @@ impl Actor {
         r.updated = now();
         r.validate()?;
         self.cx.ws.put_service(&r)?;
-        self.deployments.remove(&state_key(name, version));
+        if let Some(d) = self.deployments.remove(&state_key(name, version)) {
+            d.let_go();
+        }
         if let Some(built) = self.built.get_mut(name) {
             built.remove(version);
         }
@@ -413,7 +415,13 @@ impl Actor {
         self.cx.ws.delete_service(name)?;
         self.cx.router.remove(name);
         let prefix = format!("{name}/");
-        self.deployments.retain(|k, _| !k.starts_with(&prefix));
+        self.deployments.retain(|k, d| {
+            let keep = !k.starts_with(&prefix);
+            if !keep {
+                d.let_go();
+            }
+            keep
+        });
         self.built.remove(name);
         self.cx.logs.remove(name);
         let _ = std::fs::remove_dir_all(self.cx.deploy_root(name));

@@ -49,6 +49,9 @@ pub struct DeploymentConfig {
     /// Plinth: how long the entry script's `init()` may run on a fresh instance, in seconds (Azure has no
     /// such bound). Default 120.
     pub init_timeout_seconds: Option<u64>,
+    /// Plinth: what a scientific `score.py` may write into its private `/` and `/tmp`, in MiB; writes
+    /// beyond it fail in the script with ENOSPC. Default 128.
+    pub script_tmp_mb: Option<u64>,
     /// Plinth: rows per dynamic batch for an ONNX model with a batch dimension. Default: no batching.
     pub max_batch_size: Option<u32>,
     /// Plinth: how long a request may wait for others to batch with, in microseconds. Default 500.
@@ -109,6 +112,7 @@ impl Default for DeploymentConfig {
             num_replicas: None,
             data_collection: DataCollection::default(),
             init_timeout_seconds: None,
+            script_tmp_mb: None,
             max_batch_size: None,
             max_batch_delay_micros: None,
             execution_providers: None,
@@ -368,6 +372,9 @@ impl DeploymentConfig {
         }
         if self.init_timeout_seconds == Some(0) {
             return Err("initTimeoutSeconds must be above 0".into());
+        }
+        if self.script_tmp_mb == Some(0) {
+            return Err("scriptTmpMb must be at least 1".into());
         }
         if self.max_concurrent_requests_per_container == 0 {
             return Err("maxConcurrentRequestsPerContainer must be at least 1".into());

@@ -2,9 +2,11 @@
 //! ticker advances the epoch every [`EPOCH_TICK`], a store traps once its deadline in ticks has passed),
 //! a linear-memory cap ([`MemoryCap`]), a response cap and a log budget.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::ResourceLimiter;
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 /// How often the epoch advances; deadlines are whole multiples of it, so a runaway script is
 /// stopped at most one tick after its deadline.
@@ -25,6 +27,12 @@ pub struct ScriptLimits {
     pub max_log_bytes: usize,
     /// Initialised instances kept idle for reuse. Default 4.
     pub max_idle: usize,
+    /// What a scientific interpreter may write into its private `/` and `/tmp` (`scriptTmpMb`); writes
+    /// beyond it fail in the script with ENOSPC. Default 128 MiB.
+    pub tmp_bytes: u64,
+    /// Raised by the owner when the instances are no longer wanted (their service deleted while it
+    /// loads): an `init()` that runs stops within [`STOP_CHECK`].
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Default for ScriptLimits {
@@ -36,6 +44,8 @@ impl Default for ScriptLimits {
             max_response_bytes: 64 << 20,
             max_log_bytes: 64 << 10,
             max_idle: 4,
+            tmp_bytes: 128 << 20,
+            stop: Arc::default(),
         }
     }
 }
@@ -65,6 +75,49 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// How often a running `init()` looks at [`ScriptLimits::stop`].
+pub const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// An `init()` stopped because its instances are no longer wanted.
+#[derive(Debug)]
+pub(crate) struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("init() stopped: the service was deleted while it loaded")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Bounds the `init()` about to run in `store`: it traps at `limits.init_deadline` (as a deadline), or
+/// with [`Stopped`] within [`STOP_CHECK`] of `limits.stop` being raised. [`end_init`] puts the plain
+/// deadline back.
+pub(crate) fn bound_init<T: 'static>(store: &mut Store<T>, limits: &ScriptLimits) {
+    let step = ticks(STOP_CHECK);
+    let mut left = ticks(limits.init_deadline);
+    let stop = limits.stop.clone();
+    let first = step.min(left);
+    left -= first;
+    store.set_epoch_deadline(first);
+    store.epoch_deadline_callback(move |_| {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Stopped.into());
+        }
+        if left == 0 {
+            return Err(Trap::Interrupt.into());
+        }
+        let next = step.min(left);
+        left -= next;
+        Ok(UpdateDeadline::Continue(next))
+    });
+}
+
+/// After `init()`: a deadline traps again, with no look at the stop flag.
+pub(crate) fn end_init<T>(store: &mut Store<T>) {
+    store.epoch_deadline_trap();
+}
+
 /// Epoch ticks that cover `d`, plus one so a deadline is never shorter than asked.
 pub(crate) fn ticks(d: Duration) -> u64 {
     (d.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
@@ -72,12 +125,8 @@ pub(crate) fn ticks(d: Duration) -> u64 {
 
 /// Advances `engine`'s epoch every [`EPOCH_TICK`] on a thread named `name`, until the returned flag is
 /// cleared or the engine is gone.
-pub(crate) fn start_epoch_ticker(
-    engine: &wasmtime::Engine,
-    name: &str,
-) -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let ticker = std::sync::Arc::new(AtomicBool::new(true));
+pub(crate) fn start_epoch_ticker(engine: &wasmtime::Engine, name: &str) -> std::io::Result<Arc<AtomicBool>> {
+    let ticker = Arc::new(AtomicBool::new(true));
     let running = ticker.clone();
     let weak = engine.weak();
     std::thread::Builder::new().name(name.into()).spawn(move || {
@@ -111,9 +160,13 @@ pub(crate) fn trap_error(
     memory_hit: Option<usize>,
     output: &str,
 ) -> crate::Error {
-    use wasmtime::Trap;
-
     use crate::TrapKind;
+    if let Some(stopped) = e.downcast_ref::<Stopped>() {
+        return crate::Error::ScriptInit {
+            script: script.to_string(),
+            message: stopped.to_string(),
+        };
+    }
     let kind = if memory_hit.is_some() {
         TrapKind::Memory
     } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {

@@ -16,7 +16,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use super::cache::{Code, CodeCache};
 use super::call::{CallContext, LogPipe, MODEL_DIR};
 use super::host::HostState;
-use super::limits::{MemoryCap, Phase, ScriptLimits, ticks};
+use super::limits::{MemoryCap, Phase, ScriptLimits, bound_init, end_init, ticks};
 use super::{Scoring, ScoringPre, WasmEngine, wit};
 use crate::{Error, ModelSet, Result};
 
@@ -183,7 +183,7 @@ impl EntryScript {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks(self.limits.init_deadline));
+        bound_init(&mut store, &self.limits);
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(b) => b,
             Err(e) => {
@@ -203,18 +203,23 @@ impl EntryScript {
         let init = bindings.call_init(&mut store);
         let stdio = self.flush_stdio(&mut store);
         match init {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Ok(())) => {
+                end_init(&mut store);
+                Ok(Live { store, bindings })
+            }
             Ok(Err(message)) => Err(Error::ScriptInit {
                 script: self.name.to_string(),
                 message,
             }),
-            Err(e) => {
-                let trap = self.trap_error(Phase::Init, &e, store.data().limiter.hit, &stdio);
-                Err(Error::ScriptInit {
-                    script: self.name.to_string(),
-                    message: trap.to_string(),
-                })
-            }
+            Err(e) => Err(
+                match self.trap_error(Phase::Init, &e, store.data().limiter.hit, &stdio) {
+                    stopped @ Error::ScriptInit { .. } => stopped,
+                    trap => Error::ScriptInit {
+                        script: self.name.to_string(),
+                        message: trap.to_string(),
+                    },
+                },
+            ),
         }
     }
 

@@ -190,6 +190,65 @@ fn the_sandbox_holds() {
 }
 
 #[test]
+fn an_init_that_loops_stops_at_its_deadline_or_when_its_owner_lets_go() {
+    let script = "def init():\n    while True:\n        pass\n\ndef run(raw):\n    return raw\n";
+    let d = dir("initloop");
+    let limits = ScriptLimits {
+        init_deadline: Duration::from_secs(2),
+        ..ScriptLimits::default()
+    };
+    let started = std::time::Instant::now();
+    let err = load(&d, script, limits).unwrap_err().to_string();
+    assert!(err.contains("init() stopped after 2 s (initTimeoutSeconds)"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // Let go of while it loads: the loop stops within moments, long before its deadline.
+    let limits = ScriptLimits {
+        init_deadline: Duration::from_secs(600),
+        ..ScriptLimits::default()
+    };
+    let stop = limits.stop.clone();
+    let loading = std::thread::spawn(move || load(&d, script, limits).map(drop));
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = std::time::Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = loading.join().unwrap().unwrap_err().to_string();
+    assert!(asked.elapsed() < Duration::from_secs(2), "{:?}", asked.elapsed());
+    assert!(err.contains("the service was deleted while it loaded"), "{err}");
+}
+
+#[test]
+fn the_private_folders_are_capped() {
+    let d = dir("tmpcap");
+    let script = "import errno, json, os\n\ndef init():\n    pass\n\n\
+                  def fill(path):\n    with open(path, 'wb') as f:\n        for _ in range(64):\n            \
+                  f.write(b'x' * (1 << 20))\n\n\
+                  def run(raw):\n    what = json.loads(raw)['what']\n    \
+                  if what == 'small':\n        open('/tmp/s', 'wb').write(b'y' * (1 << 20))\n        \
+                  return os.path.getsize('/tmp/s')\n    \
+                  if what == 'catch':\n        try:\n            fill('/big')\n        except OSError as e:\n            \
+                  return [e.errno == errno.ENOSPC, os.path.getsize('/big')]\n    \
+                  if what == 'fill':\n        fill('/tmp/big')\n";
+    let limits = ScriptLimits {
+        tmp_bytes: 4 << 20,
+        max_idle: 1,
+        ..ScriptLimits::default()
+    };
+    let package = Arc::new(load(&d, script, limits).unwrap());
+    let ctx = CallContext::default();
+    let call = |what: &str| package.score(format!(r#"{{"what": "{what}"}}"#).as_bytes(), &ctx);
+    assert_eq!(call("small").unwrap(), b"1048576");
+    // Writes past the cap fail in the script as a full disk does; what was written stays under it.
+    let caught: (bool, u64) = serde_json::from_slice(&call("catch").unwrap()).unwrap();
+    assert!(caught.0, "ENOSPC");
+    assert!(caught.1 < 4 << 20, "{} bytes written", caught.1);
+    let err = call("fill").unwrap_err().to_string();
+    assert!(
+        err.contains("No space left on device") && err.contains("at most 4 MiB: scriptTmpMb"),
+        "{err}"
+    );
+}
+
+#[test]
 fn schemas_responses_and_the_raw_request() {
     let d = dir("azure-helpers");
     let script = r#"

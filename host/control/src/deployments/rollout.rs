@@ -23,6 +23,10 @@ impl Actor {
     ) {
         self.generation += 1;
         let generation = self.generation;
+        let stop = self
+            .deployments
+            .get(&state_key(service, &version.name))
+            .map_or_else(Default::default, |d| d.stop.clone());
         self.deployments.insert(
             state_key(service, &version.name),
             Deployment {
@@ -32,6 +36,7 @@ impl Actor {
                 ignored,
                 previous,
                 serving_previous: false,
+                stop: stop.clone(),
             },
         );
         self.cx.logs.event(
@@ -51,7 +56,7 @@ impl Actor {
             });
             let vname = version.name.clone();
             let svc = service.clone();
-            let result = tokio::task::spawn_blocking(move || cx.build(&svc, &version, generation).map(Arc::new))
+            let result = tokio::task::spawn_blocking(move || cx.build(&svc, &version, generation, stop).map(Arc::new))
                 .await
                 .unwrap_or_else(|source| {
                     Err(Error::Task {
@@ -89,6 +94,9 @@ impl Actor {
             .filter(|s| s.generation == generation)
         else {
             // Deleted, or superseded by a newer deployment: drop this one.
+            if let Err(e) = &result {
+                tracing::info!(service = %service, version = %vname, generation, error = %e, "a deleted or superseded deployment ended");
+            }
             return;
         };
         match result {

@@ -42,6 +42,9 @@ fn errors_name_the_field() {
     assert!(err(r#"{"autoScaler": {"targetUtilization": 150}}"#).contains("targetUtilization must be 1..100"));
     assert!(err(r#"{"maxConcurrentRequestsPerContainer": 0}"#).contains("maxConcurrentRequestsPerContainer"));
     assert!(err(r#"{"keys": {"primaryKey": "short"}}"#).contains("keys.primaryKey must be at least 16"));
+    assert!(err(r#"{"scriptTmpMb": 0}"#).contains("scriptTmpMb must be at least 1"));
+    let (c, _) = DeploymentConfig::from_json("dc.json", br#"{"scriptTmpMb": "16"}"#).unwrap();
+    assert_eq!(c.script_tmp_mb, Some(16));
     let top = err("[1]");
     assert!(top.starts_with("dc.json: ") && top.contains("invalid type"), "{top}");
 }

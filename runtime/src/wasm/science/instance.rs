@@ -9,10 +9,11 @@ use serde_json::Value;
 use wasmtime::Store;
 
 use super::driver::{self, Exchange, Reply, ScienceResponse};
+use super::quota::DiskQuota;
 use super::runtime::{ScienceRuntime, State};
 use super::sandbox::{Folders, TempDir, sandbox};
 use crate::wasm::call::{CallContext, LogPipe};
-use crate::wasm::limits::{MemoryCap, Phase, ScriptLimits, ticks};
+use crate::wasm::limits::{MemoryCap, Phase, ScriptLimits, bound_init, end_init, ticks};
 use crate::{Error, ModelSet, Result};
 
 /// What every interpreter of one script is made from.
@@ -70,17 +71,19 @@ impl Recipe {
                 schema: None,
                 log_budget: self.limits.max_log_bytes,
             },
+            disk: DiskQuota::new(tmp.path(), self.limits.tmp_bytes),
         };
         let mut store = Store::new(&self.rt.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks(self.limits.init_deadline));
+        bound_init(&mut store, &self.limits);
         let init_err = |store: &mut Store<State>, stdio: &LogPipe, e: wasmtime::Error| {
             let out = stdio.drain(&self.name, None);
-            Error::ScriptInit {
-                script: self.name.to_string(),
-                message: self
-                    .trap_error(Phase::Init, &e, store.data().limiter.hit, &out)
-                    .to_string(),
+            match self.trap_error(Phase::Init, &e, store.data().limiter.hit, &out) {
+                stopped @ Error::ScriptInit { .. } => stopped,
+                trap => Error::ScriptInit {
+                    script: self.name.to_string(),
+                    message: trap.to_string(),
+                },
             }
         };
         let instance = match self.rt.linker.instantiate(&mut store, &self.rt.interpreter.module) {
@@ -103,6 +106,7 @@ impl Recipe {
         let reply = live.store.data_mut().exchange.reply.take();
         match (turned, reply) {
             (Ok(0), None) => {
+                end_init(&mut live.store);
                 let schema = live.store.data_mut().exchange.schema.take();
                 tracing::info!(
                     script = &*self.name,
@@ -138,6 +142,13 @@ impl Recipe {
         let turned = driver::turn(&mut live.store, &live.instance, driver::CALL_SOURCE);
         let out = live.stdio.drain(&self.name, ctx.request_id.as_deref());
         let reply = live.store.data_mut().exchange.reply.take();
+        let full = live.store.data_mut().disk.take_refused();
+        let failed = |m: &str| match full {
+            Some(mb) => self.failed(&format!(
+                "{m} (the script's private folders hold at most {mb} MiB: scriptTmpMb)"
+            )),
+            None => self.failed(m),
+        };
         match turned {
             Err(e) => (
                 Err(self.trap_error(Phase::Run, &e, live.store.data().limiter.hit, &out)),
@@ -154,9 +165,9 @@ impl Recipe {
                 ),
                 Some(Reply::Response(r)) => (Ok(r), true),
                 Some(Reply::BadRequest(m)) => (Err(Error::InvalidInput(m)), true),
-                Some(Reply::Exception(m)) => (Err(self.failed(&m)), true),
+                Some(Reply::Exception(m)) => (Err(failed(&m)), true),
                 None => (
-                    Err(self.failed(last_line(&out).unwrap_or("the script answered nothing"))),
+                    Err(failed(last_line(&out).unwrap_or("the script answered nothing"))),
                     true,
                 ),
             },

@@ -7,6 +7,7 @@
 //! - `runtime`: the process's one engine, linker and compiled interpreter ([`ScienceRuntime`]).
 //! - `sandbox`: what an interpreter sees: model files read-only at `/models`, the script's folder
 //!   read-only at `/app`, a private writable `/tmp`, nothing else of the host, no network.
+//! - `quota`: the cap on what an interpreter writes into its private folder (`scriptTmpMb`).
 //! - `driver`: the protocol with Plinth's Python driver through one door (`host.call`): the guest asks
 //!   for the request, answers with a response or an error, sends its schema, runs native ONNX models and
 //!   writes log lines.
@@ -19,6 +20,7 @@ mod artifacts;
 mod driver;
 mod instance;
 mod pool;
+mod quota;
 mod runtime;
 mod sandbox;
 

@@ -10,6 +10,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 
 use super::artifacts::{Artifacts, Interpreter};
 use super::driver::{self, Exchange};
+use super::quota::{self, DiskQuota};
 use super::sandbox::{Scratch, start_token};
 use crate::wasm::limits::{MemoryCap, start_epoch_ticker};
 use crate::{Error, Result};
@@ -22,6 +23,7 @@ pub(super) struct State {
     pub(super) wasi: WasiP1Ctx,
     pub(super) limiter: MemoryCap,
     pub(super) exchange: Exchange,
+    pub(super) disk: DiskQuota,
 }
 
 /// The compiled interpreter, its engine and linker: one per process.
@@ -93,6 +95,7 @@ impl ScienceRuntime {
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(Error::engine(WHAT))?;
         driver::link(&mut linker, |s: &mut State| &mut s.exchange).map_err(Error::engine(WHAT))?;
+        quota::link(&mut linker).map_err(Error::engine(WHAT))?;
 
         let ticker = start_epoch_ticker(&engine, "plinth-epoch-py")
             .map_err(Error::engine("scientific Python runtime: epoch thread"))?;

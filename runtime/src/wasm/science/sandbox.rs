@@ -58,6 +58,12 @@ pub(super) struct Folders<'a> {
 /// A private folder removed with its instance.
 pub(super) struct TempDir(PathBuf);
 
+impl TempDir {
+    pub(super) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
