@@ -166,3 +166,67 @@ fn a_workspace_is_its_owners_alone_and_a_deleted_models_files_go() {
     host.run(&["model", "delete", "diabetes:1"]);
     assert_eq!(blobs(), 0, "the model's file is collected");
 }
+
+#[test]
+fn a_script_that_fills_its_tmp_meets_a_full_disk_of_its_own() {
+    let dir = temp_dir("tmp-fill");
+    let host = TestHost::start(&dir.join("ws"), &[]);
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("score.py"),
+        "import json\nimport numpy as np\n\n\ndef init():\n    pass\n\n\ndef run(raw):\n    \
+         if json.loads(raw).get('small'):\n        np.save('/tmp/small.npy', np.zeros(1000))\n        \
+         return 'saved'\n    with open('/tmp/fill', 'wb') as f:\n        while True:\n            \
+         f.write(np.zeros(1 << 20, dtype=np.uint8).tobytes())\n",
+    )
+    .unwrap();
+    let ic = crate::fixture::write_json(&dir, "ic.json", &json!({"entryScript": "src/score.py"}));
+    let dc = Dc::test()
+        .no_auth()
+        .with("scriptTmpMb", json!(8))
+        .write(&dir, "dc.json");
+    host.deploy_script("filler", &ic, &dc);
+    let url = host.score_url("filler");
+    let r = crate::fixture::score(&url, None, r#"{"small": true}"#);
+    assert_eq!((r.status, r.body.as_str()), (200, r#""saved""#));
+    // The endless writer meets a full disk of its own: a 500 naming the cap, not a full host disk.
+    for _ in 0..2 {
+        let r = crate::fixture::score(&url, None, "{}");
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert!(
+            r.body.contains("No space left on device") && r.body.contains("at most 8 MiB: scriptTmpMb"),
+            "{}",
+            r.body
+        );
+    }
+    // What this host's interpreters hold on disk stays under the cap (each folder is one interpreter's).
+    let scratch = crate::fixture::cache_dir().join("components/science/tmp");
+    let mut folders = 0;
+    for e in std::fs::read_dir(&scratch).unwrap().flatten() {
+        if !e.file_name().to_string_lossy().starts_with(&format!("{}-", host.pid())) {
+            continue;
+        }
+        folders += 1;
+        let out = std::process::Command::new("du")
+            .arg("-sb")
+            .arg(e.path())
+            .output()
+            .unwrap();
+        let bytes: u64 = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(bytes <= 8 << 20, "{} holds {bytes} bytes", e.path().display());
+    }
+    assert!(
+        folders > 0,
+        "no interpreter folder of pid {} under {}",
+        host.pid(),
+        scratch.display()
+    );
+    // The script still serves what fits.
+    let r = crate::fixture::score(&url, None, r#"{"small": true}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
