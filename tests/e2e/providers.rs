@@ -173,3 +173,73 @@ fn the_gpu_benchmark_is_ready_to_run() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: --gpu"));
 }
+
+#[test]
+fn replicas_share_a_gpu_by_memory_and_a_whole_gpu_stays_whole() {
+    // One simulated 16 GB GPU: replicas are placed on it as on a real one, and serve on the cpu listed
+    // after cuda (this machine's library has no CUDA provider).
+    let dir = temp_dir("gpu-share");
+    let host = TestHost::start(&dir.join("ws"), &["--gpus", "1", "--gpu-memory-gb", "16"]);
+    host.register_diabetes();
+    let dc = |name: &str, gb: f64, replicas: u32| {
+        Dc::test()
+            .no_auth()
+            .replicas(replicas)
+            .with("executionProviders", serde_json::json!(["cuda", "cpu"]))
+            .with("gpuMemoryGb", gb.into())
+            .write(&dir, &format!("{name}.json"))
+    };
+    // Two services, and two replicas of one, on one GPU.
+    host.deploy("diabetes:1", "a", &dc("a", 6.0, 1));
+    host.deploy("diabetes:1", "b", &dc("b", 4.0, 2));
+    assert_eq!(score(&host.score_url("a"), None, &sample_body()).status, 200);
+    assert_eq!(score(&host.score_url("b"), None, &sample_body()).status, 200);
+    let show = host.run_json(&["service", "show", "b"]);
+    assert_eq!(
+        show["versions"][0]["gpus"],
+        serde_json::json!([{"gpu": 0, "memoryGb": 4.0}, {"gpu": 0, "memoryGb": 4.0}]),
+        "{show}"
+    );
+    assert!(
+        host.run(&["service", "show", "b"])
+            .contains("GPUs:        version 1: GPU 0 (4.0 GB), GPU 0 (4.0 GB)")
+    );
+    let info = host.run_json(&["info"]);
+    let gpu = &info["gpus"]["devices"][0];
+    assert_eq!(gpu["memoryBytes"], 16u64 << 30, "{info}");
+    assert_eq!(gpu["promisedBytes"], 14u64 << 30, "{info}");
+    assert_eq!(gpu["shares"], 3, "{info}");
+    assert_eq!(
+        gpu["holders"],
+        serde_json::json!(["a/1 (1 × 6.0 GB)", "b/1 (2 × 4.0 GB)"]),
+        "{info}"
+    );
+    assert!(
+        host.run(&["info"])
+            .contains("GPU 0: 16.0 GB, 14.0 GB promised: a/1 (1 × 6.0 GB), b/1 (2 × 4.0 GB)")
+    );
+
+    // What does not fit is refused, naming what the GPU holds.
+    let err = deploy_fails(&host, "c", &dc("c", 4.0, 1));
+    assert!(err.contains("no GPU has 4.0 GB free for a replica of c/1"), "{err}");
+    assert!(err.contains("GPU 0: 14.0 of 16.0 GB promised"), "{err}");
+    let err = deploy_fails(&host, "big", &dc("big", 20.0, 1));
+    assert!(
+        err.contains("more than this host's largest GPU holds (16.0 GB)"),
+        "{err}"
+    );
+    // gpuCores 1 still means a whole GPU: not one that shares hold.
+    let whole = Dc::test()
+        .no_auth()
+        .with("executionProviders", serde_json::json!(["cuda", "cpu"]))
+        .with("gpuCores", 1.into())
+        .write(&dir, "whole.json");
+    let err = deploy_fails(&host, "whole", &whole);
+    assert!(err.contains("no GPU is free of shared replicas"), "{err}");
+    // Deleting a service gives its memory back.
+    host.run(&["service", "delete", "b"]);
+    host.run(&["service", "delete", "c"]);
+    host.deploy("diabetes:1", "c", &dc("c", 4.0, 1));
+    let info = host.run_json(&["info"]);
+    assert_eq!(info["gpus"]["devices"][0]["promisedBytes"], 10u64 << 30, "{info}");
+}

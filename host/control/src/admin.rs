@@ -59,8 +59,16 @@ impl ControlPlane {
             }
             (&Method::GET, ["info"]) => {
                 let capacity = self.cx.capacity.clone();
+                let placer = self.cx.gpus.clone();
                 let library = self.cx.options.ort_library.clone();
-                ok(&blocking(move || Ok(crate::info::host_info(Some(&capacity), library.as_deref()))).await?)
+                ok(&blocking(move || {
+                    Ok(crate::info::host_info_placed(
+                        Some(&capacity),
+                        Some(&placer),
+                        library.as_deref(),
+                    ))
+                })
+                .await?)
             }
             (&Method::GET, ["models"]) => ok(&ws.models()?),
             (&Method::GET, ["models", id]) => ok(&ws.model(id)?),

@@ -214,8 +214,21 @@ pub struct VersionView {
     /// `wasm` (a component).
     #[serde(default)]
     pub runtime: Option<String>,
+    /// The GPU each replica sits on, and the memory it was promised there (none: the whole GPU).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuPlacement>,
     pub deployment_config: Value,
     pub inference_config: Value,
+}
+
+/// One replica's place on a GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPlacement {
+    pub gpu: u32,
+    /// The memory promised to it (`gpuMemoryGb`); absent for a whole GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_gb: Option<f64>,
 }
 
 /// The execution provider serving one model, and the fallback taken when a preferred one was unusable.
@@ -293,6 +306,9 @@ pub struct GpuInfo {
     /// GPUs the CUDA provider's own runtime sees (absent without the CUDA provider and its runtime).
     #[serde(default)]
     pub cuda: Option<u32>,
+    /// Each GPU replicas may be placed on: its memory, what is promised on it and to whom.
+    #[serde(default)]
+    pub devices: Vec<crate::gpus::GpuDevice>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use plinth_runtime::wasm::ScriptLimits;
 use plinth_runtime::{ModelSource, Package, PackageSpec};
 
 use crate::context::Context;
+use crate::gpus::{Need, Owner};
 use plinth_spec::config::DeploymentConfig;
 use plinth_spec::record::{FileRef, ModelRecord, VersionRecord, check_relative};
 
@@ -131,6 +132,33 @@ impl Context {
                  Runtime (`scripts/setup --gpu`), or leave gpuCores out to run on the CPU"
             )));
         }
+        let share = dc.gpu_share_bytes();
+        if let Some(bytes) = share {
+            let largest = self.gpus.largest();
+            if host_gpus == 0 {
+                return Err(Error::BadRequest(
+                    "gpuMemoryGb asks for a share of a GPU and this host has none (`plinth info` lists what it \
+                     has): deploy to a host with an NVIDIA GPU, or leave gpuMemoryGb out to run on the CPU"
+                        .into(),
+                ));
+            }
+            if largest > 0 && bytes > largest {
+                return Err(Error::BadRequest(format!(
+                    "gpuMemoryGb: {:.1} GB is more than this host's largest GPU holds ({:.1} GB)",
+                    bytes as f64 / f64::from(1u32 << 30),
+                    largest as f64 / f64::from(1u32 << 30)
+                )));
+            }
+        }
+        let need = match share {
+            Some(bytes) => Some(Need::Share(bytes)),
+            None if replica_gpus > 0 => Some(Need::Whole),
+            None => None,
+        };
+        let owner = Owner {
+            name: format!("{service}/{}", record.name),
+            generation,
+        };
         let replicas = dc.initial_replicas();
         let slots = (replicas * dc.max_concurrent_requests_per_container) as usize;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -147,6 +175,7 @@ impl Context {
                 cache_dir: Some(cache),
                 device_id: None,
                 base_dir: Some(src_dir.clone()),
+                gpu_memory: share,
             },
             limits: ScriptLimits {
                 deadline: Duration::from_millis(dc.scoring_timeout_ms),
@@ -166,12 +195,13 @@ impl Context {
         let engine = self.engine.clone();
         let warm_rows = dc.max_batch_size.unwrap_or(1) as usize;
         // Every replica runs each batch size it will see once at load, so no request pays for a first size.
-        // A GPU replica loads on the host's GPU holding the fewest replicas (of any version) and holds its
-        // place there while it lives; each has its own sessions (and so its own CUDA streams).
+        // A GPU replica loads where the host's placer puts it (a whole GPU: the one holding the fewest; a
+        // share: where its memory fits) and holds its place there while it lives; each has its own
+        // sessions (and so its own CUDA streams).
         let gpus = self.gpus.clone();
         let factory: Factory = Arc::new(move || {
-            let package = if replica_gpus > 0 {
-                let lease = gpus.take();
+            let package = if let Some(need) = need {
+                let lease = gpus.take(&owner, need).map_err(plinth_runtime::Error::Config)?;
                 let mut spec = spec.clone();
                 spec.session.device_id = Some(lease.device());
                 Package::load(&spec, Some(&engine))?.with_lease(lease)

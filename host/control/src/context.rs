@@ -41,6 +41,11 @@ pub struct ControlOptions {
     /// The service this host serves from a manifest (`plinth serve --service-manifest`): the admin API
     /// refuses every write.
     pub declared: Option<String>,
+    /// GPUs replicas may be placed on, instead of those the driver and CUDA report (`plinth serve
+    /// --gpus`): to keep some for other work, or to try placement on a machine without one.
+    pub gpus: Option<u32>,
+    /// Each GPU's memory in GB, instead of what the driver reports (`plinth serve --gpu-memory-gb`).
+    pub gpu_memory_gb: Option<f64>,
 }
 
 impl Default for ControlOptions {
@@ -53,6 +58,8 @@ impl Default for ControlOptions {
             collector: None,
             cpu_oversubscription: None,
             declared: None,
+            gpus: None,
+            gpu_memory_gb: None,
         }
     }
 }

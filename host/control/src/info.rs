@@ -7,10 +7,20 @@ use plinth_router::Capacity;
 use plinth_runtime::onnx::{self, Gpus, ep};
 
 use crate::api::{GpuInfo, HostInfo, OnnxRuntimeInfo, PackageVersion, Reserved};
+use crate::gpus::{GpuDevice, GpuPlacer};
 
 /// This host as it is now: `capacity` is the running host's budget (None: this machine as a new host
 /// would see it).
 pub fn host_info(capacity: Option<&Capacity>, library: Option<&Path>) -> HostInfo {
+    host_info_placed(capacity, None, library)
+}
+
+/// As [`host_info`], with each GPU as the running host's placer holds it.
+pub(crate) fn host_info_placed(
+    capacity: Option<&Capacity>,
+    placer: Option<&GpuPlacer>,
+    library: Option<&Path>,
+) -> HostInfo {
     let loaded = onnx::environment(library);
     let providers = ep::library_providers()
         .into_iter()
@@ -45,6 +55,23 @@ pub fn host_info(capacity: Option<&Capacity>, library: Option<&Path>) -> HostInf
             nvidia: gpus.nvidia,
             onnx_runtime: gpus.onnx_runtime.clone(),
             cuda: gpus.cuda,
+            devices: match placer {
+                Some(p) => p.devices(&gpus.memory.iter().map(|m| m.1).collect::<Vec<_>>()),
+                None => gpus
+                    .memory
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &(total, used))| GpuDevice {
+                        id: d as u32,
+                        memory_bytes: (total > 0).then_some(total),
+                        promised_bytes: 0,
+                        used_bytes: Some(used),
+                        whole: 0,
+                        shares: 0,
+                        holders: Vec::new(),
+                    })
+                    .collect(),
+            },
         },
         cores,
         memory_bytes,

@@ -25,7 +25,7 @@ mod deployments;
 mod error;
 #[cfg(test)]
 mod fuzz;
-mod gpus;
+pub mod gpus;
 pub mod info;
 pub mod package;
 mod plane;

@@ -36,7 +36,17 @@ impl ControlPlane {
     ) -> Arc<Self> {
         let tokens = Arc::new(TokenIssuer::new(ws.jwt_secret(), options.token_lifetime));
         crate::scripts::remove_stale_builds(&options.cache_dir.clone().unwrap_or_else(|| ws.root().join("cache")));
-        let capacity = Arc::new(Capacity::of_host().with_cpu_oversubscription(options.cpu_oversubscription));
+        let found = plinth_runtime::onnx::Gpus::of_host();
+        let gpus = options.gpus.unwrap_or_else(|| found.count());
+        let gpu_memory: Vec<u64> = match options.gpu_memory_gb {
+            Some(gb) => vec![(gb * f64::from(1u32 << 30)) as u64; gpus as usize],
+            None => found.memory.iter().map(|m| m.0).collect(),
+        };
+        let capacity = Arc::new(
+            Capacity::of_host()
+                .with_gpus(gpus)
+                .with_cpu_oversubscription(options.cpu_oversubscription),
+        );
         let cx = Arc::new(Context {
             ws,
             router,
@@ -44,7 +54,7 @@ impl ControlPlane {
             tokens,
             logs,
             metrics,
-            gpus: crate::gpus::GpuPlacer::new(capacity.gpus()),
+            gpus: crate::gpus::GpuPlacer::new(gpus, &gpu_memory),
             capacity,
             options,
         });

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::api::{DeployState, ModelProvider, ServiceView, VersionStats, VersionView, to_json};
+use crate::api::{DeployState, GpuPlacement, ModelProvider, ServiceView, VersionStats, VersionView, to_json};
 use crate::context::Context;
 use crate::state::{Deployment, state_key};
 use plinth_spec::record::ServiceRecord;
@@ -125,6 +125,12 @@ pub(crate) fn service(
                     }
                     .to_string()
                 }),
+                gpus: cx
+                    .gpus
+                    .placements(&format!("{}/{}", r.name, ver.name))
+                    .into_iter()
+                    .map(|(gpu, memory_gb)| GpuPlacement { gpu, memory_gb })
+                    .collect(),
                 deployment_config: to_json(&ver.deployment_config),
                 inference_config: to_json(&ver.inference_config),
             }

@@ -257,10 +257,12 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
         memory_gb: sum(&|c| c.container_resource_requirements.memory_in_gb),
         cpu_limit: limit(&|c| c.container_resource_requirements.cpu_limit),
         memory_limit_gb: limit(&|c| c.container_resource_requirements.memory_in_gb_limit),
+        // Whole GPUs per version, and one more that the versions with a share (gpuMemoryGb) split.
         gpus: configs
             .iter()
             .map(|c| c.gpu_cores.or(c.container_resource_requirements.gpu).unwrap_or(0))
-            .sum(),
+            .sum::<u32>()
+            + u32::from(configs.iter().any(|c| c.gpu_memory_gb.is_some())),
         traffic: endpoint
             .versions
             .iter()
@@ -269,6 +271,7 @@ pub fn plan(ps: &PlinthService) -> Result<Plan, String> {
         default,
         wants_gpu: configs.iter().any(|c| {
             c.gpu_cores.or(c.container_resource_requirements.gpu).unwrap_or(0) > 0
+                || c.gpu_memory_gb.is_some()
                 || c.execution_providers.iter().flatten().any(|p| {
                     let name = p
                         .as_str()

@@ -63,6 +63,11 @@ pub struct DeploymentConfig {
     /// GPUs per replica (Azure's field): counted against the host's GPUs; without
     /// `executionProviders`, ≥ 1 means `["cuda"]`.
     pub gpu_cores: Option<u32>,
+    /// Plinth: GPU memory one replica is promised, in GB, instead of a whole GPU: replicas of any service
+    /// share a GPU while their promises fit in its memory (as Triton's instance groups and Ray's
+    /// fractional GPUs do), and ONNX Runtime's CUDA arena is capped to the promise. Without
+    /// `executionProviders` it means `["cuda"]`.
+    pub gpu_memory_gb: Option<f64>,
     pub description: Option<String>,
     pub tags: Option<serde_json::Map<String, serde_json::Value>>,
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
@@ -122,6 +127,7 @@ impl Default for DeploymentConfig {
             tags: None,
             properties: None,
             gpu_cores: None,
+            gpu_memory_gb: None,
             app_insights_enabled: None,
             namespace: None,
             compute_target_name: None,
@@ -320,21 +326,42 @@ impl DeploymentConfig {
     pub fn providers(&self, enable_gpu: bool) -> Result<Vec<ProviderSpec>, String> {
         match &self.execution_providers {
             Some(list) => ProviderSpec::list_from_json(list).map_err(|e| format!("executionProviders{e}")),
-            None if self.gpu_cores.unwrap_or(0) >= 1 || enable_gpu => Ok(vec![ProviderSpec::of(Provider::Cuda)]),
+            None if self.gpu_cores.unwrap_or(0) >= 1 || self.gpu_memory_gb.is_some() || enable_gpu => {
+                Ok(vec![ProviderSpec::of(Provider::Cuda)])
+            }
             None => Ok(Vec::new()),
         }
     }
 
     /// GPUs one replica takes from the host: `gpuCores` when given, else one when a GPU provider is
     /// listed first and the host has a GPU to give (on a host without, a listed `cpu` takes over).
+    /// A replica with a share of a GPU (`gpuMemoryGb`) takes no whole one.
     pub fn replica_gpus(&self, providers: &[ProviderSpec], host_gpus: u32) -> u32 {
+        if self.gpu_memory_gb.is_some() {
+            return 0;
+        }
         match self.gpu_cores {
             Some(n) => n,
             None => u32::from(host_gpus > 0 && providers.first().is_some_and(|p| p.provider().uses_gpu())),
         }
     }
 
+    /// The GPU memory one replica is promised (`gpuMemoryGb`), in bytes.
+    pub fn gpu_share_bytes(&self) -> Option<u64> {
+        self.gpu_memory_gb.map(|gb| (gb * f64::from(1u32 << 30)) as u64)
+    }
+
     fn validate(&self) -> Result<(), String> {
+        if let Some(gb) = self.gpu_memory_gb {
+            if !(gb > 0.0 && gb.is_finite()) {
+                return Err(format!("gpuMemoryGb must be above 0, got {gb}"));
+            }
+            if self.gpu_cores.unwrap_or(0) >= 1 {
+                return Err(
+                    "give gpuCores (whole GPUs per replica) or gpuMemoryGb (a share of one GPU), not both".into(),
+                );
+            }
+        }
         let r = &self.container_resource_requirements;
         if !(r.cpu > 0.0 && r.cpu.is_finite()) {
             return Err(format!(

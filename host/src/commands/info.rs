@@ -104,6 +104,24 @@ fn text(i: &HostInfo, from: Option<&str>) -> String {
         }
     };
     out.push_str(&format!("\nGPUs:         {gpus}"));
+    for d in &i.gpus.devices {
+        let gb = |b: u64| format!("{:.1} GB", b as f64 / f64::from(1u32 << 30));
+        let mut line = format!("\n  GPU {}:", d.id);
+        match d.memory_bytes {
+            Some(m) => line.push_str(&format!(" {}, {} promised", gb(m), gb(d.promised_bytes))),
+            None => line.push_str(&format!(" memory unknown, {} promised", gb(d.promised_bytes))),
+        }
+        if let Some(u) = d.used_bytes {
+            line.push_str(&format!(", {} used", gb(u)));
+        }
+        if d.whole > 0 {
+            line.push_str(&format!(", held whole by {} replica(s)", d.whole));
+        }
+        if !d.holders.is_empty() {
+            line.push_str(&format!(": {}", d.holders.join(", ")));
+        }
+        out.push_str(&line);
+    }
     out.push_str(&format!("\ncores:        {}", i.cores));
     out.push_str(&format!("\nmemory:       {}", gib(i.memory_bytes)));
     match &i.reserved {

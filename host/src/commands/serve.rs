@@ -61,6 +61,15 @@ pub struct Args {
     /// limits share it: requests may add up to more than the cores; memory stays a hard budget.
     #[arg(long, env = "PLINTH_CPU_OVERSUBSCRIPTION", value_name = "RATIO")]
     cpu_oversubscription: Option<f64>,
+    /// GPUs replicas may be placed on (default: those the NVIDIA driver and CUDA report): fewer to keep
+    /// some for other work, or some on a machine without one to try placement (replicas then serve on
+    /// a `cpu` listed after the GPU provider).
+    #[arg(long, env = "PLINTH_GPUS", value_name = "N")]
+    gpus: Option<u32>,
+    /// Each GPU's memory in GB for placing replicas with `gpuMemoryGb` (default: what the driver
+    /// reports).
+    #[arg(long, env = "PLINTH_GPU_MEMORY_GB", value_name = "GB")]
+    gpu_memory_gb: Option<f64>,
     /// Serve /metrics without the admin credential (for a Prometheus that scrapes without one).
     #[arg(long)]
     open_metrics: bool,
@@ -164,6 +173,8 @@ async fn serve(args: Args, logs: Arc<LogHub>) -> anyhow::Result<()> {
             scale_down_after: Duration::from_secs(args.scale_down_window_secs),
             collector: Some(collector.clone()),
             cpu_oversubscription: args.cpu_oversubscription,
+            gpus: args.gpus,
+            gpu_memory_gb: args.gpu_memory_gb,
             declared: declared.as_ref().map(|d| d.manifest.name.clone()),
         },
     );

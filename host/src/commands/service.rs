@@ -388,6 +388,17 @@ fn service_summary(s: &ServiceView, base: &str) -> String {
         ));
     }
     for v in s.versions.iter().flatten() {
+        if !v.gpus.is_empty() {
+            let places: Vec<String> = v
+                .gpus
+                .iter()
+                .map(|g| match g.memory_gb {
+                    Some(gb) => format!("GPU {} ({gb:.1} GB)", g.gpu),
+                    None => format!("GPU {} (whole)", g.gpu),
+                })
+                .collect();
+            out.push_str(&format!("\nGPUs:        version {}: {}", v.name, places.join(", ")));
+        }
         for p in &v.providers {
             if let Some(f) = &p.fallback {
                 out.push_str(&format!("\nfallback:    {} model {}: {f}", v.name, p.model));

@@ -91,6 +91,9 @@ pub struct SessionOptions {
     pub device_id: Option<i32>,
     /// Where relative files in provider options are read from.
     pub base_dir: Option<PathBuf>,
+    /// The GPU memory this replica was promised (`gpuMemoryGb`), in bytes: each session's CUDA arena is
+    /// capped to its part of it (`gpu_mem_limit`).
+    pub gpu_memory: Option<u64>,
 }
 
 impl Default for SessionOptions {
@@ -102,6 +105,7 @@ impl Default for SessionOptions {
             cache_dir: None,
             device_id: None,
             base_dir: None,
+            gpu_memory: None,
         }
     }
 }
@@ -116,6 +120,8 @@ pub struct Gpus {
     /// GPUs the CUDA provider's own runtime sees (`cudaGetDeviceCount`), when the library has the CUDA
     /// provider and a CUDA runtime loads.
     pub cuda: Option<u32>,
+    /// Each NVIDIA GPU's (total, used) memory in bytes, as the driver reports it (empty without it).
+    pub memory: Vec<(u64, u64)>,
 }
 
 impl Gpus {
@@ -141,6 +147,11 @@ impl Gpus {
             nvidia,
             onnx_runtime,
             cuda,
+            memory: if nvidia > 0 {
+                ep::cuda::memory().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -211,6 +222,7 @@ impl OnnxModel {
             },
             device_id: options.device_id,
             base_dir: options.base_dir.clone(),
+            gpu_memory: options.gpu_memory.map(|b| b / options.sessions.max(1) as u64),
         };
         // The first session settles which providers start: one that fails is dropped when cpu follows it.
         let first = loop {

@@ -22,6 +22,17 @@ fn service(spec: Value) -> PlinthService {
 }
 
 #[test]
+fn a_share_of_a_gpu_asks_for_one_gpu_per_pod() {
+    let ps = service(json!({
+        "package": {"uri": "https://models.example.com/diabetes.tar", "sha256": SHA},
+        "deploymentConfig": {"gpuMemoryGb": 4},
+    }));
+    let plan = plan(&ps).unwrap();
+    assert!(plan.wants_gpu);
+    assert_eq!(plan.gpus, 1);
+}
+
+#[test]
 fn a_gpu_spec_asks_for_gpus_tolerates_their_taint_and_sizes_the_pod() {
     let ps = service(json!({
         "package": {"uri": "https://models.example.com/diabetes.tar", "sha256": SHA},

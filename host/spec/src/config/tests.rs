@@ -102,6 +102,19 @@ fn execution_providers_and_azure_gpu_switches() {
     assert_eq!((c.replica_gpus(&list, 0), c.replica_gpus(&list, 2)), (0, 1));
     let (c, _) = dc(r#"{"executionProviders": ["cuda"], "gpuCores": 0}"#).unwrap();
     assert_eq!(c.replica_gpus(&c.providers(false).unwrap(), 2), 0);
+    // gpuMemoryGb: a share of a GPU (cuda unless listed otherwise), never a whole one.
+    let (c, ignored) = dc(r#"{"gpuMemoryGb": 2.5}"#).unwrap();
+    assert!(ignored.is_empty(), "{ignored:?}");
+    assert_eq!(names(&c, false), [Provider::Cuda]);
+    assert_eq!(c.replica_gpus(&c.providers(false).unwrap(), 2), 0);
+    assert_eq!(c.gpu_share_bytes(), Some(5 << 29));
+    let err = dc(r#"{"gpuMemoryGb": 4, "gpuCores": 1}"#).unwrap_err().to_string();
+    assert!(
+        err.contains("gpuCores (whole GPUs per replica) or gpuMemoryGb"),
+        "{err}"
+    );
+    let err = dc(r#"{"gpuMemoryGb": 0}"#).unwrap_err().to_string();
+    assert!(err.contains("gpuMemoryGb must be above 0"), "{err}");
     // Mistakes name the field.
     let err = dc(r#"{"executionProviders": ["cuda", "rocm"]}"#)
         .unwrap_err()

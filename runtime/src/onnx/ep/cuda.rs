@@ -19,8 +19,10 @@ impl OrtPairs for Options {
         if let Some(id) = self.device_id.or(cx.device_id) {
             out.push(("device_id", id.to_string()));
         }
-        if let Some(mb) = self.memory_limit_mb {
-            out.push(("gpu_mem_limit", (mb << 20).to_string()));
+        // The tighter of the provider's own limit and the replica's promised share.
+        let own = self.memory_limit_mb.map(|mb| mb << 20);
+        if let Some(bytes) = own.into_iter().chain(cx.gpu_memory).min() {
+            out.push(("gpu_mem_limit", bytes.to_string()));
         }
         if let Some(on) = self.tf32 {
             out.push(("use_tf32", if on { "1" } else { "0" }.to_string()));
@@ -129,6 +131,63 @@ pub fn device_count() -> Option<u32> {
     None
 }
 
+/// Each NVIDIA GPU's memory as the driver's management library (NVML, `libnvidia-ml.so.1`) reports it:
+/// (total, used) bytes, in NVML's order. None without the driver's library.
+#[allow(unsafe_code)]
+pub fn memory() -> Option<Vec<(u64, u64)>> {
+    #[repr(C)]
+    struct NvmlMemory {
+        total: u64,
+        free: u64,
+        used: u64,
+    }
+    type Device = *mut std::ffi::c_void;
+    // SAFETY: NVIDIA's management library; every function is called with the C signature its
+    // documentation gives (`nvmlReturn_t` is an int, 0 for success), and pointers to live locals.
+    unsafe {
+        let lib = libloading::Library::new("libnvidia-ml.so.1").ok()?;
+        let init = lib
+            .get::<unsafe extern "C" fn() -> std::ffi::c_int>(b"nvmlInit_v2")
+            .ok()?;
+        let shutdown = lib
+            .get::<unsafe extern "C" fn() -> std::ffi::c_int>(b"nvmlShutdown")
+            .ok()?;
+        let count = lib
+            .get::<unsafe extern "C" fn(*mut std::ffi::c_uint) -> std::ffi::c_int>(b"nvmlDeviceGetCount_v2")
+            .ok()?;
+        let handle = lib
+            .get::<unsafe extern "C" fn(std::ffi::c_uint, *mut Device) -> std::ffi::c_int>(
+                b"nvmlDeviceGetHandleByIndex_v2",
+            )
+            .ok()?;
+        let info = lib
+            .get::<unsafe extern "C" fn(Device, *mut NvmlMemory) -> std::ffi::c_int>(b"nvmlDeviceGetMemoryInfo")
+            .ok()?;
+        if init() != 0 {
+            return None;
+        }
+        let mut n: std::ffi::c_uint = 0;
+        let mut out = Vec::new();
+        if count(&mut n) == 0 {
+            for i in 0..n {
+                let mut device: Device = std::ptr::null_mut();
+                let mut m = NvmlMemory {
+                    total: 0,
+                    free: 0,
+                    used: 0,
+                };
+                if handle(i, &mut device) == 0 && info(device, &mut m) == 0 {
+                    out.push((m.total, m.used));
+                } else {
+                    out.push((0, 0));
+                }
+            }
+        }
+        shutdown();
+        Some(out)
+    }
+}
+
 /// `.../site-packages` for a library at `.../site-packages/onnxruntime/capi/libonnxruntime.so.*`.
 fn site_packages_of(library: &Path) -> Option<PathBuf> {
     let capi = library.parent()?;
@@ -163,6 +222,16 @@ mod tests {
             ]
         );
         assert!(Options::default().pairs(&Context::default()).is_empty());
+        // A replica's share caps the arena unless the provider's own limit is tighter.
+        let shared = Context {
+            gpu_memory: Some(512 << 20),
+            ..Context::default()
+        };
+        assert_eq!(
+            Options::default().pairs(&shared),
+            vec![("gpu_mem_limit", (512u64 << 20).to_string())]
+        );
+        assert_eq!(o.pairs(&shared)[1], ("gpu_mem_limit", (512u64 << 20).to_string()));
     }
 
     #[test]

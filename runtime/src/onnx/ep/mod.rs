@@ -158,6 +158,8 @@ pub struct Context {
     pub device_id: Option<i32>,
     /// Where relative files in options (a Vitis AI config) are looked up: the deployment's source folder.
     pub base_dir: Option<PathBuf>,
+    /// GPU memory one session may hold (its share of the replica's promise), in bytes.
+    pub gpu_memory: Option<u64>,
 }
 
 impl Context {

@@ -46,6 +46,7 @@ mod tests {
             cache_dir: Some(PathBuf::from("/ws/cache/ep/3f2a")),
             device_id: Some(1),
             base_dir: None,
+            gpu_memory: None,
         };
         let o = Options {
             fp16: Some(true),

@@ -48,6 +48,7 @@ mod tests {
             cache_dir: Some(PathBuf::from("/c/ep/ab12")),
             device_id: None,
             base_dir: Some(PathBuf::from("/ws/deployments/svc/v1/3/src")),
+            gpu_memory: None,
         };
         let o = Options {
             config_file: Some("vaip_config.json".into()),
