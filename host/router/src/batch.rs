@@ -85,17 +85,36 @@ impl Batcher {
     }
 
     /// Runs `inputs` as part of a batch; the answer holds exactly this request's rows. The request is
-    /// recorded on `version` as one request.
+    /// recorded on `version` as one request. A request that finds nothing queued and a replica free runs
+    /// at once on its own task, without passing through the queue.
     pub async fn infer(&self, version: &impl BatchTarget, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let queued = Instant::now();
-        let result = self.infer_unrecorded(inputs).await;
+        let result = match self.check(&inputs) {
+            Err(e) => Err(e),
+            Ok(rows) if self.tx.capacity() == self.tx.max_capacity() && version.has_free_slot() => {
+                version.observe_batch(rows, Duration::ZERO);
+                match tokio::time::timeout(self.timeout, version.run_batch(inputs)).await {
+                    // As a batch of one: outputs without the request's rows are refused the same way.
+                    Ok(result) => result.and_then(|outputs| {
+                        split(outputs, &[rows])
+                            .map_err(Error::Internal)
+                            .map(|mut parts| parts.pop().unwrap_or_default())
+                    }),
+                    Err(_) => Err(Error::Timeout(format!(
+                        "no answer from the model within {} ms",
+                        self.timeout.as_millis()
+                    ))),
+                }
+            }
+            Ok(rows) => self.queue(inputs, rows).await,
+        };
         version.record_request(queued, result.as_ref().err());
         result
     }
 
-    async fn infer_unrecorded(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        // Checked alone first, so a bad request never spoils a batch.
-        for t in &inputs {
+    /// The request's rows, once its inputs are checked alone (so a bad request never spoils a batch).
+    fn check(&self, inputs: &[Tensor]) -> Result<usize> {
+        for t in inputs {
             let spec = self.specs.iter().find(|s| s.name == t.name).ok_or_else(|| {
                 Error::BadRequest(format!("unknown input '{}' (inputs: {})", t.name, names(&self.specs)))
             })?;
@@ -113,6 +132,11 @@ impl Batcher {
                 "every input must have the same number of rows (first dimension)".into(),
             ));
         }
+        Ok(rows)
+    }
+
+    /// Through the queue: the actor runs it with whatever gathers.
+    async fn queue(&self, inputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .try_send(Job {
