@@ -13,7 +13,7 @@ use plinth_runtime::wasm::ScriptLimits;
 use plinth_runtime::{ModelSource, Package, PackageSpec};
 
 use crate::context::Context;
-use crate::gpus::{Need, Owner};
+use crate::gpus::{Need, Owner, gb};
 use plinth_spec::config::DeploymentConfig;
 use plinth_spec::record::{FileRef, ModelRecord, VersionRecord, check_relative};
 
@@ -145,8 +145,8 @@ impl Context {
             if largest > 0 && bytes > largest {
                 return Err(Error::BadRequest(format!(
                     "gpuMemoryGb: {:.1} GB is more than this host's largest GPU holds ({:.1} GB)",
-                    bytes as f64 / f64::from(1u32 << 30),
-                    largest as f64 / f64::from(1u32 << 30)
+                    gb(bytes),
+                    gb(largest)
                 )));
             }
         }

@@ -220,7 +220,8 @@ impl GpuPlacer {
     }
 }
 
-fn gb(bytes: u64) -> f64 {
+/// Bytes in GB (GiB, as `memoryInGB` and `gpuMemoryGb` count them), for messages.
+pub(crate) fn gb(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 30)
 }
 

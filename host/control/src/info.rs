@@ -7,7 +7,7 @@ use plinth_router::Capacity;
 use plinth_runtime::onnx::{self, Gpus, ep};
 
 use crate::api::{GpuInfo, HostInfo, OnnxRuntimeInfo, PackageVersion, Reserved};
-use crate::gpus::{GpuDevice, GpuPlacer};
+use crate::gpus::GpuPlacer;
 
 /// This host as it is now: `capacity` is the running host's budget (None: this machine as a new host
 /// would see it).
@@ -55,22 +55,16 @@ pub(crate) fn host_info_placed(
             nvidia: gpus.nvidia,
             onnx_runtime: gpus.onnx_runtime.clone(),
             cuda: gpus.cuda,
-            devices: match placer {
-                Some(p) => p.devices(&gpus.memory.iter().map(|m| m.1).collect::<Vec<_>>()),
-                None => gpus
-                    .memory
-                    .iter()
-                    .enumerate()
-                    .map(|(d, &(total, used))| GpuDevice {
-                        id: d as u32,
-                        memory_bytes: (total > 0).then_some(total),
-                        promised_bytes: 0,
-                        used_bytes: Some(used),
-                        whole: 0,
-                        shares: 0,
-                        holders: Vec::new(),
-                    })
-                    .collect(),
+            devices: {
+                let used: Vec<u64> = gpus.memory.iter().map(|m| m.1).collect();
+                match placer {
+                    Some(p) => p.devices(&used),
+                    None if gpus.memory.is_empty() => Vec::new(),
+                    None => {
+                        let totals: Vec<u64> = gpus.memory.iter().map(|m| m.0).collect();
+                        GpuPlacer::new(totals.len() as u32, &totals).devices(&used)
+                    }
+                }
             },
         },
         cores,

@@ -42,11 +42,8 @@ impl ControlPlane {
             Some(gb) => vec![(gb * f64::from(1u32 << 30)) as u64; gpus as usize],
             None => found.memory.iter().map(|m| m.0).collect(),
         };
-        let capacity = Arc::new(
-            Capacity::of_host()
-                .with_gpus(gpus)
-                .with_cpu_oversubscription(options.cpu_oversubscription),
-        );
+        let capacity =
+            Arc::new(Capacity::of_host_with_gpus(gpus).with_cpu_oversubscription(options.cpu_oversubscription));
         let cx = Arc::new(Context {
             ws,
             router,

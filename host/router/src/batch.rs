@@ -93,18 +93,13 @@ impl Batcher {
             Err(e) => Err(e),
             Ok(rows) if self.tx.capacity() == self.tx.max_capacity() && version.has_free_slot() => {
                 version.observe_batch(rows, Duration::ZERO);
-                match tokio::time::timeout(self.timeout, version.run_batch(inputs)).await {
-                    // As a batch of one: outputs without the request's rows are refused the same way.
-                    Ok(result) => result.and_then(|outputs| {
-                        split(outputs, &[rows])
-                            .map_err(Error::Internal)
-                            .map(|mut parts| parts.pop().unwrap_or_default())
-                    }),
-                    Err(_) => Err(Error::Timeout(format!(
-                        "no answer from the model within {} ms",
-                        self.timeout.as_millis()
-                    ))),
-                }
+                // Bounded as every call is (the queue wait, then the scoring timeout); as a batch of one,
+                // outputs without the request's rows are refused the same way.
+                version.run_batch(inputs).await.and_then(|outputs| {
+                    split(outputs, &[rows])
+                        .map_err(Error::Internal)
+                        .map(|mut parts| parts.pop().unwrap_or_default())
+                })
             }
             Ok(rows) => self.queue(inputs, rows).await,
         };

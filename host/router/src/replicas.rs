@@ -98,8 +98,13 @@ impl Capacity {
         self.gpus
     }
 
-    /// This machine: its available cores and physical memory.
+    /// This machine: its available cores, physical memory and GPUs.
     pub fn of_host() -> Self {
+        Self::of_host_with_gpus(plinth_runtime::onnx::Gpus::of_host().count())
+    }
+
+    /// This machine's cores and memory, with `gpus` GPUs (counted by the caller).
+    pub fn of_host_with_gpus(gpus: u32) -> Self {
         let cpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         let memory = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -112,7 +117,7 @@ impl Capacity {
             .unwrap_or(u64::MAX);
         // In a container (a Kubernetes pod), the memory limit is the host's memory, not the machine's.
         let memory = cgroup_memory_limit().map_or(memory, |limit| limit.min(memory));
-        Capacity::new(cpu, memory).with_gpus(plinth_runtime::onnx::Gpus::of_host().count())
+        Capacity::new(cpu, memory).with_gpus(gpus)
     }
 
     fn reserve(&self, owner: &Owner, r: Reservation) -> bool {

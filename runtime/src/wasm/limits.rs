@@ -149,6 +149,24 @@ pub(crate) enum Phase {
     Run,
 }
 
+/// A failed `init()` as the caller is told: [`trap_error`]'s words as [`crate::Error::ScriptInit`]
+/// (a stopped init already is one).
+pub(crate) fn init_error(
+    script: &str,
+    limits: &ScriptLimits,
+    e: &wasmtime::Error,
+    memory_hit: Option<usize>,
+    output: &str,
+) -> crate::Error {
+    match trap_error(script, limits, Phase::Init, e, memory_hit, output) {
+        stopped @ crate::Error::ScriptInit { .. } => stopped,
+        trap => crate::Error::ScriptInit {
+            script: script.to_string(),
+            message: trap.to_string(),
+        },
+    }
+}
+
 /// A call stopped by the host, as the caller is told: the deadline of the phase it was in (named), the
 /// memory cap (`memory_hit`, the size asked for), or the script's own trap, with the last useful line it
 /// printed.

@@ -16,7 +16,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use super::cache::{Code, CodeCache};
 use super::call::{CallContext, LogPipe, MODEL_DIR};
 use super::host::HostState;
-use super::limits::{MemoryCap, Phase, ScriptLimits, bound_init, end_init, ticks};
+use super::limits::{MemoryCap, Phase, ScriptLimits, bound_init, end_init, init_error, ticks};
 use super::{Scoring, ScoringPre, WasmEngine, wit};
 use crate::{Error, ModelSet, Result};
 
@@ -211,15 +211,13 @@ impl EntryScript {
                 script: self.name.to_string(),
                 message,
             }),
-            Err(e) => Err(
-                match self.trap_error(Phase::Init, &e, store.data().limiter.hit, &stdio) {
-                    stopped @ Error::ScriptInit { .. } => stopped,
-                    trap => Error::ScriptInit {
-                        script: self.name.to_string(),
-                        message: trap.to_string(),
-                    },
-                },
-            ),
+            Err(e) => Err(init_error(
+                &self.name,
+                &self.limits,
+                &e,
+                store.data().limiter.hit,
+                &stdio,
+            )),
         }
     }
 

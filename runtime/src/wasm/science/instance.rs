@@ -13,7 +13,7 @@ use super::quota::DiskQuota;
 use super::runtime::{ScienceRuntime, State};
 use super::sandbox::{Folders, TempDir, sandbox};
 use crate::wasm::call::{CallContext, LogPipe};
-use crate::wasm::limits::{MemoryCap, Phase, ScriptLimits, bound_init, end_init, ticks};
+use crate::wasm::limits::{MemoryCap, Phase, ScriptLimits, bound_init, end_init, init_error, ticks};
 use crate::{Error, ModelSet, Result};
 
 /// What every interpreter of one script is made from.
@@ -78,13 +78,7 @@ impl Recipe {
         bound_init(&mut store, &self.limits);
         let init_err = |store: &mut Store<State>, stdio: &LogPipe, e: wasmtime::Error| {
             let out = stdio.drain(&self.name, None);
-            match self.trap_error(Phase::Init, &e, store.data().limiter.hit, &out) {
-                stopped @ Error::ScriptInit { .. } => stopped,
-                trap => Error::ScriptInit {
-                    script: self.name.to_string(),
-                    message: trap.to_string(),
-                },
-            }
+            init_error(&self.name, &self.limits, &e, store.data().limiter.hit, &out)
         };
         let instance = match self.rt.linker.instantiate(&mut store, &self.rt.interpreter.module) {
             Ok(i) => i,

@@ -4,9 +4,10 @@
 //!
 //! The calls that make a folder grow (`fd_write`, `fd_pwrite`, `fd_allocate`, `path_open` creating,
 //! `path_create_directory`, `path_symlink`, `path_link`) are linked in place of WASI's own: each asks
-//! [`DiskQuota::admit`], then runs WASI's own function as WASI's linking would. The quota counts what it admitted since it last measured the folder, so a write costs one
-//! addition; only when the sum would pass the cap is the folder measured again (what truly lies on disk,
-//! every entry at least one block), and the write refused if it still does not fit.
+//! [`DiskQuota::admit`], then runs WASI's own function as WASI's linking would. The quota counts what it
+//! admitted since it last measured the folder, so a write costs one addition; only when the sum would
+//! pass the cap is the folder measured again (what truly lies on disk, every entry at least one block),
+//! and the write refused if it still does not fit.
 
 use std::path::{Path, PathBuf};
 
